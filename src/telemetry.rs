@@ -1,0 +1,19 @@
+//! Logging setup: JSON lines when stdout is not a terminal, human text when it is.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` level.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Errors only if a subscriber is already set (tests); keeping the first is right.
+    if std::io::stderr().is_terminal() {
+        let _ = builder.try_init();
+    } else {
+        let _ = builder.json().flatten_event(true).with_current_span(false).try_init();
+    }
+}

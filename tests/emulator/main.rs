@@ -1,0 +1,11 @@
+//! Tests of `inboxd emulate`: every behaviour driven over real HTTP.
+
+mod batch;
+mod cli;
+mod control;
+mod faults;
+mod graph_compose;
+mod graph_read;
+mod identity;
+mod limits;
+mod support;
