@@ -58,14 +58,14 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 }
 
 /// Parses a JSON body into `T`, naming the problem on failure.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
 async fn add_app(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
     let spec: AppSpec = match parse(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let client_id = key(&spec.client_id);
     match seed::register_app(&mut emu.world(), spec) {
@@ -86,7 +86,7 @@ struct SecretChange {
 async fn secret(State(emu): State<Shared>, Path(client_id): Path<String>, body: axum::body::Bytes) -> Response {
     let change: SecretChange = match parse(&body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let mut world = emu.world();
     let Some(app) = world.apps.get_mut(&key(&client_id)) else {
@@ -107,7 +107,7 @@ async fn secret(State(emu): State<Shared>, Path(client_id): Path<String>, body: 
 async fn add_mailbox(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
     let spec: MailboxSpec = match parse(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match seed::create_mailbox(&mut emu.world(), &spec) {
         Ok((id, address)) => (StatusCode::CREATED, Json(json!({"id": id, "address": address}))).into_response(),
@@ -119,7 +119,7 @@ async fn add_mailbox(State(emu): State<Shared>, body: axum::body::Bytes) -> Resp
 async fn deliver(State(emu): State<Shared>, Path(address): Path<String>, body: axum::body::Bytes) -> Response {
     let spec: MessageSpec = match parse(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let now = emu.clock.now();
     let mut world = emu.world();
@@ -194,7 +194,7 @@ struct AccessChange {
 async fn access(State(emu): State<Shared>, Path(address): Path<String>, body: axum::body::Bytes) -> Response {
     let change: AccessChange = match parse(&body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let mut world = emu.world();
     let Some(mailbox) = world.mailboxes.get_mut(&key(&address)) else {
@@ -226,7 +226,7 @@ struct RefreshTokenSpec {
 async fn refresh_token(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
     let spec: RefreshTokenSpec = match parse(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let now = emu.clock.now();
     let mut world = emu.world();
@@ -239,10 +239,10 @@ async fn refresh_token(State(emu): State<Shared>, body: axum::body::Bytes) -> Re
             format!("no app with client_id '{}'", spec.client_id),
         );
     }
-    if !world
+    if world
         .mailboxes
         .get(&key(&spec.address))
-        .is_some_and(|m| m.tenant_id == tenant_id)
+        .is_none_or(|m| m.tenant_id != tenant_id)
     {
         return error(
             StatusCode::NOT_FOUND,
@@ -277,7 +277,7 @@ struct RevokeSpec {
 async fn revoke(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
     let spec: RevokeSpec = match parse(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if spec.address.is_none() && spec.client_id.is_none() {
         return error(StatusCode::BAD_REQUEST, "revoke needs 'address', 'client_id' or both");
@@ -298,7 +298,7 @@ async fn revoke(State(emu): State<Shared>, body: axum::body::Bytes) -> Response 
 async fn add_fault(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
     let rule: FaultRule = match parse(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match emu.faults.add(rule) {
         Ok(id) => (StatusCode::CREATED, Json(json!({"id": id}))).into_response(),
@@ -327,7 +327,7 @@ async fn get_settings(State(emu): State<Shared>) -> Response {
 async fn set_settings(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
     let patch: Value = match parse(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let mut world = emu.world();
     match world.settings.merge(&patch) {
@@ -345,7 +345,7 @@ struct ClockChange {
 async fn clock(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
     let change: ClockChange = match parse(&body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if !change.advance_secs.is_finite() || change.advance_secs < 0.0 {
         return error(StatusCode::BAD_REQUEST, "advance_secs must be a non-negative number");
@@ -357,7 +357,7 @@ async fn clock(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
 async fn load_generator(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
     let spec: load::LoadSpec = match parse(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match load::start(&emu, spec) {
         Ok(report) => Json(report).into_response(),

@@ -183,7 +183,7 @@ fn generated(spec: &LoadSpec, n: usize, address: &str) -> MessageSpec {
     let mut i = n;
     while text.len() < spec.body_bytes {
         text.push_str(WORDS[i % WORDS.len()]);
-        text.push(if i % 13 == 0 { '\n' } else { ' ' });
+        text.push(if i.is_multiple_of(13) { '\n' } else { ' ' });
         i = i.wrapping_mul(31).wrapping_add(7);
     }
     let customer = n % 50;
@@ -192,7 +192,7 @@ fn generated(spec: &LoadSpec, n: usize, address: &str) -> MessageSpec {
         name: "Message-ID".into(),
         value: format!("<gen-{n}-{address}>"),
     }];
-    if n % 3 != 0 {
+    if !n.is_multiple_of(3) {
         let root = format!("<gen-{}-{address}>", thread * 3);
         headers.push(HeaderSpec {
             name: "In-Reply-To".into(),
@@ -228,7 +228,7 @@ fn generated(spec: &LoadSpec, n: usize, address: &str) -> MessageSpec {
         }],
         cc: Vec::new(),
         reply_to: Vec::new(),
-        subject: if n % 3 == 0 {
+        subject: if n.is_multiple_of(3) {
             format!("Question {thread}")
         } else {
             format!("RE: Question {thread}")
