@@ -4,5 +4,20 @@
 //! in-process on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod domain;
 pub mod emulator;
+pub mod event;
+pub mod graph;
+pub mod mailbox;
+pub mod metrics;
+pub mod shutdown;
+pub mod sink;
+pub mod store;
 pub mod telemetry;
+
+pub use shutdown::shutdown_signal;

@@ -4,8 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+/// Exit code for a configuration that cannot be used (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
 
 /// inboxd: Office 365 / Exchange Online mailboxes to contact-center routing.
 #[derive(Parser)]
@@ -17,6 +21,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the daemon.
+    Run {
+        /// Configuration file (TOML); every key can be overridden by INBOXD__SECTION__KEY.
+        #[arg(long, env = "INBOXD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validates a configuration file and prints every problem with its key path; no network.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, env = "INBOXD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Runs the emulator and the daemon together on sample mailboxes and prints what happened.
+    Demo {
+        /// How long to run at most (e.g. "30s").
+        #[arg(long = "for", default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Where the demo's store and event file go.
+        #[arg(long, default_value = "./data/demo")]
+        data: PathBuf,
+    },
     /// Runs the Microsoft identity + Graph mail emulator.
     Emulate {
         /// Address to listen on; port 0 picks a free port (printed on the first line).
@@ -32,19 +57,75 @@ enum Command {
         #[arg(long)]
         tls_cert_out: Option<PathBuf>,
     },
+    /// Exits 0 when the daemon's /livez answers (for the container's HEALTHCHECK).
+    Healthcheck {
+        /// Base URL of the daemon.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    inboxd::telemetry::init();
     match cli.command {
+        Command::CheckConfig { config } => match inboxd::config::load_file(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} apps, {} mailboxes)",
+                    config.display(),
+                    c.apps.len(),
+                    c.mailboxes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: {} problem(s):\n{errors}", config.display(), errors.iter().count());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            inboxd::telemetry::init();
+            let loaded = match inboxd::config::load_file(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in errors.iter() {
+                        tracing::error!(key = %e.path, problem = %e.message, "Invalid configuration.");
+                    }
+                    eprintln!("{}: {} problem(s):\n{errors}", config.display(), errors.iter().count());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let app = match inboxd::app::App::build(loaded).await {
+                Ok(app) => app,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "Start-up failed.");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!("listening on http://{}", app.local_addr());
+            match app.run_until(inboxd::shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "Daemon failed.");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { duration, data } => match inboxd::demo::run(duration, &data).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("inboxd demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Emulate {
             listen,
             scenario,
             tls,
             tls_cert_out,
         } => {
+            inboxd::telemetry::init();
             let options = inboxd::emulator::EmulatorOptions {
                 tls: tls || tls_cert_out.is_some(),
                 scenario,
@@ -56,6 +137,18 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Healthcheck { url } => {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build();
+            let ok = match client {
+                Ok(c) => c
+                    .get(format!("{}/livez", url.trim_end_matches('/')))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                Err(_) => false,
+            };
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }
 }

@@ -19,6 +19,9 @@ use tower::ServiceExt;
 use super::middleware::{self, ResetConnection};
 use super::{Emulator, EmulatorOptions, Shared, control, graph, identity, load, tls};
 
+/// Largest request body accepted (axum's default of 2 MiB is below Graph's 4 MB chunks).
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
 /// A running emulator; dropping it does not stop it, `stop` does.
 pub struct RunningEmulator {
     url: String,
@@ -53,6 +56,8 @@ fn router(emu: Shared) -> Router {
         .route("/v1.0/{*rest}", any(graph::entry))
         .route("/_upload/{token}", put(graph::upload_chunk))
         .layer(axum::middleware::from_fn_with_state(emu.clone(), middleware::around))
+        // Upload chunks are just under 4 MB and sendMail bodies carry base64 attachments.
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(emu)
 }
 
@@ -152,24 +157,8 @@ pub async fn run_cli(listen: SocketAddr, options: EmulatorOptions, cert_out: Opt
     }
     println!("listening on {}", running.url());
     tracing::info!(url = %running.url(), "Emulator listening.");
-    shutdown_signal().await;
+    crate::shutdown_signal().await;
     tracing::info!("Emulator stopping.");
     running.stop().await;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -67,7 +67,7 @@ async fn issue_refresh_token(emu: &Emu, address: &str) -> String {
         .post(
             "/_emulator/refresh-tokens",
             json!({"tenant_id": TENANT, "client_id": CLIENT, "address": address,
-                   "scopes": ["Mail.ReadWrite", "Mail.Send", "offline_access"]}),
+                   "scopes": "Mail.ReadWrite Mail.Send offline_access"}),
         )
         .await;
     assert!(status.is_success(), "refresh-tokens: {status} {body}");
@@ -694,13 +694,32 @@ fn addresses_in(value: &Value, domain: &str, out: &mut Vec<String>) {
 }
 
 /// Runs the load generator; returns the addresses of the mailboxes it made.
+///
+/// The docs name neither the answer nor the address scheme: take the addresses the
+/// answer names; if it names fewer than were asked for, continue the numbering of the
+/// first one (`{prefix}{n}@{domain}`).
 pub(crate) async fn load(emu: &Emu, request: Value) -> Vec<String> {
     let (status, body) = emu.post("/_emulator/load", request.clone()).await;
     assert!(status.is_success(), "load: {status} {body}");
     let domain = request["domain"].as_str().expect("tests name the domain");
+    let prefix = request["address_prefix"].as_str().expect("tests name the prefix");
+    let wanted = request["mailboxes"].as_u64().expect("tests name the count") as usize;
     let mut found = Vec::new();
     addresses_in(&body, domain, &mut found);
     found.sort();
+    if found.len() < wanted {
+        let first = found
+            .first()
+            .unwrap_or_else(|| panic!("the load answer names no mailbox of {domain}: {body}"));
+        let start: usize = first
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(&format!("@{domain}")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{first} is not {prefix}<n>@{domain}"));
+        found = (start..start + wanted)
+            .map(|n| format!("{prefix}{n}@{domain}"))
+            .collect();
+    }
     found
 }
 

@@ -854,25 +854,23 @@ async fn draft_attachments_small_and_by_upload_session_reach_the_recipient() {
     assert!(small.body["id"].as_str().is_some());
 
     const TOTAL: usize = 5 * 1024 * 1024;
-    const FIRST: usize = 3 * 1024 * 1024;
+    const CHUNK: usize = 2 * 1024 * 1024;
     let data = pattern(TOTAL);
     let session = upload_session(&emu, &token, draft_id, "big.bin", TOTAL).await;
     let url = session["uploadUrl"].as_str().unwrap();
 
-    let first = put_chunk(&emu, url, &format!("bytes 0-{}/{TOTAL}", FIRST - 1), &data[..FIRST]).await;
-    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
-    let next = first.body["nextExpectedRanges"][0]
-        .as_str()
-        .expect("nextExpectedRanges");
-    assert!(next.starts_with(&format!("{FIRST}-")), "next range: {next}");
-
-    let last = put_chunk(
-        &emu,
-        url,
-        &format!("bytes {FIRST}-{}/{TOTAL}", TOTAL - 1),
-        &data[FIRST..],
-    )
-    .await;
+    let mut start = 0;
+    while start + CHUNK < TOTAL {
+        let end = start + CHUNK;
+        let range = format!("bytes {start}-{}/{TOTAL}", end - 1);
+        let resp = put_chunk(&emu, url, &range, &data[start..end]).await;
+        assert_eq!(resp.status, StatusCode::OK, "{range}: {}", resp.text);
+        let next = resp.body["nextExpectedRanges"][0].as_str().expect("nextExpectedRanges");
+        assert!(next.starts_with(&format!("{end}-")), "next range: {next}");
+        start = end;
+    }
+    let range = format!("bytes {start}-{}/{TOTAL}", TOTAL - 1);
+    let last = put_chunk(&emu, url, &range, &data[start..]).await;
     assert_eq!(last.status, StatusCode::CREATED, "{}", last.text);
     assert!(last.header("location").is_some(), "Location header on the final chunk");
 
@@ -976,4 +974,39 @@ async fn upload_session_refuses_a_wrong_content_range() {
     let items = list.body["value"].as_array().unwrap();
     assert_eq!(items.len(), 1, "one attachment, no fragments: {items:?}");
     assert_eq!(items[0]["size"], TOTAL);
+}
+
+#[tokio::test]
+async fn upload_session_accepts_chunks_just_under_4_mb() {
+    let (emu, token) = setup().await;
+    let draft = create_draft(
+        &emu,
+        &token,
+        json!({"subject": "Large chunks", "body": {"contentType": "text", "content": "x"}}),
+    )
+    .await;
+    let draft_id = draft["id"].as_str().unwrap();
+    // The docs only ask that each chunk stay under 4 MB.
+    const CHUNK: usize = 4 * 1024 * 1024 - 64 * 1024;
+    const TOTAL: usize = CHUNK + 1024 * 1024;
+    let data = pattern(TOTAL);
+    let session = upload_session(&emu, &token, draft_id, "large.bin", TOTAL).await;
+    let url = session["uploadUrl"].as_str().unwrap();
+
+    let first = put_chunk(&emu, url, &format!("bytes 0-{}/{TOTAL}", CHUNK - 1), &data[..CHUNK]).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let last = put_chunk(
+        &emu,
+        url,
+        &format!("bytes {CHUNK}-{}/{TOTAL}", TOTAL - 1),
+        &data[CHUNK..],
+    )
+    .await;
+    assert_eq!(last.status, StatusCode::CREATED, "{}", last.text);
+
+    let list = gget(&emu, &token, &format!("{}/attachments", msg(draft_id))).await;
+    let items = list.body["value"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["size"], TOTAL);
+    assert!(B64.decode(items[0]["contentBytes"].as_str().unwrap()).unwrap() == data);
 }

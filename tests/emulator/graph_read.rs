@@ -438,7 +438,7 @@ async fn delegated_token(emu: &Emu, address: &str) -> String {
                 "tenant_id": TENANT,
                 "client_id": CLIENT,
                 "address": address,
-                "scopes": ["offline_access", "Mail.ReadWrite", "Mail.Send"]
+                "scopes": "offline_access Mail.ReadWrite Mail.Send"
             }),
         )
         .await;
@@ -882,18 +882,14 @@ async fn delta_link_expires_after_newer_generations() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn message_body_is_html_by_default_and_text_on_request() {
+async fn message_body_is_html_by_default() {
     let (emu, token) = setup().await;
+    // Delivered as plain text: without a Prefer header Graph still answers HTML.
     let plain = emu.deliver(SUPPORT, "Plain one").await;
-    let mut html = message_from("customer@example.net", SUPPORT, "Html one");
-    html["body"] =
-        json!({"content_type": "html", "content": "<html><body><p>Hello <b>bold</b> world</p></body></html>"});
-    let html = deliver_with(&emu, SUPPORT, html).await;
-
     let path = format!("{}/messages/{}", user(SUPPORT), plain["id"].as_str().unwrap());
     let default = gget(&emu, &token, &path).await;
     assert_eq!(default.status, StatusCode::OK, "{}", default.text);
-    assert_eq!(default.body["body"]["contentType"], "html");
+    assert_eq!(default.body["body"]["contentType"], "html", "{}", default.body["body"]);
     assert!(
         default.body["body"]["content"]
             .as_str()
@@ -901,8 +897,28 @@ async fn message_body_is_html_by_default_and_text_on_request() {
             .contains("Body of Plain one")
     );
 
+    let html = gget_h(&emu, &token, &path, &[("Prefer", "outlook.body-content-type=\"html\"")]).await;
+    assert_eq!(html.body["body"]["contentType"], "html");
+    let applied = html.header("preference-applied").expect("Preference-Applied header");
+    assert!(
+        applied.contains("outlook.body-content-type=\"html\""),
+        "Preference-Applied: {applied}"
+    );
+}
+
+#[tokio::test]
+async fn prefer_text_body_is_applied_and_echoed() {
+    let (emu, token) = setup().await;
+    let plain = emu.deliver(SUPPORT, "Plain one").await;
+    let mut html = message_from("customer@example.net", SUPPORT, "Html one");
+    html["body"] =
+        json!({"content_type": "html", "content": "<html><body><p>Hello <b>bold</b> world</p></body></html>"});
+    let html = deliver_with(&emu, SUPPORT, html).await;
     let prefer = ("Prefer", "outlook.body-content-type=\"text\"");
+
+    let path = format!("{}/messages/{}", user(SUPPORT), plain["id"].as_str().unwrap());
     let text = gget_h(&emu, &token, &path, &[prefer]).await;
+    assert_eq!(text.status, StatusCode::OK, "{}", text.text);
     assert_eq!(text.body["body"]["contentType"], "text");
     assert!(
         text.body["body"]["content"]
@@ -917,6 +933,14 @@ async fn message_body_is_html_by_default_and_text_on_request() {
     );
 
     let html_path = format!("{}/messages/{}", user(SUPPORT), html["id"].as_str().unwrap());
+    let default = gget(&emu, &token, &html_path).await;
+    assert_eq!(default.body["body"]["contentType"], "html");
+    assert!(
+        default.body["body"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("<b>bold</b>")
+    );
     let as_text = gget_h(&emu, &token, &html_path, &[prefer]).await;
     let content = as_text.body["body"]["content"].as_str().unwrap();
     assert_eq!(as_text.body["body"]["contentType"], "text");

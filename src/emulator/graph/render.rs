@@ -36,7 +36,8 @@ pub(crate) fn visible_id(m: &Message, immutable: bool) -> &str {
 
 /// The message as JSON.
 pub(crate) fn message(m: &Message, mailbox: &Mailbox, view: &View) -> Value {
-    let body_type = view.body_type.unwrap_or(m.body_type);
+    // Graph answers HTML unless asked otherwise (`Prefer: outlook.body-content-type`).
+    let body_type = view.body_type.unwrap_or(BodyType::Html);
     let mut content = convert_body(&m.body, m.body_type, body_type);
     if body_type == BodyType::Html && !view.allow_unsafe_html {
         content = strip_unsafe(&content);

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::token::normalize_scopes;
@@ -13,6 +14,11 @@ use crate::emulator::Shared;
 use crate::emulator::model::AuthCode;
 use crate::emulator::settings::Consent;
 use crate::emulator::util::{key, opaque};
+
+/// A 302 Found, as the sign-in service answers (axum's `Redirect::to` is a 303).
+fn found(location: &str) -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, location.to_string())]).into_response()
+}
 
 /// A plain-text 400, as the sign-in page shows errors that cannot be redirected.
 fn page_error(message: String) -> Response {
@@ -59,7 +65,7 @@ pub(crate) async fn authorize(
         } else {
             '?'
         };
-        Redirect::to(&format!("{redirect_uri}{sep}{query}")).into_response()
+        found(&format!("{redirect_uri}{sep}{query}"))
     };
     if q.get("response_type").map(String::as_str) != Some("code") {
         return redirect(vec![
@@ -152,7 +158,7 @@ pub(crate) async fn admin_consent(
         .extend_pairs(params)
         .finish();
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-    Redirect::to(&format!("{redirect_uri}{sep}{query}")).into_response()
+    found(&format!("{redirect_uri}{sep}{query}"))
 }
 
 /// `GET /{tenant}/v2.0/.well-known/openid-configuration`.

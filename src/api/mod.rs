@@ -1,0 +1,128 @@
+//! HTTP API: health, metrics, mailbox status. `/v1` needs a bearer token; health and
+//! metrics stay open.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::domain::MailboxAddress;
+use crate::mailbox::StatusBoard;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Mailbox states.
+    pub board: Arc<StatusBoard>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// For readiness.
+    pub store: Arc<dyn Store>,
+    /// False before start-up finished and once shutdown began.
+    pub ready: Arc<AtomicBool>,
+    /// Accepted bearer tokens.
+    pub api_tokens: Arc<Vec<SecretString>>,
+}
+
+/// A JSON error: `{"error":{"code","message"}}`.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+/// The router.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/mailboxes", get(mailboxes))
+        .route("/v1/mailboxes/{address}", get(mailbox))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    if !s.ready.load(Ordering::Relaxed) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "starting or shutting down",
+        );
+    }
+    match s.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn mailboxes(State(s): State<ApiState>) -> Response {
+    Json(json!({"mailboxes": s.board.all()})).into_response()
+}
+
+async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> Response {
+    let Ok(address) = MailboxAddress::parse(&address) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_address",
+            format!("'{address}' is not an email address"),
+        );
+    };
+    match s.board.get(&address) {
+        Some(view) => Json(view).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "unknown_mailbox",
+            format!("{address} is not configured"),
+        ),
+    }
+}
+
+/// Bearer check in constant time; the token is never logged or echoed.
+async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::as_bytes);
+    let ok = presented.is_some_and(|p| {
+        s.api_tokens.iter().fold(false, |found, t| {
+            found | aws_lc_rs::constant_time::verify_slices_are_equal(t.expose_secret().as_bytes(), p).is_ok()
+        })
+    });
+    if !ok {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid 'Authorization: Bearer <token>' is required",
+        );
+    }
+    next.run(req).await
+}

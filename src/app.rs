@@ -1,0 +1,164 @@
+//! The supervisor: builds every part from the config, runs one task per mailbox under a
+//! cancellation tree, serves the API, and drains on shutdown within the grace period.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::auth::AppTokens;
+use crate::config::Config;
+use crate::domain::AppName;
+use crate::graph::{Graph, MailboxGate};
+use crate::mailbox::{self, MailboxCtx, StatusBoard};
+use crate::metrics::Metrics;
+use crate::sink::Sink;
+use crate::store::{self, Store};
+
+/// A built daemon, listening, not yet polling.
+pub struct App {
+    config: Config,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    sink: Arc<Sink>,
+    graph: Arc<Graph>,
+    tokens: HashMap<AppName, Arc<AppTokens>>,
+    board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
+}
+
+/// The HTTP client for Microsoft: rustls, the extra root of `microsoft.ca_file` if any.
+pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("inboxd/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_idle_timeout(std::time::Duration::from_secs(60));
+    if let Some(path) = &config.microsoft.ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("microsoft.ca_file: cannot read {}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("microsoft.ca_file: {} is not a PEM certificate", path.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
+}
+
+impl App {
+    /// Opens the store and the sink, builds token caches, binds the API port.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let metrics = Metrics::new();
+        let http = http_client(&config)?;
+        let store = store::open(&config.store.url).await.context("opening the store")?;
+        let sink = Arc::new(
+            Sink::open(&config.sink, http.clone())
+                .await
+                .context("opening the sink")?,
+        );
+        let graph = Arc::new(Graph::new(http.clone(), &config.microsoft.graph_url, metrics.clone()));
+        let mut tokens = HashMap::new();
+        for app in &config.apps {
+            let cache = AppTokens::new(app, &config.microsoft.authority_host, http.clone(), metrics.clone())
+                .map_err(anyhow::Error::msg)?;
+            tokens.insert(app.name.clone(), Arc::new(cache));
+        }
+        let board = StatusBoard::new(metrics.clone(), store.clone());
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        Ok(App {
+            config,
+            listener,
+            store,
+            sink,
+            graph,
+            tokens,
+            board,
+            metrics,
+        })
+    }
+
+    /// The bound API address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Runs until `shutdown` resolves, then drains: readiness fails at once, polling stops
+    /// at the next page boundary, in-flight deliveries finish within `shutdown_grace`.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let root = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = ApiState {
+            board: self.board.clone(),
+            metrics: self.metrics.clone(),
+            store: self.store.clone(),
+            ready: ready.clone(),
+            api_tokens: Arc::new(self.config.server.api_tokens.clone()),
+        };
+        let server_stop = root.child_token();
+        let server = tokio::spawn({
+            let stop = server_stop.clone();
+            let router = api::router(state);
+            let listener = self.listener;
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+        });
+        let tasks = TaskTracker::new();
+        for mailbox in &self.config.mailboxes {
+            self.board.register(mailbox).await;
+            if !mailbox.enabled {
+                continue;
+            }
+            let Some(tokens) = self.tokens.get(&mailbox.app) else {
+                continue;
+            };
+            let ctx = Arc::new(MailboxCtx {
+                config: mailbox.clone(),
+                graph: self.graph.clone(),
+                tokens: tokens.clone(),
+                gate: MailboxGate::new(mailbox.max_concurrent_requests),
+                store: self.store.clone(),
+                sink: self.sink.clone(),
+                board: self.board.clone(),
+                metrics: self.metrics.clone(),
+            });
+            let cancel = root.child_token();
+            let address = mailbox.address.clone();
+            tasks.spawn(async move {
+                mailbox::run(ctx, cancel).await;
+                address
+            });
+        }
+        tasks.close();
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(mailboxes = self.config.mailboxes.len(), listen = %self.config.server.listen, "Daemon started.");
+        shutdown.await;
+        ready.store(false, Ordering::Relaxed);
+        tracing::info!(
+            grace_seconds = self.config.server.shutdown_grace.as_secs_f64(),
+            "Shutting down: finishing in-flight deliveries."
+        );
+        root.cancel();
+        if tokio::time::timeout(self.config.server.shutdown_grace, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tasks.len(),
+                "Shutdown grace period over; stopping mailboxes that were still delivering (their rounds resume after restart)."
+            );
+        }
+        server_stop.cancel();
+        let _ = server.await;
+        tracing::info!("Daemon stopped.");
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! Configuration: the schema (this file), loading from TOML + environment, and validation
+//! that reports every problem with its key path.
+
+mod load;
+mod mailboxes;
+mod reader;
+mod secrets;
+mod sections;
+#[cfg(test)]
+mod tests;
+mod tree;
+mod values;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use time::OffsetDateTime;
+use url::Url;
+
+pub use load::{ConfigError, ConfigErrors, from_sources, load_file};
+
+use crate::domain::{AppName, MailboxAddress};
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Persistence.
+    pub store: StoreConfig,
+    /// Microsoft endpoints.
+    pub microsoft: MicrosoftConfig,
+    /// Where events go.
+    pub sink: SinkConfig,
+    /// App registrations.
+    pub apps: Vec<AppConfig>,
+    /// Mailboxes, with `[defaults]` already applied.
+    pub mailboxes: Vec<MailboxConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Health, metrics, status and reply API.
+    pub listen: SocketAddr,
+    /// Where browsers reach `/oauth/callback`.
+    pub public_url: Option<Url>,
+    /// Bearer tokens accepted on `/v1`.
+    pub api_tokens: Vec<SecretString>,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_grace: Duration,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://path` (Postgres later).
+    pub url: String,
+    /// Seals delegated refresh tokens at rest.
+    pub encryption_key: Option<SecretString>,
+}
+
+/// `[microsoft]`.
+#[derive(Debug, Clone)]
+pub struct MicrosoftConfig {
+    /// Identity platform host, e.g. `https://login.microsoftonline.com`.
+    pub authority_host: Url,
+    /// Graph host, e.g. `https://graph.microsoft.com`.
+    pub graph_url: Url,
+    /// Extra trusted root certificate (PEM), e.g. the emulator's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// Append NDJSON to a file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Rotate when the file grows past this many bytes.
+        max_bytes: Option<u64>,
+    },
+    /// POST each event, signed.
+    Webhook {
+        /// Receiver.
+        url: Url,
+        /// HMAC-SHA256 key.
+        signing_secret: SecretString,
+        /// Per-request timeout.
+        timeout: Duration,
+    },
+}
+
+/// An `[[apps]]` entry.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Name mailboxes refer to.
+    pub name: AppName,
+    /// Directory (tenant) id or domain.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Secret or certificate.
+    pub credential: AppCredential,
+}
+
+/// How an app proves itself.
+#[derive(Debug, Clone)]
+pub enum AppCredential {
+    /// A client secret.
+    Secret(SecretString),
+    /// A PEM holding the private key and the certificate.
+    Certificate(SecretString),
+}
+
+/// `access = "app" | "delegated"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Client credentials.
+    App,
+    /// A user's refresh token.
+    Delegated,
+}
+
+/// `after_ingest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterIngest {
+    /// Leave the message alone.
+    None,
+    /// Mark it read.
+    MarkRead,
+    /// Move it to a folder (well-known name or id).
+    Move(String),
+}
+
+/// `start_at`: where a new mailbox's first delta round starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Only mail that arrives from now on.
+    Now,
+    /// Everything in the folder.
+    All,
+    /// Mail received at or after this time.
+    Since(OffsetDateTime),
+}
+
+/// A `[[mailboxes]]` entry with defaults applied.
+#[derive(Debug, Clone)]
+pub struct MailboxConfig {
+    /// The mailbox.
+    pub address: MailboxAddress,
+    /// App registration used.
+    pub app: AppName,
+    /// App-only or delegated.
+    pub access: Access,
+    /// Delegated only: app-only registration used while re-consent is pending.
+    pub fallback_app: Option<AppName>,
+    /// Time between polls.
+    pub poll_interval: Duration,
+    /// Folders to watch (well-known names or ids).
+    pub folders: Vec<String>,
+    /// What to do once routing acknowledged a message.
+    pub after_ingest: AfterIngest,
+    /// Attachments up to this size are embedded in the event.
+    pub max_inline_attachment_bytes: u64,
+    /// Concurrent Graph requests for this mailbox (at most 4).
+    pub max_concurrent_requests: usize,
+    /// Where the first round starts.
+    pub start_at: StartAt,
+    /// `enabled = false` keeps the mailbox configured but idle (`disabled`).
+    pub enabled: bool,
+}

@@ -1,0 +1,255 @@
+//! The sections of the file, read into the schema: `[server]`, `[store]`, `[microsoft]`,
+//! `[sink]`, `[[apps]]`, then `[defaults]` and `[[mailboxes]]` (in `mailboxes.rs`).
+
+use std::path::PathBuf;
+
+use super::mailboxes;
+use super::reader::{Errors, Table};
+use super::secrets::Secrets;
+use super::tree::Node;
+use super::values::{duration, https_url, socket_addr};
+use super::{AppConfig, AppCredential, Config, MicrosoftConfig, ServerConfig, SinkConfig, StoreConfig};
+use crate::domain::AppName;
+
+/// Reads and checks the whole tree; `None` when anything is wrong (all of it is in `errors`).
+pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<Config> {
+    let mut root = Table::root(root);
+    let server = root.section("server", errors).and_then(|t| server(t, secrets, errors));
+    let (store, encryption_key_given) = match root.section("store", errors) {
+        Some(t) => store(t, secrets, errors),
+        None => (None, true),
+    };
+    let microsoft = root.section("microsoft", errors).and_then(|t| microsoft(t, errors));
+    let sink = root.section("sink", errors).and_then(|t| sink(t, secrets, errors));
+    let defaults = {
+        let mut table = root
+            .section("defaults", errors)
+            .unwrap_or_else(|| Table::empty("defaults"));
+        let defaults = mailboxes::settings(&mut table, None, errors);
+        table.finish(errors);
+        defaults
+    };
+    let (apps, app_names) = match root.get("apps").map(|f| f.tables(errors)) {
+        None => (Some(Vec::new()), Vec::new()),
+        Some(None) => (None, Vec::new()),
+        Some(Some(tables)) => apps(tables, secrets, errors),
+    };
+    let mailboxes = match root.get("mailboxes").map(|f| f.tables(errors)) {
+        None => Some(Vec::new()),
+        Some(None) => None,
+        Some(Some(tables)) => mailboxes::mailboxes(tables, &defaults, &app_names, encryption_key_given, errors),
+    };
+    root.finish(errors);
+    Some(Config {
+        server: server?,
+        store: store?,
+        microsoft: microsoft?,
+        sink: sink?,
+        apps: apps?,
+        mailboxes: mailboxes?,
+    })
+}
+
+fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<ServerConfig> {
+    let listen = socket_addr(&t.get_or("listen", "0.0.0.0:8080"), errors);
+    let public_url = match t.get("public_url") {
+        None => Some(None),
+        Some(field) => https_url(&field, errors).map(Some),
+    };
+    let api_tokens = match t.get("api_tokens").map(|f| f.items(errors)) {
+        None => Some(Vec::new()),
+        Some(None) => None,
+        Some(Some(items)) => {
+            let tokens: Vec<_> = items.iter().map(|item| secrets.resolve(item, errors)).collect();
+            tokens.into_iter().collect()
+        }
+    };
+    let shutdown_grace = duration(&t.get_or("shutdown_grace", "20s"), errors, true);
+    t.finish(errors);
+    Some(ServerConfig {
+        listen: listen?,
+        public_url: public_url?,
+        api_tokens: api_tokens?,
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+/// Also says whether `encryption_key` was given at all (even if it did not resolve), so a
+/// delegated mailbox is not reported a second time for a key that is merely broken.
+fn store(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> (Option<StoreConfig>, bool) {
+    let url_field = t.get_or("url", "sqlite://./data/inboxd.db");
+    let url = url_field.non_empty(errors).and_then(|url| {
+        if url.starts_with("sqlite:") {
+            return Some(url);
+        }
+        url_field.fail(
+            errors,
+            "only sqlite: store URLs are supported, e.g. \"sqlite://./data/inboxd.db\"",
+        );
+        None
+    });
+    let key_field = t.get("encryption_key");
+    let given = key_field.is_some();
+    let encryption_key = match key_field {
+        None => Some(None),
+        Some(field) => secrets.resolve(&field, errors).map(Some),
+    };
+    t.finish(errors);
+    let store = (|| {
+        Some(StoreConfig {
+            url: url?,
+            encryption_key: encryption_key?,
+        })
+    })();
+    (store, given)
+}
+
+fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
+    let authority_host = https_url(&t.get_or("authority_host", "https://login.microsoftonline.com"), errors);
+    let graph_url = https_url(&t.get_or("graph_url", "https://graph.microsoft.com"), errors);
+    let ca_file = match t.get("ca_file") {
+        None => Some(None),
+        Some(field) => field.non_empty(errors).map(|p| Some(PathBuf::from(p))),
+    };
+    t.finish(errors);
+    Some(MicrosoftConfig {
+        authority_host: authority_host?,
+        graph_url: graph_url?,
+        ca_file: ca_file?,
+    })
+}
+
+const FILE_ONLY: &str = "applies only to type = \"file\"";
+const WEBHOOK_ONLY: &str = "applies only to type = \"webhook\"";
+
+fn sink(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<SinkConfig> {
+    let type_field = t.get_or("type", "file");
+    let sink = match type_field.text(errors, "\"file\" or \"webhook\"")?.trim() {
+        "file" => {
+            let path = t.get_or("path", "./data/inbound.ndjson").non_empty(errors);
+            let max_bytes = match t.get("max_bytes") {
+                None => Some(None),
+                Some(field) => field
+                    .int_in(errors, 1, i64::MAX)
+                    .and_then(|v| u64::try_from(v).ok())
+                    .map(Some),
+            };
+            for key in ["url", "signing_secret", "timeout"] {
+                t.refuse(key, errors, WEBHOOK_ONLY);
+            }
+            (|| {
+                Some(SinkConfig::File {
+                    path: PathBuf::from(path?),
+                    max_bytes: max_bytes?,
+                })
+            })()
+        }
+        "webhook" => {
+            let why = " (type = \"webhook\" needs it)";
+            let url = t.require("url", errors, why).and_then(|f| https_url(&f, errors));
+            let signing_secret = t
+                .require("signing_secret", errors, why)
+                .and_then(|f| secrets.resolve(&f, errors));
+            let timeout = duration(&t.get_or("timeout", "10s"), errors, false);
+            for key in ["path", "max_bytes"] {
+                t.refuse(key, errors, FILE_ONLY);
+            }
+            (|| {
+                Some(SinkConfig::Webhook {
+                    url: url?,
+                    signing_secret: signing_secret?,
+                    timeout: timeout?,
+                })
+            })()
+        }
+        other => {
+            type_field.fail(
+                errors,
+                format!("'{other}' is not a sink type; expected \"file\" or \"webhook\""),
+            );
+            // The other keys are known; they just cannot be checked without a type.
+            for key in ["path", "max_bytes", "url", "signing_secret", "timeout"] {
+                let _ = t.get(key);
+            }
+            None
+        }
+    };
+    t.finish(errors);
+    sink
+}
+
+/// Reads `[[apps]]`; also returns every name that was readable, so mailboxes referring to an
+/// app that is otherwise broken are not reported twice.
+fn apps(tables: Vec<Table<'_>>, secrets: &Secrets<'_>, errors: &mut Errors) -> (Option<Vec<AppConfig>>, Vec<String>) {
+    let mut out = Vec::with_capacity(tables.len());
+    let mut names: Vec<(String, String)> = Vec::new();
+    let mut ok = true;
+    for mut t in tables {
+        let name = t.require("name", errors, "").and_then(|field| {
+            let name = field.non_empty(errors)?;
+            if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+                field.fail(errors, format!("duplicate app name '{name}', already used by {first}"));
+                return None;
+            }
+            names.push((name.clone(), t.path().to_string()));
+            Some(name)
+        });
+        let tenant_id = t.require("tenant_id", errors, "").and_then(|f| f.non_empty(errors));
+        let client_id = t.require("client_id", errors, "").and_then(|f| f.non_empty(errors));
+        let secret = t.get("client_secret").map(|f| secrets.resolve(&f, errors));
+        let certificate = t.get("certificate").map(|f| {
+            let pem = secrets.resolve(&f, errors)?;
+            check_pem(&pem, &f, errors).then_some(pem)
+        });
+        let credential = match (secret, certificate) {
+            (Some(secret), None) => secret.map(AppCredential::Secret),
+            (None, Some(pem)) => pem.map(AppCredential::Certificate),
+            (Some(_), Some(_)) => {
+                errors.push(super::ConfigError::new(
+                    t.path(),
+                    "has both client_secret and certificate; keep exactly one",
+                ));
+                None
+            }
+            (None, None) => {
+                errors.push(super::ConfigError::new(
+                    t.path(),
+                    "needs a credential: set client_secret or certificate",
+                ));
+                None
+            }
+        };
+        t.finish(errors);
+        let app = (|| {
+            Some(AppConfig {
+                name: AppName(name?),
+                tenant_id: tenant_id?,
+                client_id: client_id?,
+                credential: credential?,
+            })
+        })();
+        match app {
+            Some(app) => out.push(app),
+            None => ok = false,
+        }
+    }
+    (ok.then_some(out), names.into_iter().map(|(n, _)| n).collect())
+}
+
+/// A certificate credential must hold both the private key and the certificate.
+fn check_pem(pem: &secrecy::SecretString, field: &super::reader::Field<'_>, errors: &mut Errors) -> bool {
+    use secrecy::ExposeSecret;
+    let text = pem.expose_secret();
+    let has_key = text.contains("PRIVATE KEY-----");
+    let has_cert = text.contains("-----BEGIN CERTIFICATE-----");
+    if !has_key || !has_cert {
+        let missing = match (has_key, has_cert) {
+            (false, false) => "a PEM private key and certificate",
+            (false, true) => "a PEM private key",
+            _ => "a PEM certificate",
+        };
+        field.fail(errors, format!("the certificate credential must contain {missing}"));
+        return false;
+    }
+    true
+}

@@ -1,0 +1,265 @@
+//! `inboxd demo`: the emulator in-process with sample mailboxes and mail, the daemon against
+//! it with the embedded demo config (SQLite store, file sink), and a summary of what happened.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::emulator::{EmulatorOptions, spawn};
+use crate::event::MessageEvent;
+
+/// The demo's configuration, embedded so the demo needs no files.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+const TENANT: &str = "9b1f4b7e-3c1d-4a57-8f0e-0c5d2c6a1a10";
+const CLIENT: &str = "11111111-1111-1111-1111-111111111111";
+
+/// Runs the demo for at most `duration`, keeping its files in `data`.
+pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    let db = data.join("inboxd.db");
+    let events_file = data.join("inbound.ndjson");
+    for stale in [
+        db.clone(),
+        data.join("inboxd.db-wal"),
+        data.join("inboxd.db-shm"),
+        events_file.clone(),
+    ] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let emulator = spawn("127.0.0.1:0".parse()?, EmulatorOptions::default()).await?;
+    let http = reqwest::Client::new();
+    let seeded = seed(&http, emulator.url()).await?;
+
+    let env: HashMap<String, String> = [
+        ("INBOXD__MICROSOFT__AUTHORITY_HOST", emulator.url().to_string()),
+        ("INBOXD__MICROSOFT__GRAPH_URL", emulator.url().to_string()),
+        ("INBOXD__STORE__URL", format!("sqlite://{}", db.display())),
+        ("INBOXD__SINK__PATH", events_file.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let config =
+        crate::config::from_sources(DEMO_CONFIG, &env, data).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let app = App::build(config).await?;
+    println!("inboxd demo");
+    println!("  emulator    {}", emulator.url());
+    println!("  daemon API  http://{}  (try /metrics)", app.local_addr());
+    println!("  events      {}", events_file.display());
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(app.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut expected = seeded;
+    let mut live_sent = false;
+    while tokio::time::Instant::now() < deadline {
+        let delivered = read_events(&events_file).len();
+        if delivered >= seeded && !live_sent {
+            // Mail that arrives while the daemon runs is picked up by the next poll.
+            expected += live_mail(&http, emulator.url()).await?;
+            live_sent = true;
+        }
+        if live_sent && delivered >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop_tx.send(());
+    daemon.await??;
+    emulator.stop().await;
+    summarize(&read_events(&events_file), expected, &events_file);
+    Ok(())
+}
+
+/// Reads the NDJSON file (missing file: nothing delivered yet).
+fn read_events(path: &Path) -> Vec<MessageEvent> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<Value> {
+    let resp = http.post(&url).json(&body).send().await?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("emulator refused {url}: {status} {answer}");
+    }
+    Ok(answer)
+}
+
+fn message(from: (&str, &str), to: &str, subject: &str, kind: &str, content: &str) -> Value {
+    json!({
+        "from": {"name": from.0, "address": from.1},
+        "to": [{"name": "", "address": to}],
+        "subject": subject,
+        "body": {"content_type": kind, "content": content},
+    })
+}
+
+/// Creates the demo app, three mailboxes and realistic mail; returns how many messages.
+async fn seed(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
+    post(
+        http,
+        format!("{base}/_emulator/apps"),
+        json!({"tenant_id": TENANT, "client_id": CLIENT, "client_secret": "demo-secret", "roles": ["Mail.ReadWrite", "Mail.Send"], "display_name": "inboxd demo"}),
+    )
+    .await?;
+    for address in ["support@contoso.test", "sales@contoso.test", "billing@contoso.test"] {
+        post(
+            http,
+            format!("{base}/_emulator/mailboxes"),
+            json!({"tenant_id": TENANT, "address": address}),
+        )
+        .await?;
+    }
+    let pdf = base64::engine::general_purpose::STANDARD
+        .encode(b"%PDF-1.4\n% demo invoice\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n");
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+    let mut messages = vec![
+        (
+            "support@contoso.test",
+            message(
+                ("Ann Lee", "ann.lee@example.net"),
+                "support@contoso.test",
+                "Order #1042 has not arrived",
+                "text",
+                "Hello,\n\nmy order #1042 was due on Monday and has not arrived. Can you check?\n\nAnn",
+            ),
+        ),
+        (
+            "sales@contoso.test",
+            message(
+                ("Raj Patel", "raj@fabrikam.example"),
+                "sales@contoso.test",
+                "Quote for 50 licences",
+                "html",
+                "<html><body><p>Hi team,</p><p>Could you send a quote for <b>50 licences</b>, billed yearly?</p><p>Raj</p></body></html>",
+            ),
+        ),
+        (
+            "billing@contoso.test",
+            message(
+                ("Mia Chen", "mia.chen@example.org"),
+                "billing@contoso.test",
+                "Refund status",
+                "text",
+                "Hi, I returned the blender two weeks ago. When will the refund arrive? Mia",
+            ),
+        ),
+    ];
+    let mut reply = message(
+        ("Ann Lee", "ann.lee@example.net"),
+        "support@contoso.test",
+        "RE: Order #1042 has not arrived",
+        "text",
+        "Any news? The tracking page still shows nothing.\n\n> my order #1042 was due on Monday",
+    );
+    reply["internet_message_headers"] = json!([
+        {"name": "Message-ID", "value": "<ann-2@example.net>"},
+        {"name": "In-Reply-To", "value": "<ann-1@example.net>"},
+        {"name": "References", "value": "<ann-1@example.net>"},
+    ]);
+    messages[0].1["internet_message_headers"] = json!([{"name": "Message-ID", "value": "<ann-1@example.net>"}]);
+    messages.push(("support@contoso.test", reply));
+    let mut invoice = message(
+        ("Tom Berg", "tom@northwind.example"),
+        "billing@contoso.test",
+        "Invoice INV-2201 looks wrong",
+        "html",
+        "<html><body><p>The attached invoice charges 3 seats; we have 2.</p><p><img src=\"cid:logo@northwind\"></p></body></html>",
+    );
+    invoice["attachments"] = json!([
+        {"name": "INV-2201.pdf", "content_type": "application/pdf", "content_base64": pdf},
+        {"name": "logo.png", "content_type": "image/png", "content_base64": png, "is_inline": true, "content_id": "logo@northwind"},
+    ]);
+    messages.push(("billing@contoso.test", invoice));
+    for (mailbox, m) in &messages {
+        post(
+            http,
+            format!("{base}/_emulator/mailboxes/{mailbox}/messages"),
+            m.clone(),
+        )
+        .await?;
+    }
+    Ok(messages.len())
+}
+
+/// Two messages that arrive while the daemon runs.
+async fn live_mail(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
+    let live = [
+        (
+            "sales@contoso.test",
+            message(
+                ("Raj Patel", "raj@fabrikam.example"),
+                "sales@contoso.test",
+                "RE: Quote for 50 licences",
+                "text",
+                "Also: is there a discount for 3 years?",
+            ),
+        ),
+        (
+            "support@contoso.test",
+            message(
+                ("Lena Vogt", "lena@example.de"),
+                "support@contoso.test",
+                "Password reset link expired",
+                "text",
+                "The reset link says it expired. Can you send a new one?",
+            ),
+        ),
+    ];
+    for (mailbox, m) in &live {
+        post(
+            http,
+            format!("{base}/_emulator/mailboxes/{mailbox}/messages"),
+            m.clone(),
+        )
+        .await?;
+    }
+    Ok(live.len())
+}
+
+fn summarize(events: &[MessageEvent], expected: usize, file: &Path) {
+    let mut per_mailbox: BTreeMap<&str, Vec<&MessageEvent>> = BTreeMap::new();
+    for e in events {
+        per_mailbox.entry(e.mailbox.as_str()).or_default().push(e);
+    }
+    println!();
+    println!(
+        "Delivered {} of {} messages (one JSON event per line in {}):",
+        events.len(),
+        expected,
+        file.display()
+    );
+    for (mailbox, list) in &per_mailbox {
+        println!("  {mailbox}");
+        for e in list {
+            let threading = if e.in_reply_to.is_some() {
+                "  [reply in thread]"
+            } else {
+                ""
+            };
+            let attachments = if e.attachments.is_empty() {
+                String::new()
+            } else {
+                format!("  [{} attachment(s)]", e.attachments.len())
+            };
+            let from = e.from.as_ref().map(|f| f.address.as_str()).unwrap_or("?");
+            println!("    {:<42} from {from}{threading}{attachments}", e.subject);
+        }
+    }
+    println!();
+    println!(
+        "Not in this build yet: replies through the API (issue #5) and delegated mailboxes with re-consent flagging (issue #4)."
+    );
+}

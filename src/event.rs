@@ -1,0 +1,85 @@
+//! The event delivered to routing: `inboxd.message.v1` (DESIGN §6).
+
+use serde::{Deserialize, Serialize};
+
+/// Schema name of [`MessageEvent`].
+pub const MESSAGE_SCHEMA: &str = "inboxd.message.v1";
+
+/// One email, as routing receives it. Fields may be added within v1, never removed or renamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageEvent {
+    /// Always `inboxd.message.v1`.
+    pub schema: String,
+    /// Unique per delivery attempt (UUID v4).
+    pub event_id: String,
+    /// Stable across re-deliveries of the same message: routing deduplicates on it.
+    pub dedup_key: String,
+    /// Mailbox address.
+    pub mailbox: String,
+    /// Folder the message was found in (config name, e.g. `inbox`).
+    pub folder: String,
+    /// Immutable Graph id.
+    pub graph_id: String,
+    /// RFC 5322 Message-ID.
+    pub internet_message_id: String,
+    /// Graph conversation id.
+    pub conversation_id: String,
+    /// In-Reply-To header.
+    pub in_reply_to: Option<String>,
+    /// References header, oldest first.
+    pub references: Vec<String>,
+    /// Subject.
+    pub subject: String,
+    /// Sender.
+    pub from: Option<EmailAddress>,
+    /// To.
+    pub to: Vec<EmailAddress>,
+    /// Cc.
+    pub cc: Vec<EmailAddress>,
+    /// Reply-To.
+    pub reply_to: Vec<EmailAddress>,
+    /// When Exchange received it (RFC 3339).
+    pub received_at: String,
+    /// Text and HTML bodies.
+    pub body: EventBody,
+    /// Attachments: content inline up to the configured cap, metadata beyond it.
+    pub attachments: Vec<EventAttachment>,
+}
+
+/// A name and address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailAddress {
+    /// Display name (may be empty).
+    pub name: String,
+    /// SMTP address.
+    pub address: String,
+}
+
+/// Both renderings of the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBody {
+    /// Plain text.
+    pub text: Option<String>,
+    /// HTML.
+    pub html: Option<String>,
+}
+
+/// One attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAttachment {
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Shown in the body (`cid:`).
+    pub is_inline: bool,
+    /// Content-ID for inline parts.
+    pub content_id: Option<String>,
+    /// SHA-256 of the content, hex (computed even when the content is not embedded).
+    pub sha256: String,
+    /// Content, base64; absent when over `max_inline_attachment_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub content_base64: Option<String>,
+}

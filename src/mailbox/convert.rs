@@ -1,0 +1,249 @@
+//! Graph message JSON → `inboxd.message.v1` event. Anything missing that the event
+//! requires is an error (the message is quarantined, the mailbox goes on).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+
+use crate::domain::MailboxAddress;
+use crate::event::{EmailAddress, EventAttachment, EventBody, MESSAGE_SCHEMA, MessageEvent};
+
+/// `$select` for delta rounds: everything the event needs, in one request.
+pub const DELTA_SELECT: &str = "id,subject,from,toRecipients,ccRecipients,replyTo,receivedDateTime,internetMessageId,conversationId,body,hasAttachments,internetMessageHeaders,isDraft";
+
+/// Stable across re-deliveries: derived from the mailbox and the immutable id only.
+pub fn dedup_key(mailbox: &MailboxAddress, graph_id: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{mailbox}\n{graph_id}").as_bytes());
+    hex(&digest.as_ref()[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn address(v: &Value) -> Option<EmailAddress> {
+    let e = v.get("emailAddress")?;
+    Some(EmailAddress {
+        name: e.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+        address: e.get("address").and_then(Value::as_str)?.to_string(),
+    })
+}
+
+fn addresses(v: Option<&Value>) -> Vec<EmailAddress> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(address).collect())
+        .unwrap_or_default()
+}
+
+/// Header value by name (case-insensitive) from `internetMessageHeaders`.
+fn header<'a>(headers: &'a [Value], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| {
+            h.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .and_then(|h| h.get("value").and_then(Value::as_str))
+}
+
+/// Plain text from HTML, for routing's `body.text`.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len() / 2);
+    let (mut in_tag, mut skip) = (false, false);
+    let mut tag = String::new();
+    for c in html.chars() {
+        match (in_tag, c) {
+            (false, '<') => {
+                in_tag = true;
+                tag.clear();
+            }
+            (true, '>') => {
+                in_tag = false;
+                let name = tag
+                    .trim_start_matches('/')
+                    .split(|c: char| c.is_whitespace() || c == '/')
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                if matches!(name.as_str(), "style" | "script" | "head") {
+                    skip = !tag.starts_with('/');
+                }
+                if matches!(name.as_str(), "br" | "p" | "div" | "tr" | "li" | "hr") && !out.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            (true, c) => tag.push(c),
+            (false, c) if !skip => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+        .trim()
+        .to_string()
+}
+
+/// Attachments as the event carries them; `cap` = `max_inline_attachment_bytes`.
+pub fn attachments(list: &[Value], cap: u64) -> Vec<EventAttachment> {
+    list.iter()
+        .map(|a| {
+            let bytes = a
+                .get("contentBytes")
+                .and_then(Value::as_str)
+                .and_then(|b| STANDARD.decode(b).ok());
+            let size = a
+                .get("size")
+                .and_then(Value::as_u64)
+                .or(bytes.as_ref().map(|b| b.len() as u64))
+                .unwrap_or(0);
+            let sha256 = bytes
+                .as_ref()
+                .map(|b| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref()))
+                .unwrap_or_default();
+            EventAttachment {
+                name: a
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("attachment")
+                    .to_string(),
+                content_type: a
+                    .get("contentType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("application/octet-stream")
+                    .to_string(),
+                size,
+                is_inline: a.get("isInline").and_then(Value::as_bool).unwrap_or(false),
+                content_id: a.get("contentId").and_then(Value::as_str).map(str::to_string),
+                sha256,
+                content_base64: bytes.filter(|b| b.len() as u64 <= cap).map(|b| STANDARD.encode(b)),
+            }
+        })
+        .collect()
+}
+
+/// Builds the event. `headers` and `attachment_list` come from the delta item or a follow-up fetch.
+pub fn event(
+    mailbox: &MailboxAddress,
+    folder: &str,
+    m: &Value,
+    headers: &[Value],
+    attachment_list: &[Value],
+    cap: u64,
+) -> Result<MessageEvent, String> {
+    let graph_id = m.get("id").and_then(Value::as_str).ok_or("the message has no id")?;
+    let received_at = m
+        .get("receivedDateTime")
+        .and_then(Value::as_str)
+        .ok_or("the message has no receivedDateTime")?;
+    time::OffsetDateTime::parse(received_at, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("receivedDateTime '{received_at}' is not RFC 3339"))?;
+    let body = m.get("body").ok_or("the message has no body")?;
+    let content = body.get("content").and_then(Value::as_str).unwrap_or_default();
+    let is_html = body
+        .get("contentType")
+        .and_then(Value::as_str)
+        .is_none_or(|t| t.eq_ignore_ascii_case("html"));
+    let body = if is_html {
+        EventBody {
+            text: Some(html_to_text(content)),
+            html: Some(content.to_string()),
+        }
+    } else {
+        EventBody {
+            text: Some(content.to_string()),
+            html: None,
+        }
+    };
+    let internet_message_id = m
+        .get("internetMessageId")
+        .and_then(Value::as_str)
+        .or_else(|| header(headers, "Message-ID"))
+        .unwrap_or_default()
+        .to_string();
+    Ok(MessageEvent {
+        schema: MESSAGE_SCHEMA.to_string(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        dedup_key: dedup_key(mailbox, graph_id),
+        mailbox: mailbox.to_string(),
+        folder: folder.to_string(),
+        graph_id: graph_id.to_string(),
+        internet_message_id,
+        conversation_id: m
+            .get("conversationId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        in_reply_to: header(headers, "In-Reply-To").map(str::to_string),
+        references: header(headers, "References")
+            .map(|r| r.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
+        subject: m.get("subject").and_then(Value::as_str).unwrap_or_default().to_string(),
+        from: m.get("from").and_then(address),
+        to: addresses(m.get("toRecipients")),
+        cc: addresses(m.get("ccRecipients")),
+        reply_to: addresses(m.get("replyTo")),
+        received_at: received_at.to_string(),
+        body,
+        attachments: attachments(attachment_list, cap),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_carries_threading_and_caps_attachments() {
+        let mb = MailboxAddress::parse("Support@Contoso.test").unwrap();
+        let m = json!({
+            "id": "AAkA1", "subject": "RE: Order", "receivedDateTime": "2026-01-02T03:04:05Z",
+            "internetMessageId": "<b@x>", "conversationId": "c1",
+            "from": {"emailAddress": {"name": "Ann", "address": "ann@x.net"}},
+            "toRecipients": [{"emailAddress": {"name": "", "address": "support@contoso.test"}}],
+            "body": {"contentType": "html", "content": "<p>Hello &amp; bye</p>"},
+        });
+        let headers = vec![
+            json!({"name": "in-reply-to", "value": "<a@x>"}),
+            json!({"name": "References", "value": "<r@x> <a@x>"}),
+        ];
+        let atts = vec![
+            json!({"name": "small.txt", "contentType": "text/plain", "size": 3, "contentBytes": "YWJj"}),
+            json!({"name": "big.bin", "contentType": "application/pdf", "size": 6, "contentBytes": "YWJjZGVm"}),
+        ];
+        let e = event(&mb, "inbox", &m, &headers, &atts, 4).unwrap();
+        assert_eq!(e.in_reply_to.as_deref(), Some("<a@x>"));
+        assert_eq!(e.references, vec!["<r@x>", "<a@x>"]);
+        assert_eq!(e.body.text.as_deref(), Some("Hello & bye"));
+        assert_eq!(e.attachments[0].content_base64.as_deref(), Some("YWJj"));
+        assert_eq!(e.attachments[1].content_base64, None);
+        assert_eq!(
+            e.attachments[1].sha256,
+            "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721"
+        );
+        assert_eq!(e.dedup_key, dedup_key(&mb, "AAkA1"));
+        assert_eq!(e.mailbox, "support@contoso.test");
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_with_a_reason() {
+        let mb = MailboxAddress::parse("a@b.test").unwrap();
+        let err = event(&mb, "inbox", &json!({"id": "x", "body": {}}), &[], &[], 10).unwrap_err();
+        assert!(err.contains("receivedDateTime"), "{err}");
+        let err = event(
+            &mb,
+            "inbox",
+            &json!({"id": "x", "receivedDateTime": "yesterday", "body": {}}),
+            &[],
+            &[],
+            10,
+        )
+        .unwrap_err();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+}

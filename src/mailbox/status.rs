@@ -1,0 +1,175 @@
+//! The status board: every mailbox's state as `/v1/mailboxes` and metrics show it. A state
+//! change is logged once at WARN (or INFO when it recovers), not on every poll.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::{Access, MailboxConfig};
+use crate::domain::{MailboxAddress, MailboxState};
+use crate::metrics::Metrics;
+use crate::store::{MailboxStatus, Store};
+
+/// One mailbox as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailboxView {
+    /// Address.
+    pub address: String,
+    /// App name.
+    pub app: String,
+    /// `app` or `delegated`.
+    pub access: &'static str,
+    /// State.
+    pub state: MailboxState,
+    /// Why, in words.
+    pub reason: Option<String>,
+    /// AADSTS code behind the state.
+    pub aadsts: Option<u32>,
+    /// Consent URL (delegated mailboxes needing consent).
+    pub consent_url: Option<String>,
+    /// Since when in this state (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// Last successful poll.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_success_at: Option<OffsetDateTime>,
+    /// Messages acknowledged by the sink, ever.
+    pub delivered_total: u64,
+}
+
+/// Shared by mailbox tasks (writers) and the API (reader).
+pub struct StatusBoard {
+    views: Mutex<BTreeMap<MailboxAddress, MailboxView>>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+}
+
+impl StatusBoard {
+    /// An empty board.
+    pub fn new(metrics: Arc<Metrics>, store: Arc<dyn Store>) -> Arc<StatusBoard> {
+        Arc::new(StatusBoard {
+            views: Mutex::new(BTreeMap::new()),
+            metrics,
+            store,
+        })
+    }
+
+    /// Registers a mailbox in `starting` (or `disabled`).
+    pub async fn register(&self, config: &MailboxConfig) {
+        let delivered_total = self.store.delivered_total(&config.address).await.unwrap_or(0);
+        let state = if config.enabled {
+            MailboxState::Starting
+        } else {
+            MailboxState::Disabled
+        };
+        let view = MailboxView {
+            address: config.address.to_string(),
+            app: config.app.to_string(),
+            access: if config.access == Access::App {
+                "app"
+            } else {
+                "delegated"
+            },
+            state,
+            reason: None,
+            aadsts: None,
+            consent_url: None,
+            since: OffsetDateTime::now_utc(),
+            last_success_at: None,
+            delivered_total,
+        };
+        let old = self
+            .views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(config.address.clone(), view);
+        self.metrics.mailbox_state(old.map(|v| v.state), state);
+    }
+
+    /// Moves a mailbox to `state`; logs and persists only real changes.
+    pub async fn set(
+        &self,
+        mailbox: &MailboxAddress,
+        state: MailboxState,
+        reason: Option<String>,
+        aadsts: Option<u32>,
+    ) {
+        let now = OffsetDateTime::now_utc();
+        let changed = {
+            let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(view) = views.get_mut(mailbox) else { return };
+            let changed = view.state != state || view.reason != reason;
+            if changed {
+                let from = view.state;
+                if from != state {
+                    view.since = now;
+                    self.metrics.mailbox_state(Some(from), state);
+                }
+                view.state = state;
+                view.reason = reason.clone();
+                view.aadsts = aadsts;
+                Some((from, view.clone()))
+            } else {
+                None
+            }
+        };
+        let Some((from, view)) = changed else { return };
+        let reason_text = reason.as_deref().unwrap_or("");
+        match state {
+            MailboxState::Active | MailboxState::Starting | MailboxState::Disabled => {
+                tracing::info!(mailbox = %mailbox, from = from.as_str(), to = state.as_str(), "Mailbox state changed.");
+            }
+            MailboxState::Backoff => {
+                tracing::warn!(mailbox = %mailbox, from = from.as_str(), to = state.as_str(), reason = reason_text, "Mailbox is backing off; it will retry by itself.");
+            }
+            _ => {
+                tracing::warn!(
+                    mailbox = %mailbox, from = from.as_str(), to = state.as_str(), reason = reason_text, aadsts = aadsts,
+                    "Mailbox is flagged and skipped; it is re-probed slowly and resumes when the cause is gone."
+                );
+            }
+        }
+        let status = MailboxStatus {
+            state,
+            reason,
+            aadsts,
+            since: view.since,
+            last_success_at: view.last_success_at,
+        };
+        if let Err(e) = self.store.save_status(mailbox, &status).await {
+            tracing::warn!(mailbox = %mailbox, error = %e, "Could not persist the mailbox state.");
+        }
+    }
+
+    /// Records a successful poll and newly delivered messages.
+    pub fn succeeded(&self, mailbox: &MailboxAddress, delivered: u64) {
+        let now = OffsetDateTime::now_utc();
+        if let Some(view) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get_mut(mailbox) {
+            view.last_success_at = Some(now);
+            view.delivered_total += delivered;
+        }
+        self.metrics
+            .poll_succeeded(mailbox.as_str(), now.unix_timestamp() as f64);
+    }
+
+    /// Every mailbox.
+    pub fn all(&self) -> Vec<MailboxView> {
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// One mailbox.
+    pub fn get(&self, mailbox: &MailboxAddress) -> Option<MailboxView> {
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(mailbox)
+            .cloned()
+    }
+}

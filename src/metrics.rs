@@ -1,0 +1,139 @@
+//! Every metric name in one place (DESIGN §8): `inboxd_` prefix, `_total` counters, base units.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::domain::MailboxState;
+
+/// Label set: a list of name/value pairs.
+type Labels = Vec<(&'static str, String)>;
+
+/// The daemon's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages acknowledged by the sink.
+    pub messages_delivered: Counter,
+    /// Graph requests by operation and status (`429`, `200`, `error` for transport failures).
+    pub graph_requests: Family<Labels, Counter>,
+    /// Graph answers that were 429.
+    pub graph_throttled: Counter,
+    /// Token requests by app and outcome (`success`, `transient`, `credential_invalid`, `needs_reconsent`).
+    pub token_requests: Family<Labels, Counter>,
+    /// Mailboxes per state.
+    pub mailboxes: Family<Labels, Gauge>,
+    /// Received → acknowledged, seconds.
+    pub delivery_lag: Histogram,
+    /// Last successful poll per mailbox, Unix seconds.
+    pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Messages quarantined.
+    pub quarantined: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            messages_delivered: Counter::default(),
+            graph_requests: Family::default(),
+            graph_throttled: Counter::default(),
+            token_requests: Family::default(),
+            mailboxes: Family::default(),
+            delivery_lag: Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0]),
+            last_success: Family::default(),
+            quarantined: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "inboxd_messages_delivered",
+            "Messages acknowledged by the sink",
+            m.messages_delivered.clone(),
+        );
+        registry.register(
+            "inboxd_graph_requests",
+            "Graph requests by operation and status",
+            m.graph_requests.clone(),
+        );
+        registry.register(
+            "inboxd_graph_throttled",
+            "Graph answers with status 429",
+            m.graph_throttled.clone(),
+        );
+        registry.register(
+            "inboxd_token_requests",
+            "Token requests by app and outcome",
+            m.token_requests.clone(),
+        );
+        registry.register("inboxd_mailboxes", "Mailboxes per state", m.mailboxes.clone());
+        registry.register(
+            "inboxd_delivery_lag_seconds",
+            "Time from receipt to sink acknowledgement",
+            m.delivery_lag.clone(),
+        );
+        registry.register(
+            "inboxd_last_success_timestamp_seconds",
+            "Last successful poll of a mailbox",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "inboxd_quarantined_messages",
+            "Messages quarantined",
+            m.quarantined.clone(),
+        );
+        for state in MailboxState::ALL {
+            let _ = m.mailboxes.get_or_create(&vec![("state", state.as_str().to_string())]);
+        }
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Counts one Graph request.
+    pub fn graph_request(&self, operation: &'static str, status: &str) {
+        self.graph_requests
+            .get_or_create(&vec![
+                ("operation", operation.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts one token request.
+    pub fn token_request(&self, app: &str, outcome: &'static str) {
+        self.token_requests
+            .get_or_create(&vec![("app", app.to_string()), ("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// Moves one mailbox between state gauges.
+    pub fn mailbox_state(&self, from: Option<MailboxState>, to: MailboxState) {
+        if let Some(from) = from {
+            self.mailboxes
+                .get_or_create(&vec![("state", from.as_str().to_string())])
+                .dec();
+        }
+        self.mailboxes
+            .get_or_create(&vec![("state", to.as_str().to_string())])
+            .inc();
+    }
+
+    /// Records a successful poll.
+    pub fn poll_succeeded(&self, mailbox: &str, unix_seconds: f64) {
+        self.last_success
+            .get_or_create(&vec![("mailbox", mailbox.to_string())])
+            .set(unix_seconds);
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,372 @@
+//! The SQLite store: one database file in WAL mode with `synchronous = FULL`, so a commit
+//! that returned survives `kill -9` and power loss; schema migrations embedded in the binary.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use time::format_description::BorrowedFormatItem;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, UtcOffset};
+
+use super::{MailboxStatus, QuarantineEntry, Store, StoreError};
+use crate::domain::{MailboxAddress, MailboxState};
+
+/// The schema, in version order. Embedded by hand rather than with `sqlx::migrate!()`, which
+/// needs sqlx's `macros` feature; file names follow `migrate!()`'s `<version>_<description>.sql`
+/// so the two stay interchangeable (same versions, same checksums).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
+
+/// Connections of a file-backed pool: SQLite has one writer at a time, a few readers suffice.
+const MAX_CONNECTIONS: u32 = 4;
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a free connection of the pool.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Rows deleted per statement when pruning, so deliveries are not blocked behind one long delete.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// Stored timestamps: UTC, always nine fractional digits, so text order is time order.
+const STORED_TIME: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
+
+/// The default store: a SQLite database (`sqlite://PATH` or `sqlite::memory:`).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// Connections to the database; cloning the store shares them.
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its directory if missing) and migrates the database a URL names.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Database(format!("open {url}: {e}")))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool_options = if in_memory {
+            // An in-memory database lives as long as its last connection: keep exactly one,
+            // forever (several would contend on shared-cache table locks, which busy_timeout
+            // does not cover).
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            options = options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full);
+            if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| StoreError::Database(format!("open {url}: cannot create {}: {e}", dir.display())))?;
+            }
+            SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
+        };
+        let pool = pool_options
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Database(format!("open {url}: {e}")))?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrate {url}: {e}")))?;
+        tracing::debug!(url, "Opened the store.");
+        Ok(SqliteStore { pool })
+    }
+
+    /// Closes every connection, waiting for them to finish (checkpoints the WAL on the way out).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The embedded migrations, ready to run.
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    (*description).into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Maps a database error to a `StoreError` that names the operation that failed.
+fn db_err(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{operation}: {e}"))
+}
+
+/// Formats a timestamp the way the schema stores them.
+fn to_stored(operation: &'static str, t: OffsetDateTime) -> Result<String, StoreError> {
+    t.to_offset(UtcOffset::UTC)
+        .format(STORED_TIME)
+        .map_err(|e| StoreError::Database(format!("{operation}: cannot store timestamp {t}: {e}")))
+}
+
+/// Parses a stored timestamp.
+fn from_stored(operation: &'static str, s: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| StoreError::Database(format!("{operation}: bad stored timestamp '{s}': {e}")))
+}
+
+/// Parses a stored mailbox address.
+fn to_address(operation: &'static str, s: &str) -> Result<MailboxAddress, StoreError> {
+    MailboxAddress::parse(s).map_err(|e| StoreError::Database(format!("{operation}: bad stored mailbox: {e}")))
+}
+
+/// Unix milliseconds, the unit of `delivered_keys.delivered_at`.
+fn unix_millis(t: OffsetDateTime) -> i64 {
+    // Always in range: OffsetDateTime spans far fewer than 2^63 milliseconds.
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Encodes keys as one JSON array bound to a single parameter and expanded with `json_each`,
+/// so a slice of any length fits SQLite's limit on bound variables.
+fn json_keys(operation: &'static str, keys: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(keys).map_err(|e| StoreError::Database(format!("{operation}: {e}")))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("ping"))?;
+        Ok(())
+    }
+
+    async fn delta_link(&self, mailbox: &MailboxAddress, folder: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar::<_, String>("SELECT link FROM delta_links WHERE mailbox = ?1 AND folder = ?2")
+            .bind(mailbox.as_str())
+            .bind(folder)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("read delta link"))
+    }
+
+    async fn save_delta_link(&self, mailbox: &MailboxAddress, folder: &str, link: &str) -> Result<(), StoreError> {
+        const OP: &str = "save delta link";
+        sqlx::query(
+            "INSERT INTO delta_links (mailbox, folder, link, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (mailbox, folder) DO UPDATE SET link = excluded.link, updated_at = excluded.updated_at",
+        )
+        .bind(mailbox.as_str())
+        .bind(folder)
+        .bind(link)
+        .bind(to_stored(OP, OffsetDateTime::now_utc())?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        Ok(())
+    }
+
+    async fn clear_delta_link(&self, mailbox: &MailboxAddress, folder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM delta_links WHERE mailbox = ?1 AND folder = ?2")
+            .bind(mailbox.as_str())
+            .bind(folder)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("clear delta link"))?;
+        Ok(())
+    }
+
+    async fn delivered(&self, mailbox: &MailboxAddress, dedup_keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        const OP: &str = "look up delivered keys";
+        if dedup_keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let found = sqlx::query_scalar::<_, String>(
+            "SELECT dedup_key FROM delivered_keys
+             WHERE mailbox = ?1 AND dedup_key IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(mailbox.as_str())
+        .bind(json_keys(OP, dedup_keys)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        Ok(found.into_iter().collect())
+    }
+
+    async fn mark_delivered(
+        &self,
+        mailbox: &MailboxAddress,
+        dedup_keys: &[String],
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "mark delivered";
+        if dedup_keys.is_empty() {
+            return Ok(());
+        }
+        let keys = json_keys(OP, dedup_keys)?;
+        // IMMEDIATE takes the write lock up front, where busy_timeout applies, instead of
+        // failing on a lock upgrade halfway through.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err(OP))?;
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO delivered_keys (mailbox, dedup_key, delivered_at)
+             SELECT ?1, value, ?2 FROM json_each(?3)",
+        )
+        .bind(mailbox.as_str())
+        .bind(unix_millis(at))
+        .bind(keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(OP))?
+        .rows_affected();
+        if inserted > 0 {
+            let inserted = i64::try_from(inserted).map_err(|e| StoreError::Database(format!("{OP}: {e}")))?;
+            sqlx::query(
+                "INSERT INTO delivered_totals (mailbox, total) VALUES (?1, ?2)
+                 ON CONFLICT (mailbox) DO UPDATE SET total = total + excluded.total",
+            )
+            .bind(mailbox.as_str())
+            .bind(inserted)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        }
+        tx.commit().await.map_err(db_err(OP))
+    }
+
+    async fn delivered_total(&self, mailbox: &MailboxAddress) -> Result<u64, StoreError> {
+        const OP: &str = "read delivered total";
+        let total = sqlx::query_scalar::<_, i64>("SELECT total FROM delivered_totals WHERE mailbox = ?1")
+            .bind(mailbox.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(OP))?
+            .unwrap_or(0);
+        u64::try_from(total).map_err(|e| StoreError::Database(format!("{OP}: {e}")))
+    }
+
+    async fn prune_delivered(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        const OP: &str = "prune delivered keys";
+        let before = unix_millis(before);
+        let mut pruned = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM delivered_keys WHERE rowid IN
+                 (SELECT rowid FROM delivered_keys WHERE delivered_at < ?1 LIMIT ?2)",
+            )
+            .bind(before)
+            .bind(PRUNE_BATCH)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err(OP))?
+            .rows_affected();
+            pruned += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
+    }
+
+    async fn save_status(&self, mailbox: &MailboxAddress, status: &MailboxStatus) -> Result<(), StoreError> {
+        const OP: &str = "save mailbox status";
+        let last_success_at = status.last_success_at.map(|t| to_stored(OP, t)).transpose()?;
+        sqlx::query(
+            "INSERT INTO mailbox_statuses (mailbox, state, reason, aadsts, since, last_success_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (mailbox) DO UPDATE SET state = excluded.state, reason = excluded.reason,
+                 aadsts = excluded.aadsts, since = excluded.since, last_success_at = excluded.last_success_at",
+        )
+        .bind(mailbox.as_str())
+        .bind(status.state.as_str())
+        .bind(status.reason.as_deref())
+        .bind(status.aadsts.map(i64::from))
+        .bind(to_stored(OP, status.since)?)
+        .bind(last_success_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        Ok(())
+    }
+
+    async fn statuses(&self) -> Result<Vec<(MailboxAddress, MailboxStatus)>, StoreError> {
+        const OP: &str = "read mailbox statuses";
+        type StatusRow = (String, String, Option<String>, Option<i64>, String, Option<String>);
+        let rows = sqlx::query_as::<_, StatusRow>(
+            "SELECT mailbox, state, reason, aadsts, since, last_success_at FROM mailbox_statuses ORDER BY mailbox",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        rows.into_iter()
+            .map(|(mailbox, state, reason, aadsts, since, last_success_at)| {
+                let status = MailboxStatus {
+                    state: MailboxState::parse(&state)
+                        .ok_or_else(|| StoreError::Database(format!("{OP}: unknown state '{state}' of {mailbox}")))?,
+                    reason,
+                    aadsts: aadsts
+                        .map(u32::try_from)
+                        .transpose()
+                        .map_err(|e| StoreError::Database(format!("{OP}: bad aadsts of {mailbox}: {e}")))?,
+                    since: from_stored(OP, &since)?,
+                    last_success_at: last_success_at.as_deref().map(|t| from_stored(OP, t)).transpose()?,
+                };
+                Ok((to_address(OP, &mailbox)?, status))
+            })
+            .collect()
+    }
+
+    async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        const OP: &str = "quarantine message";
+        // The first quarantine of a message is the one kept: a replay must not move it in time.
+        sqlx::query(
+            "INSERT INTO quarantine (mailbox, graph_id, folder, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (mailbox, graph_id) DO NOTHING",
+        )
+        .bind(entry.mailbox.as_str())
+        .bind(&entry.graph_id)
+        .bind(&entry.folder)
+        .bind(&entry.reason)
+        .bind(to_stored(OP, entry.at)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        Ok(())
+    }
+
+    async fn quarantined(&self, mailbox: Option<&MailboxAddress>) -> Result<Vec<QuarantineEntry>, StoreError> {
+        const OP: &str = "read quarantine";
+        let rows = sqlx::query_as::<_, (String, String, String, String, String)>(
+            "SELECT mailbox, folder, graph_id, reason, at FROM quarantine
+             WHERE ?1 IS NULL OR mailbox = ?1 ORDER BY at DESC, rowid DESC",
+        )
+        .bind(mailbox.map(MailboxAddress::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        rows.into_iter()
+            .map(|(mailbox, folder, graph_id, reason, at)| {
+                Ok(QuarantineEntry {
+                    mailbox: to_address(OP, &mailbox)?,
+                    folder,
+                    graph_id,
+                    reason,
+                    at: from_stored(OP, &at)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
