@@ -112,6 +112,8 @@ impl App {
             }
         });
         let tasks = TaskTracker::new();
+        // Mailboxes still running, so a drain that runs out of time can name them.
+        let running: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
         for mailbox in &self.config.mailboxes {
             self.board.register(mailbox).await;
             if !mailbox.enabled {
@@ -124,19 +126,22 @@ impl App {
                 config: mailbox.clone(),
                 graph: self.graph.clone(),
                 tokens: tokens.clone(),
-                gate: MailboxGate::new(mailbox.max_concurrent_requests),
+                gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
                 store: self.store.clone(),
                 sink: self.sink.clone(),
                 board: self.board.clone(),
                 metrics: self.metrics.clone(),
             });
             let cancel = root.child_token();
-            let address = mailbox.address.clone();
+            let address = mailbox.address.to_string();
+            running.lock().unwrap_or_else(|p| p.into_inner()).insert(address.clone());
+            let running = running.clone();
             tasks.spawn(async move {
                 mailbox::run(ctx, cancel).await;
-                address
+                running.lock().unwrap_or_else(|p| p.into_inner()).remove(&address);
             });
         }
+        tasks.spawn(prune_delivered(self.store.clone(), root.child_token()));
         tasks.close();
         ready.store(true, Ordering::Relaxed);
         tracing::info!(mailboxes = self.config.mailboxes.len(), listen = %self.config.server.listen, "Daemon started.");
@@ -160,5 +165,22 @@ impl App {
         let _ = server.await;
         tracing::info!("Daemon stopped.");
         Ok(())
+    }
+}
+
+/// Keeps the delivered-keys table bounded: keys older than the resync window plus a day go.
+async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let before = time::OffsetDateTime::now_utc() - mailbox::RESYNC_WINDOW - time::Duration::days(1);
+        match store.prune_delivered(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "Pruned old delivered keys."),
+            Err(e) => tracing::warn!(error = %e, "Pruning delivered keys failed; will retry in an hour."),
+        }
     }
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{Path, Request, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -47,6 +49,7 @@ pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/mailboxes", get(mailboxes))
         .route("/v1/mailboxes/{address}", get(mailbox))
+        .route("/v1/quarantine", get(quarantine))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/livez", get(|| async { "ok" }))
@@ -101,6 +104,29 @@ async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> Resp
             "unknown_mailbox",
             format!("{address} is not configured"),
         ),
+    }
+}
+
+/// Quarantined messages, newest first; `?mailbox=` narrows to one mailbox.
+async fn quarantine(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mailbox = match q.get("mailbox").map(|m| MailboxAddress::parse(m)).transpose() {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_address", e),
+    };
+    match s.store.quarantined(mailbox.as_ref()).await {
+        Ok(entries) => {
+            let items: Vec<_> = entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "mailbox": e.mailbox.as_str(), "folder": e.folder, "graph_id": e.graph_id, "reason": e.reason,
+                        "at": e.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            Json(json!({"quarantine": items})).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
     }
 }
 

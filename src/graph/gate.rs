@@ -12,6 +12,8 @@ const SAFETY: Duration = Duration::from_millis(50);
 
 /// The governor of one mailbox.
 pub struct MailboxGate {
+    /// For log lines about this mailbox's requests.
+    mailbox: String,
     slots: Semaphore,
     size: u32,
     paused_until: Mutex<Option<Instant>>,
@@ -19,13 +21,19 @@ pub struct MailboxGate {
 
 impl MailboxGate {
     /// A gate with `concurrency` slots (Graph allows 4 per app + mailbox).
-    pub fn new(concurrency: usize) -> MailboxGate {
+    pub fn new(mailbox: &str, concurrency: usize) -> MailboxGate {
         let size = concurrency.clamp(1, 4);
         MailboxGate {
+            mailbox: mailbox.to_string(),
             slots: Semaphore::new(size),
             size: size as u32,
             paused_until: Mutex::new(None),
         }
+    }
+
+    /// The mailbox this gate governs.
+    pub fn mailbox(&self) -> &str {
+        &self.mailbox
     }
 
     /// Waits for a slot (or `n` slots for a `$batch`, which Graph runs four at a time) and

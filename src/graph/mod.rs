@@ -88,7 +88,12 @@ pub struct Graph {
     metrics: Arc<Metrics>,
     /// Retries of transient failures (after the first attempt).
     retries: usize,
+    /// Requests in flight across all mailboxes.
+    global: tokio::sync::Semaphore,
 }
+
+/// Most Graph requests in flight at once, all mailboxes together.
+const GLOBAL_CONCURRENCY: usize = 256;
 
 impl Graph {
     /// A client for `graph_url` (e.g. `https://graph.microsoft.com`).
@@ -100,6 +105,7 @@ impl Graph {
             base,
             metrics,
             retries: 6,
+            global: tokio::sync::Semaphore::new(GLOBAL_CONCURRENCY),
         }
     }
 
@@ -129,6 +135,15 @@ impl Graph {
             .with_jitter();
         attempt
             .retry(backoff)
+            .notify(|e: &CallError, wait: Duration| {
+                if let CallError::Graph(g) = e {
+                    tracing::info!(
+                        mailbox = gate.mailbox(), operation = call.operation, status = g.status, code = g.code.as_deref().unwrap_or(""),
+                        request_id = g.request_id.as_deref().unwrap_or(""), client_request_id = %g.client_request_id,
+                        retry_in_ms = wait.as_millis() as u64, "Graph request failed; retrying."
+                    );
+                }
+            })
             .when(|e: &CallError| match e {
                 CallError::Graph(g) => g.is_transient(),
                 CallError::Token(_) => false,
@@ -181,11 +196,12 @@ impl Graph {
             retry_after: retry,
         };
         let permit = gate.enter(call.weight).await;
+        let global = self.global.acquire_many(call.weight).await.expect("global semaphore is never closed");
         let sent = req.send().await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                drop(permit);
+                drop((permit, global));
                 self.metrics.graph_request(call.operation, "error");
                 return Err(fail(
                     GraphErrorKind::Transport,
@@ -208,7 +224,7 @@ impl Graph {
             gate.pause_for(wait.unwrap_or(Duration::from_secs(1)));
         }
         let bytes = resp.bytes().await;
-        drop(permit);
+        drop((permit, global));
         self.metrics.graph_request(call.operation, &status.to_string());
         if status == 429 {
             self.metrics.graph_throttled.inc();
