@@ -108,6 +108,9 @@ enum Credential {
 struct Pacing {
     not_before: Option<Instant>,
     delay: Duration,
+    /// The last failure, answered to every caller until `not_before` (one request per
+    /// app per backoff step, however many mailboxes ask: Entra punishes loops, AADSTS50196).
+    last_error: Option<TokenError>,
 }
 
 impl AppTokens {
@@ -163,6 +166,11 @@ impl AppTokens {
                 return Ok(t.clone()); // endpoint failing: keep using the valid token
             }
         }
+        if let (Some(not_before), Some(err)) = (pacing.not_before, &pacing.last_error)
+            && now < not_before
+        {
+            return Err(err.clone());
+        }
         match self.request().await {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
@@ -173,6 +181,7 @@ impl AppTokens {
             Err(err) => {
                 pacing.delay = (pacing.delay * 2).clamp(RETRY_FLOOR, RETRY_CEILING);
                 pacing.not_before = Some(Instant::now() + pacing.delay);
+                pacing.last_error = Some(err.clone());
                 match cached {
                     Some(t) if Instant::now() < t.expires_at && err.verdict == Verdict::Transient => {
                         tracing::warn!(app = %self.name, error = %err, "Token refresh failed; using the cached token until it expires.");

@@ -233,3 +233,358 @@ impl Daemon {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 }
+
+// ============================================================================================
+// Real binary as a child process (crash and graceful-shutdown tests, tests/daemon/crash.rs).
+// ============================================================================================
+
+/// How long the binary may take to print `listening on`.
+const BINARY_START_LIMIT: Duration = Duration::from_secs(30);
+
+impl Env {
+    /// Seeds `mailboxes` × `per_mailbox` messages with the load generator (small bodies, no
+    /// attachments); returns the addresses `{prefix}{n}@load.example.com`.
+    pub async fn load(&self, prefix: &str, mailboxes: usize, per_mailbox: usize) -> Vec<String> {
+        let answer = self
+            .control(
+                "/_emulator/load",
+                json!({
+                    "tenant_id": TENANT, "client_id": CLIENT, "client_secret": SECRET,
+                    "mailboxes": mailboxes, "messages_per_mailbox": per_mailbox,
+                    "body_bytes": 200, "attachment_share": 0.0,
+                    "address_prefix": prefix, "domain": "load.example.com",
+                }),
+            )
+            .await;
+        assert_eq!(answer["messages"], json!(mailboxes * per_mailbox), "load: {answer}");
+        (0..mailboxes).map(|n| format!("{prefix}{n}@load.example.com")).collect()
+    }
+
+    /// Immutable ids of the messages in a mailbox's inbox, from the emulator's own listing.
+    pub async fn inbox_ids(&self, address: &str) -> Vec<String> {
+        let listing = self
+            .control_get(&format!("/_emulator/mailboxes/{address}/folders/inbox/messages"))
+            .await;
+        listing
+            .as_array()
+            .unwrap_or_else(|| panic!("inbox listing of {address}: {listing}"))
+            .iter()
+            .map(|m| m["immutable_id"].as_str().expect("immutable_id").to_string())
+            .collect()
+    }
+
+    /// Starts the real binary on `config`; stderr goes to `inboxd-{run}.log` in the temp dir.
+    /// Returns once it printed `listening on`; panics (with its log) if it does not.
+    pub async fn spawn_binary(&self, config: &Path, run: usize) -> Binary {
+        let log = self.dir.path().join(format!("inboxd-{run}.log"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_inboxd"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env(SECRET_ENV, SECRET)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("inboxd binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        // Reads stdout to the end so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut binary = Binary { child, addr: None, log };
+        let deadline = std::time::Instant::now() + BINARY_START_LIMIT;
+        loop {
+            while let Ok(line) = rx.try_recv() {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    binary.addr = Some(addr.trim().parse().expect("printed address parses"));
+                }
+            }
+            if binary.addr.is_some() {
+                return binary;
+            }
+            if let Ok(Some(status)) = binary.child.try_wait() {
+                panic!("inboxd exited at start with {status}; stderr:\n{}", binary.stderr());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "inboxd printed no 'listening on' within {BINARY_START_LIMIT:?}; stderr:\n{}",
+                binary.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The real `inboxd run` as a child process; killed (SIGKILL) if dropped while running.
+pub struct Binary {
+    /// The process.
+    child: std::process::Child,
+    /// The API address it printed.
+    addr: Option<SocketAddr>,
+    /// Its stderr (JSON log lines).
+    pub log: PathBuf,
+}
+
+impl Binary {
+    /// The API address it printed.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("started")
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, then reaps it.
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL delivered");
+        self.child.wait().expect("killed child reaped");
+    }
+
+    /// Sends SIGTERM (through `kill -TERM`).
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {} failed: {status}", self.pid());
+    }
+
+    /// Waits (bounded, polling) for the process to exit; `None` if it is still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on its API: status and body, or the transport error (e.g. refused once it exited).
+    pub async fn get(&self, path: &str) -> Result<(u16, String), reqwest::Error> {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.addr()))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Number of complete lines (newline-terminated) in a file; cheap enough to poll.
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .unwrap_or_default()
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+}
+
+/// Lines of an NDJSON event file that are not an event, as (1-based line number, line),
+/// plus the total number of lines (a last line without newline counts).
+pub fn torn_lines(path: &Path) -> (Vec<(usize, String)>, usize) {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    let torn = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| serde_json::from_str::<MessageEvent>(l).is_err())
+        .map(|(i, l)| (i + 1, l.chars().take(120).collect()))
+        .collect();
+    (torn, lines.len())
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the resilience, token, pipeline and CLI tests (resilience.rs, tokens.rs,
+// pipeline.rs, cli.rs).
+// ---------------------------------------------------------------------------------------
+
+/// The bearer token the `with_api_token` configs accept on `/v1`.
+pub const API_TOKEN: &str = "api-token-7d41c2e9b8";
+
+/// Adds `api_tokens = ["dev:API_TOKEN"]` to the `[server]` section of a generated config.
+pub fn with_api_token(toml: &str) -> String {
+    insert_after(toml, "shutdown_grace = \"10s\"\n", &format!("api_tokens = [\"dev:{API_TOKEN}\"]\n"))
+}
+
+/// Adds `lines` to the `[defaults]` section of a generated config.
+pub fn with_defaults(toml: &str, lines: &str) -> String {
+    insert_after(toml, "start_at = \"all\"\n", lines)
+}
+
+/// Adds `lines` to the `[microsoft]` section of a generated config.
+pub fn with_microsoft(toml: &str, lines: &str) -> String {
+    let anchor = toml
+        .lines()
+        .find(|l| l.starts_with("graph_url = "))
+        .map(|l| format!("{l}\n"))
+        .expect("generated config has graph_url");
+    insert_after(toml, &anchor, lines)
+}
+
+fn insert_after(toml: &str, anchor: &str, lines: &str) -> String {
+    assert!(toml.contains(anchor), "config has no `{}`", anchor.trim());
+    let mut lines = lines.to_string();
+    if !lines.ends_with('\n') {
+        lines.push('\n');
+    }
+    toml.replacen(anchor, &format!("{anchor}{lines}"), 1)
+}
+
+/// Parses an RFC 3339 time of the request log.
+pub fn log_time(entry: &Value) -> time::OffsetDateTime {
+    let s = entry["time"].as_str().unwrap_or_else(|| panic!("log entry without time: {entry}"));
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("log time {s}: {e}"))
+}
+
+/// True for a token request (`…/oauth2/v2.0/token`) in the request log.
+pub fn is_token_request(entry: &Value) -> bool {
+    entry["path"].as_str().is_some_and(|p| p.ends_with("/oauth2/v2.0/token"))
+}
+
+/// True for a Graph request (`/v1.0/…`) in the request log.
+pub fn is_graph_request(entry: &Value) -> bool {
+    entry["path"].as_str().is_some_and(|p| p.starts_with("/v1.0/"))
+}
+
+/// Waits (bounded) until `check` holds; returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Env {
+    /// Injects a fault (`POST /_emulator/faults`).
+    pub async fn fault(&self, rule: Value) -> Value {
+        self.control("/_emulator/faults", rule).await
+    }
+
+    /// Removes every fault rule.
+    pub async fn clear_faults(&self) {
+        let resp = self.http.delete(format!("{}/_emulator/faults", self.url)).send().await.unwrap();
+        assert!(resp.status().is_success(), "clearing faults: {}", resp.status());
+    }
+
+    /// Changes emulator settings.
+    pub async fn settings(&self, patch: Value) -> Value {
+        self.control("/_emulator/settings", patch).await
+    }
+
+    /// Events in the file sink as raw JSON (what routing reads, not what our type parses).
+    pub fn raw_events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.events_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The messages of a folder as the emulator holds them.
+    pub async fn folder_messages(&self, address: &str, folder: &str) -> Vec<Value> {
+        self.control_get(&format!("/_emulator/mailboxes/{address}/folders/{folder}/messages"))
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// An app-only access token of the test app, straight from the emulator's token endpoint.
+    pub async fn app_token(&self) -> String {
+        let resp: Value = self
+            .http
+            .post(format!("{}/{TENANT}/oauth2/v2.0/token", self.url))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", CLIENT),
+                ("client_secret", SECRET),
+                ("scope", "https://graph.microsoft.com/.default"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token: {resp}"))
+            .to_string()
+    }
+
+    /// A Graph request with an app token; returns the status and the body (JSON or null).
+    pub async fn graph(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1.0/{}", self.url, path.trim_start_matches('/')))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Daemon {
+    /// `GET /v1/mailboxes` with [`API_TOKEN`]: address → view.
+    pub async fn mailbox_views(&self) -> HashMap<String, Value> {
+        let (status, body) = self.get("/v1/mailboxes", Some(API_TOKEN)).await;
+        assert_eq!(status, 200, "/v1/mailboxes: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        body["mailboxes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v["address"].as_str().unwrap_or_default().to_string(), v))
+            .collect()
+    }
+
+    /// The state of one mailbox in `/v1/mailboxes`.
+    pub async fn state(&self, address: &str) -> String {
+        let views = self.mailbox_views().await;
+        let view = views.get(address).unwrap_or_else(|| panic!("{address} not in /v1/mailboxes"));
+        view["state"].as_str().unwrap_or_default().to_string()
+    }
+}
