@@ -39,6 +39,7 @@ pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("inboxd/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(config.microsoft.request_timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(60));
     if let Some(path) = &config.microsoft.ca_file {
         let pem = std::fs::read(path).with_context(|| format!("microsoft.ca_file: cannot read {}", path.display()))?;
@@ -60,7 +61,12 @@ impl App {
                 .await
                 .context("opening the sink")?,
         );
-        let graph = Arc::new(Graph::new(http.clone(), &config.microsoft.graph_url, metrics.clone()));
+        let graph = Arc::new(Graph::new(
+            http.clone(),
+            &config.microsoft.graph_url,
+            config.microsoft.request_timeout,
+            metrics.clone(),
+        ));
         let mut tokens = HashMap::new();
         for app in &config.apps {
             let cache = AppTokens::new(app, &config.microsoft.authority_host, http.clone(), metrics.clone())
@@ -134,7 +140,10 @@ impl App {
             });
             let cancel = root.child_token();
             let address = mailbox.address.to_string();
-            running.lock().unwrap_or_else(|p| p.into_inner()).insert(address.clone());
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(address.clone());
             let running = running.clone();
             tasks.spawn(async move {
                 mailbox::run(ctx, cancel).await;

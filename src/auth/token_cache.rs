@@ -227,13 +227,7 @@ impl AppTokens {
             }
         }
         let started = Instant::now();
-        let resp = self
-            .http
-            .post(self.token_url.clone())
-            .form(&form)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await;
+        let resp = self.http.post(self.token_url.clone()).form(&form).send().await;
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {

@@ -71,6 +71,8 @@ pub struct MicrosoftConfig {
     pub graph_url: Url,
     /// Extra trusted root certificate (PEM), e.g. the emulator's.
     pub ca_file: Option<PathBuf>,
+    /// A Graph or token request that takes longer fails (transient) and is retried.
+    pub request_timeout: Duration,
 }
 
 /// `[sink]`.

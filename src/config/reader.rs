@@ -178,6 +178,12 @@ impl<'a> Field<'a> {
 
     /// The tables of an array of tables (`[[apps]]`); entries that are not tables are reported.
     pub(super) fn tables(&self, errors: &mut Errors) -> Option<Vec<Table<'a>>> {
+        if let Node::Table(_) = self.node.as_ref() {
+            return self.mismatch(
+                errors,
+                &format!("an array of tables (write [[{}]] for each entry)", self.path),
+            );
+        }
         let items = self.items(errors)?;
         Some(items.iter().filter_map(|item| item.table(errors)).collect())
     }

@@ -111,11 +111,13 @@ fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
         None => Some(None),
         Some(field) => field.non_empty(errors).map(|p| Some(PathBuf::from(p))),
     };
+    let request_timeout = duration(&t.get_or("request_timeout", "60s"), errors, false);
     t.finish(errors);
     Some(MicrosoftConfig {
         authority_host: authority_host?,
         graph_url: graph_url?,
         ca_file: ca_file?,
+        request_timeout: request_timeout?,
     })
 }
 

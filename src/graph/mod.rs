@@ -18,9 +18,6 @@ pub use gate::MailboxGate;
 use crate::auth::{AccessToken, AppTokens, TokenError};
 use crate::metrics::Metrics;
 
-/// Per-request timeout: a hung Graph call becomes a transient failure.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// One Graph request.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -90,6 +87,8 @@ pub struct Graph {
     retries: usize,
     /// Requests in flight across all mailboxes.
     global: tokio::sync::Semaphore,
+    /// A hung request becomes a transient failure after this long.
+    timeout: Duration,
 }
 
 /// Most Graph requests in flight at once, all mailboxes together.
@@ -97,7 +96,7 @@ const GLOBAL_CONCURRENCY: usize = 256;
 
 impl Graph {
     /// A client for `graph_url` (e.g. `https://graph.microsoft.com`).
-    pub fn new(http: reqwest::Client, graph_url: &Url, metrics: Arc<Metrics>) -> Graph {
+    pub fn new(http: reqwest::Client, graph_url: &Url, timeout: Duration, metrics: Arc<Metrics>) -> Graph {
         let mut base = graph_url.clone();
         base.set_path(&format!("{}/v1.0/", graph_url.path().trim_end_matches('/')));
         Graph {
@@ -106,6 +105,7 @@ impl Graph {
             metrics,
             retries: 6,
             global: tokio::sync::Semaphore::new(GLOBAL_CONCURRENCY),
+            timeout,
         }
     }
 
@@ -170,7 +170,7 @@ impl Graph {
             .bearer_auth(token.bearer())
             .header("client-request-id", &client_request_id)
             .header("return-client-request-id", "true")
-            .timeout(REQUEST_TIMEOUT);
+            .timeout(self.timeout);
         for p in &call.prefer {
             req = req.header("Prefer", p);
         }
@@ -196,7 +196,11 @@ impl Graph {
             retry_after: retry,
         };
         let permit = gate.enter(call.weight).await;
-        let global = self.global.acquire_many(call.weight).await.expect("global semaphore is never closed");
+        let global = self
+            .global
+            .acquire_many(call.weight)
+            .await
+            .expect("global semaphore is never closed");
         let sent = req.send().await;
         let resp = match sent {
             Ok(r) => r,

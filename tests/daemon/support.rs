@@ -257,7 +257,9 @@ impl Env {
             )
             .await;
         assert_eq!(answer["messages"], json!(mailboxes * per_mailbox), "load: {answer}");
-        (0..mailboxes).map(|n| format!("{prefix}{n}@load.example.com")).collect()
+        (0..mailboxes)
+            .map(|n| format!("{prefix}{n}@load.example.com"))
+            .collect()
     }
 
     /// Immutable ids of the messages in a mailbox's inbox, from the emulator's own listing.
@@ -431,7 +433,11 @@ pub const API_TOKEN: &str = "api-token-7d41c2e9b8";
 
 /// Adds `api_tokens = ["dev:API_TOKEN"]` to the `[server]` section of a generated config.
 pub fn with_api_token(toml: &str) -> String {
-    insert_after(toml, "shutdown_grace = \"10s\"\n", &format!("api_tokens = [\"dev:{API_TOKEN}\"]\n"))
+    insert_after(
+        toml,
+        "shutdown_grace = \"10s\"\n",
+        &format!("api_tokens = [\"dev:{API_TOKEN}\"]\n"),
+    )
 }
 
 /// Adds `lines` to the `[defaults]` section of a generated config.
@@ -460,14 +466,18 @@ fn insert_after(toml: &str, anchor: &str, lines: &str) -> String {
 
 /// Parses an RFC 3339 time of the request log.
 pub fn log_time(entry: &Value) -> time::OffsetDateTime {
-    let s = entry["time"].as_str().unwrap_or_else(|| panic!("log entry without time: {entry}"));
+    let s = entry["time"]
+        .as_str()
+        .unwrap_or_else(|| panic!("log entry without time: {entry}"));
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("log time {s}: {e}"))
 }
 
 /// True for a token request (`…/oauth2/v2.0/token`) in the request log.
 pub fn is_token_request(entry: &Value) -> bool {
-    entry["path"].as_str().is_some_and(|p| p.ends_with("/oauth2/v2.0/token"))
+    entry["path"]
+        .as_str()
+        .is_some_and(|p| p.ends_with("/oauth2/v2.0/token"))
 }
 
 /// True for a Graph request (`/v1.0/…`) in the request log.
@@ -501,7 +511,12 @@ impl Env {
 
     /// Removes every fault rule.
     pub async fn clear_faults(&self) {
-        let resp = self.http.delete(format!("{}/_emulator/faults", self.url)).send().await.unwrap();
+        let resp = self
+            .http
+            .delete(format!("{}/_emulator/faults", self.url))
+            .send()
+            .await
+            .unwrap();
         assert!(resp.status().is_success(), "clearing faults: {}", resp.status());
     }
 
@@ -584,7 +599,9 @@ impl Daemon {
     /// The state of one mailbox in `/v1/mailboxes`.
     pub async fn state(&self, address: &str) -> String {
         let views = self.mailbox_views().await;
-        let view = views.get(address).unwrap_or_else(|| panic!("{address} not in /v1/mailboxes"));
+        let view = views
+            .get(address)
+            .unwrap_or_else(|| panic!("{address} not in /v1/mailboxes"));
         view["state"].as_str().unwrap_or_default().to_string()
     }
 }

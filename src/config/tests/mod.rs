@@ -294,6 +294,12 @@ fn wrong_types_are_reported() {
     assert_has(&lines, "store.url", "expected a string, found a boolean");
     assert_has(&lines, "mailboxes[0].folders", "expected an array");
     assert_eq!(lines.len(), 4, "{}", lines.join("\n"));
+    assert_only(
+        "[apps]\nname = \"x\"\n",
+        &[],
+        "apps",
+        "expected an array of tables (write [[apps]] for each entry)",
+    );
 }
 
 #[test]
@@ -331,14 +337,4 @@ fn the_shipped_configs_validate() {
     .collect();
     let config = from_sources(&example, &env, &dir).unwrap_or_else(|e| panic!("inboxd.example.toml:\n{e}"));
     assert_eq!(config.mailboxes.len(), 2);
-}
-#[test]
-fn zz_print() {
-    for toml in [
-        "[server]\nlisten = \"a\"\nlisten = \"b\"\n",
-        "[apps]\nname = \"x\"\n",
-        "[server]\nlisten = \"localhost\"\npublic_url = \"http://inboxd.example.com\"\n[sink]\ntype = \"webhook\"\nurl = \"https://routing.example/inbound\"\n[defaults]\npoll_interval = \"soon\"\n[[apps]]\nname = \"contoso\"\ntenant_id = \"tenant\"\nclient_id = \"client\"\nclient_secret = \"hunter2\"\n[[mailboxes]]\naddress = \"support@contoso.com\"\napp = \"contoso\"\npol_interval = \"10s\"\n[[mailboxes]]\naddress = \"Support@Contoso.com\"\napp = \"fabrikam\"\nmax_concurrent_requests = 8\n",
-    ] {
-        eprintln!("----\n{}", load(toml, &[("INBOXD__SERVER__SHUTDOWN_GRACE", "x")]).unwrap_err());
-    }
 }

@@ -1,0 +1,430 @@
+//! The whole pipeline as routing and operations see it: events that match the published
+//! schema, threading and attachments, HTTPS with an extra root, post-ingest actions only
+//! after the sink acknowledged, and the HTTP API.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use inboxd::emulator::EmulatorOptions;
+use serde_json::{Value, json};
+
+use crate::support::{
+    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, with_api_token, with_defaults, with_microsoft,
+};
+
+fn addr(name: &str) -> String {
+    format!("{name}@contoso.test")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The published schema of the event.
+fn schema() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/inboxd.message.v1.schema.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A validator for the subset of JSON Schema (2020-12) the event schema uses. Keywords it
+/// does not know make it panic, so a schema that grows a new rule cannot be half-checked.
+struct Validator<'a> {
+    root: &'a Value,
+}
+
+impl Validator<'_> {
+    /// Every violation, as `path: problem`.
+    fn errors(&self, value: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        self.check(self.root, value, "$", &mut out);
+        out
+    }
+
+    fn check(&self, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+        let schema = schema.as_object().expect("schema nodes are objects");
+        for (keyword, rule) in schema {
+            match keyword.as_str() {
+                "type" => {
+                    let types: Vec<&str> = match rule {
+                        Value::String(t) => vec![t.as_str()],
+                        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+                        other => panic!("type {other}"),
+                    };
+                    if !types.iter().any(|t| has_type(value, t)) {
+                        out.push(format!("{at}: expected {types:?}, got {value}"));
+                    }
+                }
+                "required" => {
+                    for name in rule.as_array().unwrap().iter().filter_map(Value::as_str) {
+                        if value.is_object() && value.get(name).is_none() {
+                            out.push(format!("{at}: required field '{name}' is missing"));
+                        }
+                    }
+                }
+                "properties" => {
+                    if let Some(obj) = value.as_object() {
+                        for (name, sub) in rule.as_object().unwrap() {
+                            if let Some(v) = obj.get(name) {
+                                self.check(sub, v, &format!("{at}.{name}"), out);
+                            }
+                        }
+                    }
+                }
+                "items" => {
+                    if let Some(items) = value.as_array() {
+                        for (i, v) in items.iter().enumerate() {
+                            self.check(rule, v, &format!("{at}[{i}]"), out);
+                        }
+                    }
+                }
+                "enum" => {
+                    if !rule.as_array().unwrap().contains(value) {
+                        out.push(format!("{at}: {value} is not one of {rule}"));
+                    }
+                }
+                "const" => {
+                    if value != rule {
+                        out.push(format!("{at}: {value} is not {rule}"));
+                    }
+                }
+                "minimum" => {
+                    if value.as_f64().is_some_and(|n| n < rule.as_f64().unwrap()) {
+                        out.push(format!("{at}: {value} is below {rule}"));
+                    }
+                }
+                "anyOf" => {
+                    let fits = rule.as_array().unwrap().iter().any(|alt| {
+                        let mut errs = Vec::new();
+                        self.check(alt, value, at, &mut errs);
+                        errs.is_empty()
+                    });
+                    if !fits {
+                        out.push(format!("{at}: {value} matches none of anyOf"));
+                    }
+                }
+                "$ref" => {
+                    let pointer = rule.as_str().unwrap().strip_prefix('#').expect("local $ref");
+                    let target = self.root.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {rule}"));
+                    self.check(target, value, at, out);
+                }
+                "additionalProperties" => assert_eq!(rule, &Value::Bool(true), "only open objects are supported"),
+                // Annotations, not assertions (format is an annotation by default in 2020-12).
+                "$schema" | "$id" | "$defs" | "title" | "description" | "format" | "contentEncoding" => {}
+                other => panic!("the test validator does not know the schema keyword '{other}'"),
+            }
+        }
+    }
+}
+
+fn has_type(value: &Value, t: &str) -> bool {
+    match t {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        "number" => value.is_number(),
+        "integer" => value.is_u64() || value.is_i64(),
+        other => panic!("unknown type {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_of_a_realistic_run_match_the_schema_with_threading_and_attachments() {
+    let env = Env::new().await;
+    let a = addr("support");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    // Generated traffic: threads, HTML, attachments (under the cap).
+    env.control(
+        "/_emulator/load",
+        json!({"tenant_id": TENANT, "client_id": CLIENT, "client_secret": SECRET, "mailboxes": 2,
+               "messages_per_mailbox": 6, "attachment_share": 0.5, "attachment_bytes": 600,
+               "address_prefix": "pipe", "domain": "contoso.test"}),
+    )
+    .await;
+    let generated = ["pipe0@contoso.test".to_string(), "pipe1@contoso.test".to_string()];
+
+    // A thread by hand: the original, then a reply carrying In-Reply-To and References.
+    let original = env.deliver(&a, "Order 1234 is late").await;
+    let original_id = original["internet_message_id"].as_str().unwrap().to_string();
+    let root = "<root-4711@shop.example>";
+    env.control(
+        &format!("/_emulator/mailboxes/{a}/messages"),
+        json!({
+            "from": {"name": "Customer", "address": "customer@example.net"},
+            "to": [{"name": "Support", "address": a}],
+            "cc": [{"name": "Boss", "address": "boss@example.net"}],
+            "subject": "RE: Order 1234 is late",
+            "body": {"content_type": "html", "content": "<p>Still <b>waiting</b>.</p>"},
+            "internet_message_headers": [
+                {"name": "In-Reply-To", "value": original_id},
+                {"name": "References", "value": format!("{root} {original_id}")},
+            ],
+        }),
+    )
+    .await;
+    // Attachments on both sides of the cap (1,000 bytes), and an inline image.
+    let small: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..5000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let logo: Vec<u8> = (0..300u32).map(|i| (i % 256) as u8).collect();
+    env.control(
+        &format!("/_emulator/mailboxes/{a}/messages"),
+        json!({
+            "from": {"name": "Customer", "address": "customer@example.net"},
+            "to": [{"name": "Support", "address": a}],
+            "subject": "Invoice attached",
+            "body": {"content_type": "html", "content": "<p>See attached.<img src=\"cid:logo@shop\"></p>"},
+            "attachments": [
+                {"name": "small.txt", "content_type": "text/plain", "content_base64": B64.encode(&small)},
+                {"name": "big.bin", "content_type": "application/octet-stream", "content_base64": B64.encode(&big)},
+                {"name": "logo.png", "content_type": "image/png", "content_base64": B64.encode(&logo),
+                 "is_inline": true, "content_id": "logo@shop"},
+            ],
+        }),
+    )
+    .await;
+
+    let mut all = vec![a.clone()];
+    all.extend(generated.iter().cloned());
+    let toml = with_defaults(&env.config(&all, "500ms"), "max_inline_attachment_bytes = 1000");
+    let daemon = env.start(&toml).await;
+    let expected = 3 + 12;
+    let typed = env.wait_for_events(expected, Duration::from_secs(10)).await;
+    assert_eq!(typed.len(), expected, "{typed:?}");
+    daemon.stop().await;
+
+    // Every event, as raw JSON, matches the published schema.
+    let schema = schema();
+    let validator = Validator { root: &schema };
+    let raw = env.raw_events();
+    assert_eq!(raw.len(), expected);
+    for event in &raw {
+        let errors = validator.errors(event);
+        assert!(errors.is_empty(), "event does not match the schema: {errors:?}\n{event}");
+    }
+    // The validator is not a rubber stamp.
+    let sample = raw.iter().find(|e| e["attachments"].as_array().is_some_and(|a| !a.is_empty())).unwrap();
+    let mut missing = sample.clone();
+    missing.as_object_mut().unwrap().remove("dedup_key");
+    assert!(validator.errors(&missing).iter().any(|e| e.contains("dedup_key")));
+    let mut wrong = sample.clone();
+    wrong["in_reply_to"] = json!(42);
+    wrong["schema"] = json!("inboxd.message.v2");
+    assert_eq!(validator.errors(&wrong).len(), 2, "{:?}", validator.errors(&wrong));
+    let mut no_hash = sample.clone();
+    no_hash["attachments"][0].as_object_mut().unwrap().remove("sha256");
+    assert!(validator.errors(&no_hash).iter().any(|e| e.contains("sha256")));
+    let mut bad_from = sample.clone();
+    bad_from["from"] = json!({"name": "x"});
+    assert!(!validator.errors(&bad_from).is_empty());
+
+    // Threading.
+    let by_subject: HashMap<&str, &Value> = raw.iter().map(|e| (e["subject"].as_str().unwrap(), e)).collect();
+    let reply = by_subject["RE: Order 1234 is late"];
+    assert_eq!(reply["in_reply_to"], json!(original_id), "{reply}");
+    assert_eq!(reply["references"], json!([root, original_id]), "{reply}");
+    assert_eq!(reply["cc"][0]["address"], "boss@example.net");
+    assert!(reply["body"]["html"].as_str().is_some_and(|h| h.contains("<b>waiting</b>")), "{reply}");
+    let first = by_subject["Order 1234 is late"];
+    assert_eq!(first["internet_message_id"], json!(original_id));
+    assert_eq!(first["in_reply_to"], Value::Null);
+    assert_eq!(reply["conversation_id"].as_str().map(str::is_empty), Some(false));
+
+    // Attachments: embedded under the cap with a matching hash, metadata and hash over it.
+    let invoice = by_subject["Invoice attached"];
+    let attachments: HashMap<&str, &Value> = invoice["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["name"].as_str().unwrap(), x))
+        .collect();
+    assert_eq!(attachments.len(), 3, "{invoice}");
+    for (name, bytes, inline) in [("small.txt", &small, false), ("logo.png", &logo, true)] {
+        let att = attachments[name];
+        let content = B64.decode(att["content_base64"].as_str().unwrap_or_else(|| panic!("{name} not embedded: {att}")));
+        assert_eq!(content.as_deref().ok(), Some(bytes.as_slice()), "{name} content differs");
+        assert_eq!(att["sha256"], json!(sha256_hex(bytes)), "{name} hash");
+        assert_eq!(att["size"], json!(bytes.len()), "{name} size");
+        assert_eq!(att["is_inline"], json!(inline), "{name}");
+    }
+    assert_eq!(attachments["logo.png"]["content_id"], "logo@shop");
+    let over = attachments["big.bin"];
+    assert!(over.get("content_base64").is_none(), "over the cap but embedded: {over}");
+    assert_eq!(over["sha256"], json!(sha256_hex(&big)), "hash of a non-embedded attachment");
+    assert_eq!(over["size"], json!(big.len()));
+    // Generated attachments under the cap: content and hash agree.
+    let mut checked = 0;
+    for e in raw.iter().filter(|e| generated.iter().any(|g| e["mailbox"] == json!(g))) {
+        for att in e["attachments"].as_array().unwrap() {
+            let bytes = B64.decode(att["content_base64"].as_str().expect("600 bytes < cap")).unwrap();
+            assert_eq!(att["sha256"], json!(sha256_hex(&bytes)));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "the load generator produced no attachment to check");
+    let keys: HashSet<&str> = raw.iter().map(|e| e["dedup_key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), expected, "dedup keys are not distinct per message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file() {
+    let env = Env::with(EmulatorOptions { tls: true, scenario: None }).await;
+    assert!(env.url.starts_with("https://127.0.0.1:"), "{}", env.url);
+    let a = addr("tls");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    env.deliver(&a, "over TLS").await;
+    let base = with_api_token(&env.config(std::slice::from_ref(&a), "300ms"));
+
+    // Without the extra root the certificate is not trusted: nothing gets through.
+    let daemon = env.start(&base).await;
+    let refused = eventually(Duration::from_secs(5), || async { daemon.state(&a).await == "backoff" }).await;
+    assert!(refused, "an untrusted certificate was accepted? {:?}", daemon.mailbox_views().await);
+    assert!(env.events().is_empty());
+    daemon.stop().await;
+
+    let ca = env.dir.path().join("emulator-ca.pem");
+    std::fs::write(&ca, env.emu.cert_pem().expect("TLS emulator has a certificate")).unwrap();
+    let daemon = env
+        .start(&with_microsoft(&base, &format!("ca_file = \"{}\"", ca.display())))
+        .await;
+    let events = env.wait_for_events(1, Duration::from_secs(8)).await;
+    assert_eq!(events.len(), 1, "nothing delivered over HTTPS");
+    assert_eq!(events[0].subject, "over TLS");
+    let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
+    assert!(active);
+    let log = env.requests().await;
+    assert!(log.iter().any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/oauth2/v2.0/token")) && e["status"] == 200));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
+    let env = Env::new().await;
+    let (reader, mover) = (addr("reader"), addr("mover"));
+    env.mailboxes(&[reader.clone(), mover.clone()]).await;
+    for i in 0..4 {
+        env.deliver(&reader, &format!("read me {i}")).await;
+        env.deliver(&mover, &format!("move me {i}")).await;
+    }
+    let mut toml = env.config(&[], "300ms");
+    toml.push_str(&format!(
+        "\n[[mailboxes]]\naddress = \"{reader}\"\napp = \"test\"\nafter_ingest = \"mark_read\"\n\
+         \n[[mailboxes]]\naddress = \"{mover}\"\napp = \"test\"\nafter_ingest = \"move:archive\"\n"
+    ));
+    assert!(env.folder_messages(&reader, "inbox").await.iter().all(|m| m["is_read"] == false));
+    let daemon = env.start(&toml).await;
+
+    // Snapshot the mailbox first, the file second: whatever was already acted on must
+    // already be in the file.
+    let done = eventually(Duration::from_secs(8), || async {
+        let read: Vec<String> = env
+            .folder_messages(&reader, "inbox")
+            .await
+            .iter()
+            .filter(|m| m["is_read"] == true)
+            .map(|m| m["immutable_id"].as_str().unwrap().to_string())
+            .collect();
+        let archived: Vec<String> = env
+            .folder_messages(&mover, "archive")
+            .await
+            .iter()
+            .map(|m| m["immutable_id"].as_str().unwrap().to_string())
+            .collect();
+        let delivered: HashSet<String> = env.events().into_iter().map(|e| e.graph_id).collect();
+        for id in read.iter().chain(&archived) {
+            assert!(delivered.contains(id), "message {id} was acted on before its event was in the file");
+        }
+        read.len() == 4 && archived.len() == 4
+    })
+    .await;
+    assert!(
+        done,
+        "post-ingest actions incomplete: inbox of {reader}: {:?}; archive of {mover}: {:?}",
+        env.folder_messages(&reader, "inbox").await,
+        env.folder_messages(&mover, "archive").await
+    );
+    assert!(env.folder_messages(&mover, "inbox").await.is_empty(), "moved messages still in the inbox");
+    let events = env.events();
+    assert_eq!(events.len(), 8, "{events:?}");
+    // A moved message keeps its immutable id, and the event's graph_id is that id.
+    let archived: HashSet<String> = env
+        .folder_messages(&mover, "archive")
+        .await
+        .iter()
+        .map(|m| m["immutable_id"].as_str().unwrap().to_string())
+        .collect();
+    let mover_ids: HashSet<String> = events.iter().filter(|e| e.mailbox == mover).map(|e| e.graph_id.clone()).collect();
+    assert_eq!(archived, mover_ids);
+    daemon.stop().await;
+}
+
+/// The value of the first sample line of `name` whose labels contain `labels`.
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let metric = series.split('{').next().unwrap_or_default();
+            metric == name && series.contains(labels)
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
+    let env = Env::new().await;
+    let a = addr("api");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    env.deliver(&a, "for the metrics").await;
+    let daemon = env
+        .start(&with_api_token(&env.config(std::slice::from_ref(&a), "300ms")))
+        .await;
+    assert_eq!(daemon.get("/livez", None).await.0, 200);
+    let ready = eventually(Duration::from_secs(3), || async { daemon.get("/readyz", None).await.0 == 200 }).await;
+    assert!(ready, "/readyz never 200");
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(5)).await.len(), 1);
+    let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
+    assert!(active);
+
+    let (status, metrics) = daemon.get("/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        sample(&metrics, "inboxd_messages_delivered_total", "").is_some_and(|v| v >= 1.0),
+        "inboxd_messages_delivered_total missing or 0:\n{metrics}"
+    );
+    assert_eq!(sample(&metrics, "inboxd_mailboxes", "state=\"active\""), Some(1.0), "{metrics}");
+
+    for token in [None, Some("wrong-token"), Some(&API_TOKEN[..API_TOKEN.len() - 1])] {
+        let (status, body) = daemon.get("/v1/mailboxes", token).await;
+        assert_eq!(status, 401, "/v1/mailboxes with {token:?}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON error body");
+        assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    let (status, list) = daemon.get("/v1/mailboxes", Some(API_TOKEN)).await;
+    assert_eq!(status, 200, "{list}");
+    let listed: Value = serde_json::from_str(&list).unwrap();
+    let view = &listed["mailboxes"][0];
+    assert_eq!(view["address"], json!(a));
+    assert_eq!(view["app"], "test");
+    assert_eq!(view["access"], "app");
+    assert_eq!(view["state"], "active");
+    assert_eq!(view["aadsts"], Value::Null);
+    assert!(view["delivered_total"].as_u64() >= Some(1), "{view}");
+    assert!(view["since"].is_string() && view["last_success_at"].is_string(), "{view}");
+    let (status, one) = daemon.get(&format!("/v1/mailboxes/{a}"), Some(API_TOKEN)).await;
+    assert_eq!(status, 200, "{one}");
+
+    for (what, text) in [("/metrics", &metrics), ("/v1/mailboxes", &list), ("/v1/mailboxes/{a}", &one)] {
+        assert!(!text.contains(SECRET), "{what} leaks the client secret");
+        assert!(!text.contains(API_TOKEN), "{what} leaks the API token");
+        assert!(!text.contains("eyJ"), "{what} leaks what looks like an access token");
+    }
+    daemon.stop().await;
+}

@@ -1,0 +1,326 @@
+//! Graph misbehaving: 429 storms, 5xx, connection resets, malformed bodies, expired delta
+//! tokens, replays and `@removed` entries. Nothing is lost, nothing is announced twice,
+//! `Retry-After` is honoured, and the other mailboxes carry on.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{Env, eventually, log_time, with_api_token};
+
+fn addr(name: &str) -> String {
+    format!("{name}@contoso.test")
+}
+
+/// Panics when a graph id appears in more than one event.
+fn assert_no_duplicates(events: &[inboxd::event::MessageEvent]) {
+    let mut seen = HashSet::new();
+    for e in events {
+        assert!(
+            seen.insert(&e.graph_id),
+            "message {} ({:?}) delivered twice",
+            e.graph_id,
+            e.subject
+        );
+    }
+}
+
+/// Subjects delivered for `mailbox`.
+fn subjects(events: &[inboxd::event::MessageEvent], mailbox: &str) -> HashSet<String> {
+    events
+        .iter()
+        .filter(|e| e.mailbox == mailbox)
+        .map(|e| e.subject.clone())
+        .collect()
+}
+
+/// Request-log entries that belong to `mailbox`: its own paths, requests the emulator
+/// attributed to it, and the outer `$batch` requests that carried its parts.
+fn mailbox_requests(log: &[Value], mailbox: &str) -> Vec<Value> {
+    let prefix = format!("/v1.0/users/{mailbox}").to_ascii_lowercase();
+    let mine = |e: &Value| {
+        e["path"].as_str().is_some_and(|p| p.to_ascii_lowercase().starts_with(&prefix))
+            || e["mailbox"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(mailbox))
+    };
+    let batches: HashSet<u64> = log.iter().filter(|e| mine(e)).filter_map(|e| e["batch"].as_u64()).collect();
+    log.iter()
+        .filter(|e| mine(e) || e["seq"].as_u64().is_some_and(|s| batches.contains(&s)))
+        .cloned()
+        .collect()
+}
+
+/// Every request of the mailbox that arrived after a 429 had been answered must arrive
+/// no earlier than the 429's time plus its `Retry-After`. Returns the number of 429s seen.
+fn assert_retry_after_honoured(log: &[Value], mailbox: &str) -> usize {
+    let requests = mailbox_requests(log, mailbox);
+    let mut throttles = 0;
+    for t in requests.iter().filter(|e| e["status"] == 429) {
+        throttles += 1;
+        let wait: f64 = t["retry_after"]
+            .as_str()
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or_else(|| panic!("429 without a decimal Retry-After: {t}"));
+        let at = log_time(t);
+        let answered = at + time::Duration::seconds_f64(t["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0);
+        let earliest = at + time::Duration::seconds_f64(wait);
+        for r in &requests {
+            let arrived = log_time(r);
+            if r["seq"].as_u64() > t["seq"].as_u64() && arrived > answered {
+                assert!(
+                    arrived >= earliest,
+                    "Retry-After {wait}s violated for {mailbox}: 429 (seq {}) at {}, then {} {} (seq {}) at {}",
+                    t["seq"],
+                    t["time"],
+                    r["method"],
+                    r["path"],
+                    r["seq"],
+                    r["time"]
+                );
+            }
+        }
+    }
+    throttles
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_storm_with_decimal_retry_after_is_waited_out_and_other_mailboxes_carry_on() {
+    let env = Env::new().await;
+    let (slow, fast) = (addr("throttled"), addr("calm"));
+    env.mailboxes(&[slow.clone(), fast.clone()]).await;
+    for i in 0..3 {
+        env.deliver(&slow, &format!("slow {i}")).await;
+        env.deliver(&fast, &format!("fast {i}")).await;
+    }
+    env.fault(json!({"path_prefix": format!("/v1.0/users/{slow}"), "status": 429, "retry_after": "1.5", "times": 3}))
+        .await;
+    let daemon = env.start(&env.config(&[slow.clone(), fast.clone()], "1s")).await;
+
+    // The calm mailbox is done long before the throttled one may even ask again.
+    let calm_done = eventually(Duration::from_secs(3), || async { subjects(&env.events(), &fast).len() == 3 }).await;
+    let events = env.events();
+    assert!(calm_done, "the calm mailbox stalled behind the throttled one: {events:?}");
+    assert!(
+        subjects(&events, &slow).is_empty(),
+        "the throttled mailbox delivered before its 429s were over: {events:?}"
+    );
+
+    let events = env.wait_for_events(6, Duration::from_secs(10)).await;
+    assert_eq!(
+        subjects(&events, &slow),
+        (0..3).map(|i| format!("slow {i}")).collect(),
+        "throttled mailbox lost mail"
+    );
+    assert_no_duplicates(&events);
+    let log = env.requests().await;
+    let throttles = assert_retry_after_honoured(&log, &slow);
+    assert_eq!(throttles, 3, "the fault should have fired three times");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttled_mailbox_slows_down_alone() {
+    let env = Env::new().await;
+    let (slow, fast) = (addr("slow"), addr("busy"));
+    env.mailboxes(&[slow.clone(), fast.clone()]).await;
+    env.deliver(&slow, "slow 0").await;
+    env.fault(json!({"path_prefix": format!("/v1.0/users/{slow}"), "status": 429, "retry_after": "2.5", "times": 2}))
+        .await;
+    let daemon = env.start(&env.config(&[slow.clone(), fast.clone()], "300ms")).await;
+
+    // While the slow mailbox waits out 2 × 2.5 s, new mail of the busy one keeps flowing.
+    let started = tokio::time::Instant::now();
+    for i in 0..3 {
+        let subject = format!("busy {i}");
+        env.deliver(&fast, &subject).await;
+        let arrived = eventually(Duration::from_millis(2500), || async {
+            subjects(&env.events(), &fast).contains(&subject)
+        })
+        .await;
+        assert!(arrived, "{subject} of the busy mailbox not delivered within 2.5 s while another mailbox was throttled");
+    }
+    let throttled_for = started.elapsed();
+    let events = env.events();
+    assert!(
+        subjects(&events, &slow).is_empty() || throttled_for >= Duration::from_secs(5),
+        "the throttled mailbox did not wait: {events:?}"
+    );
+    let log = env.requests().await;
+    let busy_during_throttle = mailbox_requests(&log, &fast).len();
+    assert!(busy_during_throttle >= 3, "the busy mailbox barely polled: {busy_during_throttle} requests");
+
+    let events = env.wait_for_events(4, Duration::from_secs(8)).await;
+    assert!(subjects(&events, &slow).contains("slow 0"), "throttled mailbox lost mail: {events:?}");
+    assert_no_duplicates(&events);
+    let log = env.requests().await;
+    assert_eq!(assert_retry_after_honoured(&log, &slow), 2);
+    // Only the throttled mailbox paused: the other never saw a 429 and was never made to wait.
+    assert!(mailbox_requests(&log, &fast).iter().all(|e| e["status"] != 429));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_errors_resets_and_malformed_bodies_lose_nothing_and_the_mailbox_recovers() {
+    let env = Env::new().await;
+    let (a, b) = (addr("five-oh-three"), addr("reset-and-garbage"));
+    env.mailboxes(&[a.clone(), b.clone()]).await;
+    for i in 0..3 {
+        env.deliver(&a, &format!("a {i}")).await;
+        env.deliver(&b, &format!("b {i}")).await;
+    }
+    let delta = |m: &str| format!("/v1.0/users/{m}/mailFolders");
+    env.fault(json!({"path_prefix": delta(&a), "status": 503, "times": 2})).await;
+    env.fault(json!({"path_prefix": delta(&b), "reset": true, "times": 1})).await;
+    env.fault(json!({"path_prefix": delta(&b), "malformed": true, "times": 1})).await;
+    let daemon = env
+        .start(&with_api_token(&env.config(&[a.clone(), b.clone()], "1s")))
+        .await;
+
+    let events = env.wait_for_events(6, Duration::from_secs(10)).await;
+    assert_eq!(subjects(&events, &a).len(), 3, "503s lost mail: {events:?}");
+    assert_eq!(subjects(&events, &b).len(), 3, "resets / malformed bodies lost mail: {events:?}");
+    assert_no_duplicates(&events);
+    let recovered = eventually(Duration::from_secs(8), || async {
+        let views = daemon.mailbox_views().await;
+        [&a, &b].iter().all(|m| views[m.as_str()]["state"] == "active")
+    })
+    .await;
+    assert!(recovered, "mailboxes did not return to active: {:?}", daemon.mailbox_views().await);
+
+    // The faults really fired: two 503s for a, one reset (status 0) and one garbage 200 for b.
+    let log = env.requests().await;
+    let statuses = |m: &str| -> Vec<u64> {
+        log.iter()
+            .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with(&delta(m))))
+            .filter_map(|e| e["status"].as_u64())
+            .collect()
+    };
+    assert_eq!(statuses(&a).iter().filter(|s| **s == 503).count(), 2, "{:?}", statuses(&a));
+    assert_eq!(statuses(&b).iter().filter(|s| **s == 0).count(), 1, "{:?}", statuses(&b));
+    let listed = env.control_get("/_emulator/faults").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "faults left unconsumed: {listed}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_delta_token_starts_over_without_losing_or_repeating_mail() {
+    let env = Env::new().await;
+    let a = addr("expiring");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    for i in 0..4 {
+        env.deliver(&a, &format!("before {i}")).await;
+    }
+    let daemon = env.start(&env.config(std::slice::from_ref(&a), "300ms")).await;
+    assert_eq!(env.wait_for_events(4, Duration::from_secs(5)).await.len(), 4);
+    // Wait until a round has persisted its delta link and polls with it.
+    let polls_with_delta_link = eventually(Duration::from_secs(5), || async {
+        env.requests()
+            .await
+            .iter()
+            .any(|e| e["query"].as_str().is_some_and(|q| q.contains("deltatoken")))
+    })
+    .await;
+    assert!(polls_with_delta_link, "the daemon never polled with a delta link");
+
+    env.control(&format!("/_emulator/mailboxes/{a}/expire-delta"), json!({})).await;
+    for i in 0..3 {
+        env.deliver(&a, &format!("after {i}")).await;
+    }
+    let events = env.wait_for_events(7, Duration::from_secs(8)).await;
+    let got = subjects(&events, &a);
+    for i in 0..3 {
+        assert!(got.contains(&format!("after {i}")), "mail after the expired delta token lost: {got:?}");
+    }
+    // Give a re-announcement the chance to show up: two more rounds after the last one seen.
+    let seen = env.requests().await.len();
+    let more_rounds = eventually(Duration::from_secs(5), || async {
+        env.requests().await.iter().skip(seen).filter(|e| e["status"] == 200).count() >= 2
+    })
+    .await;
+    assert!(more_rounds, "the daemon stopped polling after the expired delta token");
+    let events = env.events();
+    assert_no_duplicates(&events);
+    assert_eq!(events.len(), 7, "{events:?}");
+    let gone = env.requests().await.iter().filter(|e| e["status"] == 410).count();
+    assert!(gone >= 1, "the emulator never answered 410: the test did not exercise the resync");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replays_updates_and_removed_entries_produce_no_extra_events() {
+    let env = Env::new().await;
+    let a = addr("replay");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    // More than one page of 100 (the daemon's odata.maxpagesize), with every page repeating
+    // the last item of the previous one.
+    env.settings(json!({"delta_replay": true})).await;
+    let total = 230;
+    for i in 0..total {
+        env.deliver(&a, &format!("m {i:03}")).await;
+    }
+    let daemon = env.start(&env.config(std::slice::from_ref(&a), "300ms")).await;
+    let events = env.wait_for_events(total, Duration::from_secs(8)).await;
+    assert_eq!(subjects(&events, &a).len(), total, "mail lost across pages");
+    let log = env.requests().await;
+    let next_pages = log
+        .iter()
+        .filter(|e| e["query"].as_str().is_some_and(|q| q.contains("skiptoken")))
+        .count();
+    assert!(next_pages >= 2, "the first round did not page: {next_pages} next links followed");
+
+    // Now delete some, move some, mark some read (updates), then deliver one more.
+    let token = env.app_token().await;
+    let inbox = env.folder_messages(&a, "inbox").await;
+    let by_subject: HashMap<String, String> = inbox
+        .iter()
+        .map(|m| (m["subject"].as_str().unwrap().to_string(), m["id"].as_str().unwrap().to_string()))
+        .collect();
+    for i in 0..5 {
+        let id = &by_subject[&format!("m {i:03}")];
+        let (status, body) = env.graph(Method::DELETE, &format!("users/{a}/messages/{id}"), &token, None).await;
+        assert_eq!(status, 204, "delete: {body}");
+    }
+    for i in 5..10 {
+        let id = &by_subject[&format!("m {i:03}")];
+        let (status, body) = env
+            .graph(
+                Method::POST,
+                &format!("users/{a}/messages/{id}/move"),
+                &token,
+                Some(json!({"destinationId": "archive"})),
+            )
+            .await;
+        assert!(status == 200 || status == 201, "move: {status} {body}");
+    }
+    for i in 10..15 {
+        let id = &by_subject[&format!("m {i:03}")];
+        let (status, body) = env
+            .graph(
+                Method::PATCH,
+                &format!("users/{a}/messages/{id}"),
+                &token,
+                Some(json!({"isRead": true})),
+            )
+            .await;
+        assert_eq!(status, 200, "patch: {body}");
+    }
+    env.deliver(&a, "the last one").await;
+    let events = env.wait_for_events(total + 1, Duration::from_secs(5)).await;
+    assert!(subjects(&events, &a).contains("the last one"), "mail after removals lost");
+    // The round that found the last one also carried the removals and updates; one more
+    // round must not announce anything either.
+    let seen = env.requests().await.len();
+    let another_round = eventually(Duration::from_secs(5), || async {
+        env.requests().await.iter().skip(seen).any(|e| {
+            e["query"].as_str().is_some_and(|q| q.contains("deltatoken")) && e["status"] == 200
+        })
+    })
+    .await;
+    assert!(another_round, "no further round after the removals");
+    let events = env.events();
+    assert_no_duplicates(&events);
+    assert_eq!(events.len(), total + 1, "removals, moves or updates produced events");
+    assert!(events.iter().all(|e| !e.graph_id.is_empty() && e.folder == "inbox"));
+    daemon.stop().await;
+}

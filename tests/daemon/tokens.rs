@@ -1,0 +1,212 @@
+//! App-only tokens: one request per app however many mailboxes, refreshed before expiry,
+//! a failing token endpoint rides on the cached token, and credential problems are told
+//! apart from transient ones.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, is_graph_request, is_token_request, log_time, with_api_token,
+};
+
+fn addr(name: &str) -> String {
+    format!("{name}@contoso.test")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_mailboxes_of_one_app_share_one_token_request() {
+    let env = Env::new().await;
+    let n = 1000;
+    let load = env
+        .control(
+            "/_emulator/load",
+            json!({
+                "tenant_id": TENANT, "client_id": CLIENT, "client_secret": SECRET,
+                "mailboxes": n, "messages_per_mailbox": 1, "body_bytes": 200,
+                "address_prefix": "tok", "domain": "load.example.com",
+            }),
+        )
+        .await;
+    assert_eq!(load["mailboxes"], n, "{load}");
+    let addresses: Vec<String> = (0..n).map(|i| format!("tok{i}@load.example.com")).collect();
+    let daemon = env
+        .start(&with_api_token(&env.config(&addresses, "1s")))
+        .await;
+
+    let events = env.wait_for_events(n, Duration::from_secs(25)).await;
+    let mailboxes: HashSet<&str> = events.iter().map(|e| e.mailbox.as_str()).collect();
+    assert_eq!(mailboxes.len(), n, "not every mailbox completed a round");
+    let all_active = eventually(Duration::from_secs(5), || async {
+        let views = daemon.mailbox_views().await;
+        views.len() == n && views.values().all(|v| v["state"] == "active")
+    })
+    .await;
+    assert!(all_active, "not every mailbox is active");
+
+    let log = env.requests().await;
+    let token_requests: Vec<&Value> = log.iter().filter(|e| is_token_request(e)).collect();
+    assert_eq!(
+        token_requests.len(),
+        1,
+        "expected one token request for 1,000 mailboxes of one app, got {}: {:?}",
+        token_requests.len(),
+        token_requests.iter().map(|e| &e["time"]).collect::<Vec<_>>()
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_lived_tokens_are_refreshed_before_they_expire() {
+    let env = Env::new().await;
+    let lifetime = 4;
+    env.settings(json!({"token_lifetime_secs": lifetime})).await;
+    let boxes = [addr("short-a"), addr("short-b")];
+    env.mailboxes(&boxes).await;
+    let daemon = env.start(&env.config(&boxes, "250ms")).await;
+
+    // About ten seconds of polling, with mail arriving throughout.
+    for i in 0..5 {
+        let started = tokio::time::Instant::now();
+        env.deliver(&boxes[i % 2], &format!("tick {i}")).await;
+        let events = env.wait_for_events(i + 1, Duration::from_secs(4)).await;
+        assert_eq!(events.len(), i + 1, "tick {i} not delivered: polling stalled around a refresh");
+        let spent = started.elapsed();
+        if spent < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_secs(2) - spent).await; // pacing the scenario, not a correctness wait
+        }
+    }
+
+    let log = env.requests().await;
+    let tokens: Vec<&Value> = log.iter().filter(|e| is_token_request(e)).collect();
+    assert!(tokens.len() >= 3, "{}-second tokens over ~10 s, yet only {} token request(s)", lifetime, tokens.len());
+    assert!(tokens.iter().all(|t| t["status"] == 200), "a token request failed: {tokens:?}");
+    for pair in tokens.windows(2) {
+        let gap = log_time(pair[1]) - log_time(pair[0]);
+        assert!(
+            gap < time::Duration::seconds(lifetime),
+            "token requested at {} was only refreshed at {} (lifetime {lifetime}s)",
+            pair[0]["time"],
+            pair[1]["time"]
+        );
+    }
+    let graph: Vec<&Value> = log.iter().filter(|e| is_graph_request(e)).collect();
+    assert!(graph.len() > 20, "too little polling to judge: {} Graph requests", graph.len());
+    let bad: Vec<&&Value> = graph.iter().filter(|e| e["token"] != "valid").collect();
+    assert!(bad.is_empty(), "Graph requests sent without a valid token: {bad:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_token_endpoint_does_not_stop_polling_while_the_cached_token_is_valid() {
+    let env = Env::new().await;
+    env.settings(json!({"token_lifetime_secs": 10})).await;
+    let a = addr("cached");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    env.deliver(&a, "before the outage").await;
+    let daemon = env
+        .start(&with_api_token(&env.config(std::slice::from_ref(&a), "250ms")))
+        .await;
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(5)).await.len(), 1);
+    env.fault(json!({"path_prefix": format!("/{TENANT}/oauth2"), "status": 503}))
+        .await;
+
+    // The daemon tries to refresh half-way through the lifetime and fails…
+    let refresh_failed = eventually(Duration::from_secs(8), || async {
+        env.requests().await.iter().any(|e| is_token_request(e) && e["status"] == 503)
+    })
+    .await;
+    assert!(refresh_failed, "no refresh attempt seen (or it did not fail)");
+    let failed_at = env
+        .requests()
+        .await
+        .iter()
+        .find(|e| is_token_request(e) && e["status"] == 503)
+        .and_then(|e| e["seq"].as_u64())
+        .unwrap();
+    // …and keeps polling with the still-valid token.
+    env.deliver(&a, "during the outage").await;
+    let events = env.wait_for_events(2, Duration::from_secs(3)).await;
+    assert_eq!(events.len(), 2, "mail not delivered while the token endpoint failed: {events:?}");
+    assert_eq!(daemon.state(&a).await, "active");
+    let log = env.requests().await;
+    let later: Vec<&Value> = log
+        .iter()
+        .filter(|e| is_graph_request(e) && e["seq"].as_u64() > Some(failed_at))
+        .collect();
+    assert!(!later.is_empty(), "no Graph request after the failed refresh");
+    assert!(later.iter().all(|e| e["token"] == "valid"), "{later:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_secret_flags_credential_invalid_without_crashing() {
+    let env = Env::new().await;
+    let boxes = [addr("wrong-a"), addr("wrong-b")];
+    env.mailboxes(&boxes).await;
+    env.deliver(&boxes[0], "never read").await;
+    env.control(&format!("/_emulator/apps/{CLIENT}/secret"), json!({"rotate_to": "another-secret"}))
+        .await;
+    let daemon = env.start(&with_api_token(&env.config(&boxes, "250ms"))).await;
+
+    let flagged = eventually(Duration::from_secs(5), || async {
+        let views = daemon.mailbox_views().await;
+        boxes.iter().all(|m| views[m.as_str()]["state"] == "credential_invalid")
+    })
+    .await;
+    let views = daemon.mailbox_views().await;
+    assert!(flagged, "mailboxes not flagged credential_invalid: {views:?}");
+    for m in &boxes {
+        let view = &views[m.as_str()];
+        assert_eq!(view["aadsts"], 7000215, "{view}");
+        let reason = view["reason"].as_str().unwrap_or_default();
+        assert!(!reason.is_empty(), "no reason given: {view}");
+        assert!(!reason.contains(SECRET), "the reason leaks the secret: {reason}");
+    }
+    assert_eq!(daemon.get("/livez", None).await.0, 200);
+    assert!(env.events().is_empty());
+    let (_, body) = daemon.get("/v1/mailboxes", Some(API_TOKEN)).await;
+    assert!(!body.contains(SECRET));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_503_storm_on_the_token_endpoint_only_ever_means_backoff() {
+    let env = Env::new().await;
+    let boxes = [addr("storm-a"), addr("storm-b")];
+    env.mailboxes(&boxes).await;
+    env.deliver(&boxes[0], "after the storm").await;
+    env.fault(json!({"path_prefix": format!("/{TENANT}/oauth2"), "status": 503}))
+        .await;
+    let daemon = env.start(&with_api_token(&env.config(&boxes, "200ms"))).await;
+
+    let mut seen: HashSet<String> = HashSet::new();
+    let storm_until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < storm_until {
+        for view in daemon.mailbox_views().await.values() {
+            seen.insert(view["state"].as_str().unwrap_or_default().to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let allowed: HashSet<String> = ["starting", "backoff"].map(String::from).into();
+    assert!(seen.is_subset(&allowed), "a transient token failure flagged a mailbox: {seen:?}");
+    assert!(seen.contains("backoff"), "never reported backoff: {seen:?}");
+    let failed = env
+        .requests()
+        .await
+        .iter()
+        .filter(|e| is_token_request(e) && e["status"] == 503)
+        .count();
+    assert!(failed >= 2, "the storm barely hit the daemon ({failed} token requests)");
+
+    env.clear_faults().await;
+    let recovered = eventually(Duration::from_secs(10), || async {
+        let views = daemon.mailbox_views().await;
+        boxes.iter().all(|m| views[m.as_str()]["state"] == "active")
+    })
+    .await;
+    assert!(recovered, "no recovery after the storm: {:?}", daemon.mailbox_views().await);
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(3)).await.len(), 1);
+    daemon.stop().await;
+}
