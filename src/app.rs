@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::auth::AppTokens;
 use crate::config::Config;
-use crate::domain::AppName;
+use crate::domain::{AppName, MailboxAddress};
+use crate::outbound::Outbox;
 use crate::graph::{Graph, MailboxGate};
 use crate::mailbox::{self, MailboxCtx, StatusBoard};
 use crate::metrics::Metrics;
@@ -32,6 +33,8 @@ pub struct App {
     tokens: HashMap<AppName, Arc<AppTokens>>,
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
+    /// Client for upload URLs (same TLS settings, no Graph token).
+    upload: reqwest::Client,
 }
 
 /// The HTTP client for Microsoft: rustls, the extra root of `microsoft.ca_file` if any.
@@ -86,6 +89,7 @@ impl App {
             tokens,
             board,
             metrics,
+            upload: http,
         })
     }
 
@@ -99,12 +103,33 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let root = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
+        // One context per enabled mailbox: the poller and the sender share its gate and tokens.
+        let mut contexts: HashMap<MailboxAddress, Arc<MailboxCtx>> = HashMap::new();
+        for mailbox in &self.config.mailboxes {
+            self.board.register(mailbox).await;
+            let Some(tokens) = self.tokens.get(&mailbox.app).filter(|_| mailbox.enabled) else {
+                continue;
+            };
+            let ctx = Arc::new(MailboxCtx {
+                config: mailbox.clone(),
+                graph: self.graph.clone(),
+                tokens: tokens.clone(),
+                gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
+                store: self.store.clone(),
+                sink: self.sink.clone(),
+                board: self.board.clone(),
+                metrics: self.metrics.clone(),
+            });
+            contexts.insert(mailbox.address.clone(), ctx);
+        }
+        let outbox = Outbox::new(self.store.clone(), self.sink.clone(), contexts.clone(), self.board.clone(), self.upload.clone());
         let state = ApiState {
             board: self.board.clone(),
             metrics: self.metrics.clone(),
             store: self.store.clone(),
             ready: ready.clone(),
             api_tokens: Arc::new(self.config.server.api_tokens.clone()),
+            outbox: outbox.clone(),
         };
         let server_stop = root.child_token();
         let server = tokio::spawn({
@@ -120,36 +145,17 @@ impl App {
         let tasks = TaskTracker::new();
         // Mailboxes still running, so a drain that runs out of time can name them.
         let running: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
-        for mailbox in &self.config.mailboxes {
-            self.board.register(mailbox).await;
-            if !mailbox.enabled {
-                continue;
-            }
-            let Some(tokens) = self.tokens.get(&mailbox.app) else {
-                continue;
-            };
-            let ctx = Arc::new(MailboxCtx {
-                config: mailbox.clone(),
-                graph: self.graph.clone(),
-                tokens: tokens.clone(),
-                gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
-                store: self.store.clone(),
-                sink: self.sink.clone(),
-                board: self.board.clone(),
-                metrics: self.metrics.clone(),
-            });
+        for (address, ctx) in contexts {
             let cancel = root.child_token();
-            let address = mailbox.address.to_string();
-            running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(address.clone());
+            let address = address.to_string();
+            running.lock().unwrap_or_else(|p| p.into_inner()).insert(address.clone());
             let running = running.clone();
             tasks.spawn(async move {
                 mailbox::run(ctx, cancel).await;
                 running.lock().unwrap_or_else(|p| p.into_inner()).remove(&address);
             });
         }
+        tasks.spawn(outbox.run(root.child_token()));
         tasks.spawn(prune_delivered(self.store.clone(), root.child_token()));
         tasks.close();
         ready.store(true, Ordering::Relaxed);

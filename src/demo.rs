@@ -17,6 +17,8 @@ use crate::event::MessageEvent;
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 const TENANT: &str = "9b1f4b7e-3c1d-4a57-8f0e-0c5d2c6a1a10";
 const CLIENT: &str = "11111111-1111-1111-1111-111111111111";
+/// Bearer token of the demo's API (development only).
+const DEMO_API_TOKEN: &str = "demo-api-token";
 
 /// Runs the demo for at most `duration`, keeping its files in `data`.
 pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
@@ -40,6 +42,7 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
         ("INBOXD__MICROSOFT__GRAPH_URL", emulator.url().to_string()),
         ("INBOXD__STORE__URL", format!("sqlite://{}", db.display())),
         ("INBOXD__SINK__PATH", events_file.display().to_string()),
+        ("INBOXD__SERVER__API_TOKENS", DEMO_API_TOKEN.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -47,6 +50,7 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
     let config =
         crate::config::from_sources(DEMO_CONFIG, &env, data).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let app = App::build(config).await?;
+    let api_addr = app.local_addr();
     println!("inboxd demo");
     println!("  emulator    {}", emulator.url());
     println!("  daemon API  http://{}  (try /metrics)", app.local_addr());
@@ -71,10 +75,22 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let api = format!("http://{api_addr}");
+    let reply = send_reply(&http, &api, &read_events(&events_file), deadline).await;
     let _ = stop_tx.send(());
     daemon.await??;
+    let sent = sent_items(&http, emulator.url()).await;
     emulator.stop().await;
     summarize(&read_events(&events_file), expected, &events_file);
+    match reply {
+        Ok(status) => println!("Reply through POST /v1/mailboxes/support@contoso.test/messages/{{graph_id}}/reply: {status}."),
+        Err(e) => println!("Reply through the API did not complete: {e:#}"),
+    }
+    for (subject, to, in_reply_to) in sent {
+        println!("  Sent Items of support@contoso.test: \"{subject}\" to {to}, In-Reply-To {in_reply_to}");
+    }
+    println!();
+    println!("Not in this build yet: delegated mailboxes with re-consent flagging (issue #4).");
     Ok(())
 }
 
@@ -258,8 +274,59 @@ fn summarize(events: &[MessageEvent], expected: usize, file: &Path) {
             println!("    {:<42} from {from}{threading}{attachments}", e.subject);
         }
     }
-    println!();
-    println!(
-        "Not in this build yet: replies through the API (issue #5) and delegated mailboxes with re-consent flagging (issue #4)."
-    );
+}
+
+/// Replies to Ann's first message through the daemon's API and waits until it is sent.
+async fn send_reply(
+    http: &reqwest::Client,
+    api: &str,
+    events: &[MessageEvent],
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<String> {
+    let original = events
+        .iter()
+        .find(|e| e.subject == "Order #1042 has not arrived")
+        .ok_or_else(|| anyhow::anyhow!("the message to reply to was not delivered"))?;
+    let url = format!("{api}/v1/mailboxes/support@contoso.test/messages/{}/reply", original.graph_id);
+    let resp = http
+        .post(&url)
+        .bearer_auth(DEMO_API_TOKEN)
+        .header("Idempotency-Key", "demo-reply-1042")
+        .json(&json!({"comment": "Hello Ann, your parcel left our warehouse today; tracking follows by mail."}))
+        .send()
+        .await?;
+    let accepted: Value = resp.json().await?;
+    let id = accepted["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the API did not accept the reply: {accepted}"))?
+        .to_string();
+    loop {
+        let status: Value =
+            http.get(format!("{api}/v1/outbound/{id}")).bearer_auth(DEMO_API_TOKEN).send().await?.json().await?;
+        let s = status["status"].as_str().unwrap_or("unknown").to_string();
+        if s == "sent" || s == "failed" || tokio::time::Instant::now() > deadline {
+            return Ok(format!("{s} (outbound id {id})"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (subject, first recipient, In-Reply-To) of every message in support's Sent Items.
+async fn sent_items(http: &reqwest::Client, base: &str) -> Vec<(String, String, String)> {
+    let url = format!("{base}/_emulator/mailboxes/support@contoso.test/folders/sentitems/messages");
+    let list: Value = match http.get(url).send().await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    let Some(items) = list.as_array() else { return Vec::new() };
+    items
+        .iter()
+        .map(|m| {
+            (
+                m["subject"].as_str().unwrap_or_default().to_string(),
+                m["to"][0]["address"].as_str().unwrap_or_default().to_string(),
+                m["in_reply_to"].as_str().unwrap_or("none").to_string(),
+            )
+        })
+        .collect()
 }

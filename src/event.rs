@@ -2,6 +2,69 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What every event handed to a sink has: an id per delivery attempt, a key stable across
+/// re-deliveries, and the mailbox it is about (for logs).
+pub trait SinkEvent: Serialize + Send + Sync {
+    /// `event_id`.
+    fn event_id(&self) -> &str;
+    /// `dedup_key`.
+    fn dedup_key(&self) -> &str;
+    /// The mailbox, for log lines.
+    fn mailbox(&self) -> &str;
+}
+
+impl SinkEvent for MessageEvent {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+    fn dedup_key(&self) -> &str {
+        &self.dedup_key
+    }
+    fn mailbox(&self) -> &str {
+        &self.mailbox
+    }
+}
+
+/// Schema name of [`OutboundEvent`].
+pub const OUTBOUND_SCHEMA: &str = "inboxd.outbound.v1";
+
+/// The result of an outbound request (`sent` or `failed`), so routing learns it without polling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundEvent {
+    /// Always `inboxd.outbound.v1`.
+    pub schema: String,
+    /// Unique per delivery attempt.
+    pub event_id: String,
+    /// `outbound:{id}:{status}`: stable across re-deliveries.
+    pub dedup_key: String,
+    /// The outbound id the API answered with.
+    pub outbound_id: String,
+    /// The client's `Idempotency-Key`.
+    pub idempotency_key: String,
+    /// Sending mailbox.
+    pub mailbox: String,
+    /// `reply`, `reply_all`, `forward` or `send`.
+    pub kind: String,
+    /// `sent` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+impl SinkEvent for OutboundEvent {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+    fn dedup_key(&self) -> &str {
+        &self.dedup_key
+    }
+    fn mailbox(&self) -> &str {
+        &self.mailbox
+    }
+}
+
 /// Schema name of [`MessageEvent`].
 pub const MESSAGE_SCHEMA: &str = "inboxd.message.v1";
 

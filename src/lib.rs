@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod domain;
@@ -15,6 +16,7 @@ pub mod event;
 pub mod graph;
 pub mod mailbox;
 pub mod metrics;
+pub mod outbound;
 pub mod shutdown;
 pub mod sink;
 pub mod store;

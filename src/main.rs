@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         tls_cert_out: Option<PathBuf>,
     },
+    /// Runs a benchmark scenario (backlog, idle, steady, reference or all) and prints a JSON report.
+    Bench {
+        /// backlog, idle, steady, reference or all.
+        scenario: String,
+        /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
+        #[arg(long)]
+        smoke: bool,
+        /// Also write the report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Exits 0 when the daemon's /livez answers (for the container's HEALTHCHECK).
     Healthcheck {
         /// Base URL of the daemon.
@@ -138,6 +149,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench { scenario, smoke, out } => match inboxd::bench::run(&scenario, smoke, out.as_deref()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("inboxd bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Healthcheck { url } => {
             let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build();
             let ok = match client {

@@ -15,6 +15,8 @@ use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
+mod outbound;
+
 use crate::domain::MailboxAddress;
 use crate::mailbox::StatusBoard;
 use crate::metrics::Metrics;
@@ -33,7 +35,12 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Accepted bearer tokens.
     pub api_tokens: Arc<Vec<SecretString>>,
+    /// Replies and new mail.
+    pub outbox: Arc<crate::outbound::Outbox>,
 }
+
+/// Largest API request: 150 MB of attachments, base64-encoded, plus the rest.
+const MAX_BODY: usize = 210 * 1024 * 1024;
 
 /// A JSON error: `{"error":{"code","message"}}`.
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -50,6 +57,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/mailboxes", get(mailboxes))
         .route("/v1/mailboxes/{address}", get(mailbox))
         .route("/v1/quarantine", get(quarantine))
+        .route("/v1/mailboxes/{address}/messages/{graph_id}/reply", axum::routing::post(outbound::reply))
+        .route("/v1/mailboxes/{address}/messages/{graph_id}/forward", axum::routing::post(outbound::forward))
+        .route("/v1/mailboxes/{address}/send", axum::routing::post(outbound::send))
+        .route("/v1/outbound/{id}", get(outbound::status))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/livez", get(|| async { "ok" }))

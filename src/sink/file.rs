@@ -11,7 +11,7 @@ use time::macros::format_description;
 use tokio::sync::Mutex;
 
 use super::SinkError;
-use crate::event::MessageEvent;
+use crate::event::SinkEvent;
 
 /// Appends events to an NDJSON file.
 ///
@@ -74,7 +74,7 @@ impl FileSink {
 
     /// Appends one line per event and fsyncs once for the batch. On an I/O error every event
     /// of the batch is `Unavailable` and nothing of the batch remains in the live file.
-    pub async fn deliver(&self, events: &[MessageEvent]) -> Vec<Result<(), SinkError>> {
+    pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
         if events.is_empty() {
             return Vec::new();
         }

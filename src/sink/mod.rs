@@ -8,7 +8,7 @@ pub use file::FileSink;
 pub use webhook::WebhookSink;
 
 use crate::config::SinkConfig;
-use crate::event::MessageEvent;
+use crate::event::SinkEvent;
 
 /// Why an event was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,7 +49,7 @@ impl Sink {
 
     /// Delivers events; one outcome per event, in order. `Ok` means durably acknowledged
     /// (the file sink has fsynced; the webhook answered 2xx).
-    pub async fn deliver(&self, events: &[MessageEvent]) -> Vec<Result<(), SinkError>> {
+    pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
         match self {
             Sink::File(f) => f.deliver(events).await,
             Sink::Webhook(w) => w.deliver(events).await,

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::SinkError;
-use crate::event::MessageEvent;
+use crate::event::SinkEvent;
 
 /// Header carrying the signing time, in Unix seconds.
 pub const TIMESTAMP_HEADER: &str = "X-Inboxd-Timestamp";
@@ -115,7 +115,7 @@ impl WebhookSink {
     }
 
     /// POSTs every event, at most [`MAX_IN_FLIGHT`] at once; one outcome per event, in order.
-    pub async fn deliver(&self, events: &[MessageEvent]) -> Vec<Result<(), SinkError>> {
+    pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
         // The futures are collected first so no closure is part of the stream's type: with
         // one, rustc cannot prove the future `Send` for `tokio::spawn` (rust-lang/rust#102211).
         let attempts: Vec<_> = events.iter().map(|event| self.deliver_one(event)).collect();
@@ -125,14 +125,14 @@ impl WebhookSink {
             .await
     }
 
-    async fn deliver_one(&self, event: &MessageEvent) -> Result<(), SinkError> {
+    async fn deliver_one<E: SinkEvent>(&self, event: &E) -> Result<(), SinkError> {
         let body = match serde_json::to_vec(event) {
             Ok(body) => Bytes::from(body),
             Err(e) => return Err(SinkError::Rejected(format!("event cannot be serialised: {e}"))),
         };
         let ids = match (
-            HeaderValue::from_str(&event.event_id),
-            HeaderValue::from_str(&event.dedup_key),
+            HeaderValue::from_str(event.event_id()),
+            HeaderValue::from_str(event.dedup_key()),
         ) {
             (Ok(id), Ok(key)) => (id, key),
             _ => {
@@ -148,8 +148,8 @@ impl WebhookSink {
             .adjust(pause)
             .notify(|f, wait| {
                 tracing::warn!(
-                    mailbox = %event.mailbox,
-                    event_id = %event.event_id,
+                    mailbox = %event.mailbox(),
+                    event_id = %event.event_id(),
                     error = ?f,
                     wait_ms = wait.as_millis() as u64,
                     "Webhook delivery failed; retrying."

@@ -54,6 +54,102 @@ pub struct QuarantineEntry {
     pub at: OffsetDateTime,
 }
 
+/// Where an outbound message stands, as `GET /v1/outbound/{id}` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundStatus {
+    /// Stored, not started (or waiting to retry).
+    Queued,
+    /// The sender is working on it.
+    Sending,
+    /// Graph accepted the send.
+    Sent,
+    /// Permanently refused; `error` says why.
+    Failed,
+}
+
+/// How far a send got, so a restart resumes instead of repeating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStep {
+    /// Nothing done in Graph yet (or the draft was discarded).
+    New,
+    /// The marked draft exists (`draft_id`).
+    Draft,
+    /// Every attachment is on the draft.
+    Attachments,
+    /// `send` was called (or is about to be): look in Sent Items before anything else.
+    SendRequested,
+}
+
+impl OutboundStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundStatus::Queued => "queued",
+            OutboundStatus::Sending => "sending",
+            OutboundStatus::Sent => "sent",
+            OutboundStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<OutboundStatus> {
+        [OutboundStatus::Queued, OutboundStatus::Sending, OutboundStatus::Sent, OutboundStatus::Failed]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+impl SendStep {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendStep::New => "new",
+            SendStep::Draft => "draft",
+            SendStep::Attachments => "attachments",
+            SendStep::SendRequested => "send_requested",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<SendStep> {
+        [SendStep::New, SendStep::Draft, SendStep::Attachments, SendStep::SendRequested]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// A reply, forward or new message routing asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRecord {
+    /// Outbound id (UUID), also the marker on the Graph draft.
+    pub id: String,
+    /// Sending mailbox.
+    pub mailbox: MailboxAddress,
+    /// The client's `Idempotency-Key`.
+    pub idempotency_key: String,
+    /// SHA-256 of the normalized request: the same key with another request is refused.
+    pub request_hash: String,
+    /// The validated request, JSON.
+    pub request: String,
+    /// Where it stands.
+    pub status: OutboundStatus,
+    /// How far the send got.
+    pub step: SendStep,
+    /// The marked draft, once created.
+    pub draft_id: Option<String>,
+    /// Why it failed (or the last transient error while retrying).
+    pub error: Option<String>,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Not before this time.
+    pub next_attempt_at: OffsetDateTime,
+    /// When routing asked.
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}
+
 /// What the daemon needs to remember across restarts.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -85,6 +181,16 @@ pub trait Store: Send + Sync + 'static {
     async fn save_status(&self, mailbox: &MailboxAddress, status: &MailboxStatus) -> Result<(), StoreError>;
     /// Every persisted status.
     async fn statuses(&self) -> Result<Vec<(MailboxAddress, MailboxStatus)>, StoreError>;
+
+    /// Stores an outbound request unless one with the same mailbox + idempotency key exists;
+    /// returns the stored one either way (atomic: concurrent callers get the same row).
+    async fn enqueue_outbound(&self, record: &OutboundRecord) -> Result<OutboundRecord, StoreError>;
+    /// One outbound request by id.
+    async fn outbound(&self, id: &str) -> Result<Option<OutboundRecord>, StoreError>;
+    /// Requests still to send (`queued` or `sending`) whose next attempt is due, oldest first.
+    async fn due_outbound(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboundRecord>, StoreError>;
+    /// Saves the progress of a send (status, step, draft id, error, attempts, next attempt).
+    async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError>;
 
     /// Quarantines a message (idempotent per mailbox + graph id).
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError>;

@@ -14,13 +14,16 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
-use super::{MailboxStatus, QuarantineEntry, Store, StoreError};
+use super::{MailboxStatus, OutboundRecord, QuarantineEntry, Store, StoreError};
 use crate::domain::{MailboxAddress, MailboxState};
 
 /// The schema, in version order. Embedded by hand rather than with `sqlx::migrate!()`, which
 /// needs sqlx's `macros` feature; file names follow `migrate!()`'s `<version>_<description>.sql`
 /// so the two stay interchangeable (same versions, same checksums).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "store", include_str!("../../migrations/0001_store.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "store", include_str!("../../migrations/0001_store.sql")),
+    (2, "outbox", include_str!("../../migrations/0002_outbox.sql")),
+];
 
 /// Connections of a file-backed pool: SQLite has one writer at a time, a few readers suffice.
 const MAX_CONNECTIONS: u32 = 4;
@@ -326,6 +329,22 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn enqueue_outbound(&self, record: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
+        outbox::enqueue(&self.pool, record).await
+    }
+
+    async fn outbound(&self, id: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        outbox::get(&self.pool, id).await
+    }
+
+    async fn due_outbound(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
+        outbox::due(&self.pool, now, limit).await
+    }
+
+    async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError> {
+        outbox::update(&self.pool, record).await
+    }
+
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
         const OP: &str = "quarantine message";
         // The first quarantine of a message is the one kept: a replay must not move it in time.
@@ -368,5 +387,6 @@ impl Store for SqliteStore {
     }
 }
 
+mod outbox;
 #[cfg(test)]
 mod tests;

@@ -104,7 +104,10 @@ app = "fabrikam"
             "problem at `{key}` not reported:\n{output}"
         );
     }
-    assert!(!output.contains(LITERAL_SECRET), "the output repeats the literal secret:\n{output}");
+    assert!(
+        !output.contains(LITERAL_SECRET),
+        "the output repeats the literal secret:\n{output}"
+    );
     assert!(!dir.path().join("inboxd.db").exists(), "check-config created the store");
 }
 
@@ -157,19 +160,32 @@ app = "contoso"
     )
     .unwrap();
     let vars = [("CONTOSO_CLIENT_SECRET", "s3cr3t-from-env")];
-    let ok = inboxd(&["check-config", "--config", fixed.to_str().unwrap()], &vars, dir.path());
+    let ok = inboxd(
+        &["check-config", "--config", fixed.to_str().unwrap()],
+        &vars,
+        dir.path(),
+    );
     assert!(ok.status.success(), "the fixed config should pass:\n{}", text(&ok));
 
     let out = inboxd(&["run", "--config", path.to_str().unwrap()], &vars, dir.path());
     let output = text(&out);
-    assert!(!out.status.success(), "run started with an http:// graph_url:\n{output}");
-    assert!(output.contains("microsoft.graph_url"), "the refusal does not name the key:\n{output}");
+    assert!(
+        !out.status.success(),
+        "run started with an http:// graph_url:\n{output}"
+    );
+    assert!(
+        output.contains("microsoft.graph_url"),
+        "the refusal does not name the key:\n{output}"
+    );
     assert!(!output.contains("listening on"), "a port was bound:\n{output}");
     assert!(
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
         "port {port} is taken"
     );
-    assert!(!dir.path().join("inboxd.db").exists(), "the store was created before the refusal");
+    assert!(
+        !dir.path().join("inboxd.db").exists(),
+        "the store was created before the refusal"
+    );
     assert!(!output.contains("s3cr3t-from-env"));
 }
 
@@ -193,13 +209,20 @@ fn the_shipped_example_config_checks_clean() {
         ("INBOXD__APPS__1__CERTIFICATE", certificate.as_str()),
     ];
     let out = inboxd(&["check-config", "--config", example], &vars, dir.path());
-    assert!(out.status.success(), "the example config does not check clean:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "the example config does not check clean:\n{}",
+        text(&out)
+    );
 
     // Without its environment it must not check clean, and must say which keys lack what.
     let out = inboxd(&["check-config", "--config", example], &vars[3..], dir.path());
     let output = text(&out);
     assert!(!out.status.success(), "{output}");
     for key in ["server.api_tokens", "store.encryption_key", "apps[0].client_secret"] {
-        assert!(output.contains(key), "missing env var for `{key}` not reported:\n{output}");
+        assert!(
+            output.contains(key),
+            "missing env var for `{key}` not reported:\n{output}"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! Tests of the daemon against the emulator, over real HTTP, with real SQLite files.
 
-mod crash;
-mod support;
 mod cli;
+mod crash;
 mod pipeline;
 mod resilience;
+mod support;
 mod tokens;

@@ -110,7 +110,10 @@ impl Validator<'_> {
                 }
                 "$ref" => {
                     let pointer = rule.as_str().unwrap().strip_prefix('#').expect("local $ref");
-                    let target = self.root.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {rule}"));
+                    let target = self
+                        .root
+                        .pointer(pointer)
+                        .unwrap_or_else(|| panic!("dangling $ref {rule}"));
                     self.check(target, value, at, out);
                 }
                 "additionalProperties" => assert_eq!(rule, &Value::Bool(true), "only open objects are supported"),
@@ -206,10 +209,16 @@ async fn events_of_a_realistic_run_match_the_schema_with_threading_and_attachmen
     assert_eq!(raw.len(), expected);
     for event in &raw {
         let errors = validator.errors(event);
-        assert!(errors.is_empty(), "event does not match the schema: {errors:?}\n{event}");
+        assert!(
+            errors.is_empty(),
+            "event does not match the schema: {errors:?}\n{event}"
+        );
     }
     // The validator is not a rubber stamp.
-    let sample = raw.iter().find(|e| e["attachments"].as_array().is_some_and(|a| !a.is_empty())).unwrap();
+    let sample = raw
+        .iter()
+        .find(|e| e["attachments"].as_array().is_some_and(|a| !a.is_empty()))
+        .unwrap();
     let mut missing = sample.clone();
     missing.as_object_mut().unwrap().remove("dedup_key");
     assert!(validator.errors(&missing).iter().any(|e| e.contains("dedup_key")));
@@ -230,7 +239,12 @@ async fn events_of_a_realistic_run_match_the_schema_with_threading_and_attachmen
     assert_eq!(reply["in_reply_to"], json!(original_id), "{reply}");
     assert_eq!(reply["references"], json!([root, original_id]), "{reply}");
     assert_eq!(reply["cc"][0]["address"], "boss@example.net");
-    assert!(reply["body"]["html"].as_str().is_some_and(|h| h.contains("<b>waiting</b>")), "{reply}");
+    assert!(
+        reply["body"]["html"]
+            .as_str()
+            .is_some_and(|h| h.contains("<b>waiting</b>")),
+        "{reply}"
+    );
     let first = by_subject["Order 1234 is late"];
     assert_eq!(first["internet_message_id"], json!(original_id));
     assert_eq!(first["in_reply_to"], Value::Null);
@@ -247,22 +261,42 @@ async fn events_of_a_realistic_run_match_the_schema_with_threading_and_attachmen
     assert_eq!(attachments.len(), 3, "{invoice}");
     for (name, bytes, inline) in [("small.txt", &small, false), ("logo.png", &logo, true)] {
         let att = attachments[name];
-        let content = B64.decode(att["content_base64"].as_str().unwrap_or_else(|| panic!("{name} not embedded: {att}")));
-        assert_eq!(content.as_deref().ok(), Some(bytes.as_slice()), "{name} content differs");
+        let content = B64.decode(
+            att["content_base64"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} not embedded: {att}")),
+        );
+        assert_eq!(
+            content.as_deref().ok(),
+            Some(bytes.as_slice()),
+            "{name} content differs"
+        );
         assert_eq!(att["sha256"], json!(sha256_hex(bytes)), "{name} hash");
         assert_eq!(att["size"], json!(bytes.len()), "{name} size");
         assert_eq!(att["is_inline"], json!(inline), "{name}");
     }
     assert_eq!(attachments["logo.png"]["content_id"], "logo@shop");
     let over = attachments["big.bin"];
-    assert!(over.get("content_base64").is_none(), "over the cap but embedded: {over}");
-    assert_eq!(over["sha256"], json!(sha256_hex(&big)), "hash of a non-embedded attachment");
+    assert!(
+        over.get("content_base64").is_none(),
+        "over the cap but embedded: {over}"
+    );
+    assert_eq!(
+        over["sha256"],
+        json!(sha256_hex(&big)),
+        "hash of a non-embedded attachment"
+    );
     assert_eq!(over["size"], json!(big.len()));
     // Generated attachments under the cap: content and hash agree.
     let mut checked = 0;
-    for e in raw.iter().filter(|e| generated.iter().any(|g| e["mailbox"] == json!(g))) {
+    for e in raw
+        .iter()
+        .filter(|e| generated.iter().any(|g| e["mailbox"] == json!(g)))
+    {
         for att in e["attachments"].as_array().unwrap() {
-            let bytes = B64.decode(att["content_base64"].as_str().expect("600 bytes < cap")).unwrap();
+            let bytes = B64
+                .decode(att["content_base64"].as_str().expect("600 bytes < cap"))
+                .unwrap();
             assert_eq!(att["sha256"], json!(sha256_hex(&bytes)));
             checked += 1;
         }
@@ -274,7 +308,11 @@ async fn events_of_a_realistic_run_match_the_schema_with_threading_and_attachmen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file() {
-    let env = Env::with(EmulatorOptions { tls: true, scenario: None }).await;
+    let env = Env::with(EmulatorOptions {
+        tls: true,
+        scenario: None,
+    })
+    .await;
     assert!(env.url.starts_with("https://127.0.0.1:"), "{}", env.url);
     let a = addr("tls");
     env.mailboxes(std::slice::from_ref(&a)).await;
@@ -284,7 +322,11 @@ async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file()
     // Without the extra root the certificate is not trusted: nothing gets through.
     let daemon = env.start(&base).await;
     let refused = eventually(Duration::from_secs(5), || async { daemon.state(&a).await == "backoff" }).await;
-    assert!(refused, "an untrusted certificate was accepted? {:?}", daemon.mailbox_views().await);
+    assert!(
+        refused,
+        "an untrusted certificate was accepted? {:?}",
+        daemon.mailbox_views().await
+    );
     assert!(env.events().is_empty());
     daemon.stop().await;
 
@@ -299,7 +341,10 @@ async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file()
     let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
     assert!(active);
     let log = env.requests().await;
-    assert!(log.iter().any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/oauth2/v2.0/token")) && e["status"] == 200));
+    assert!(
+        log.iter()
+            .any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/oauth2/v2.0/token")) && e["status"] == 200)
+    );
     daemon.stop().await;
 }
 
@@ -317,7 +362,12 @@ async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
         "\n[[mailboxes]]\naddress = \"{reader}\"\napp = \"test\"\nafter_ingest = \"mark_read\"\n\
          \n[[mailboxes]]\naddress = \"{mover}\"\napp = \"test\"\nafter_ingest = \"move:archive\"\n"
     ));
-    assert!(env.folder_messages(&reader, "inbox").await.iter().all(|m| m["is_read"] == false));
+    assert!(
+        env.folder_messages(&reader, "inbox")
+            .await
+            .iter()
+            .all(|m| m["is_read"] == false)
+    );
     let daemon = env.start(&toml).await;
 
     // Snapshot the mailbox first, the file second: whatever was already acted on must
@@ -338,7 +388,10 @@ async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
             .collect();
         let delivered: HashSet<String> = env.events().into_iter().map(|e| e.graph_id).collect();
         for id in read.iter().chain(&archived) {
-            assert!(delivered.contains(id), "message {id} was acted on before its event was in the file");
+            assert!(
+                delivered.contains(id),
+                "message {id} was acted on before its event was in the file"
+            );
         }
         read.len() == 4 && archived.len() == 4
     })
@@ -349,7 +402,10 @@ async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
         env.folder_messages(&reader, "inbox").await,
         env.folder_messages(&mover, "archive").await
     );
-    assert!(env.folder_messages(&mover, "inbox").await.is_empty(), "moved messages still in the inbox");
+    assert!(
+        env.folder_messages(&mover, "inbox").await.is_empty(),
+        "moved messages still in the inbox"
+    );
     let events = env.events();
     assert_eq!(events.len(), 8, "{events:?}");
     // A moved message keeps its immutable id, and the event's graph_id is that id.
@@ -359,7 +415,11 @@ async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
         .iter()
         .map(|m| m["immutable_id"].as_str().unwrap().to_string())
         .collect();
-    let mover_ids: HashSet<String> = events.iter().filter(|e| e.mailbox == mover).map(|e| e.graph_id.clone()).collect();
+    let mover_ids: HashSet<String> = events
+        .iter()
+        .filter(|e| e.mailbox == mover)
+        .map(|e| e.graph_id.clone())
+        .collect();
     assert_eq!(archived, mover_ids);
     daemon.stop().await;
 }
@@ -387,7 +447,10 @@ async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
         .start(&with_api_token(&env.config(std::slice::from_ref(&a), "300ms")))
         .await;
     assert_eq!(daemon.get("/livez", None).await.0, 200);
-    let ready = eventually(Duration::from_secs(3), || async { daemon.get("/readyz", None).await.0 == 200 }).await;
+    let ready = eventually(Duration::from_secs(3), || async {
+        daemon.get("/readyz", None).await.0 == 200
+    })
+    .await;
     assert!(ready, "/readyz never 200");
     assert_eq!(env.wait_for_events(1, Duration::from_secs(5)).await.len(), 1);
     let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
@@ -399,7 +462,11 @@ async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
         sample(&metrics, "inboxd_messages_delivered_total", "").is_some_and(|v| v >= 1.0),
         "inboxd_messages_delivered_total missing or 0:\n{metrics}"
     );
-    assert_eq!(sample(&metrics, "inboxd_mailboxes", "state=\"active\""), Some(1.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "inboxd_mailboxes", "state=\"active\""),
+        Some(1.0),
+        "{metrics}"
+    );
 
     for token in [None, Some("wrong-token"), Some(&API_TOKEN[..API_TOKEN.len() - 1])] {
         let (status, body) = daemon.get("/v1/mailboxes", token).await;
@@ -417,11 +484,18 @@ async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
     assert_eq!(view["state"], "active");
     assert_eq!(view["aadsts"], Value::Null);
     assert!(view["delivered_total"].as_u64() >= Some(1), "{view}");
-    assert!(view["since"].is_string() && view["last_success_at"].is_string(), "{view}");
+    assert!(
+        view["since"].is_string() && view["last_success_at"].is_string(),
+        "{view}"
+    );
     let (status, one) = daemon.get(&format!("/v1/mailboxes/{a}"), Some(API_TOKEN)).await;
     assert_eq!(status, 200, "{one}");
 
-    for (what, text) in [("/metrics", &metrics), ("/v1/mailboxes", &list), ("/v1/mailboxes/{a}", &one)] {
+    for (what, text) in [
+        ("/metrics", &metrics),
+        ("/v1/mailboxes", &list),
+        ("/v1/mailboxes/{a}", &one),
+    ] {
         assert!(!text.contains(SECRET), "{what} leaks the client secret");
         assert!(!text.contains(API_TOKEN), "{what} leaks the API token");
         assert!(!text.contains("eyJ"), "{what} leaks what looks like an access token");

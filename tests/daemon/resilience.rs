@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Env, eventually, log_time, with_api_token};
+use crate::support::{Env, eventually, log_path, log_time, with_api_token, with_microsoft};
 
 fn addr(name: &str) -> String {
     format!("{name}@contoso.test")
@@ -41,10 +41,14 @@ fn subjects(events: &[inboxd::event::MessageEvent], mailbox: &str) -> HashSet<St
 fn mailbox_requests(log: &[Value], mailbox: &str) -> Vec<Value> {
     let prefix = format!("/v1.0/users/{mailbox}").to_ascii_lowercase();
     let mine = |e: &Value| {
-        e["path"].as_str().is_some_and(|p| p.to_ascii_lowercase().starts_with(&prefix))
+        log_path(e).to_ascii_lowercase().starts_with(&prefix)
             || e["mailbox"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(mailbox))
     };
-    let batches: HashSet<u64> = log.iter().filter(|e| mine(e)).filter_map(|e| e["batch"].as_u64()).collect();
+    let batches: HashSet<u64> = log
+        .iter()
+        .filter(|e| mine(e))
+        .filter_map(|e| e["batch"].as_u64())
+        .collect();
     log.iter()
         .filter(|e| mine(e) || e["seq"].as_u64().is_some_and(|s| batches.contains(&s)))
         .cloned()
@@ -67,7 +71,9 @@ fn assert_retry_after_honoured(log: &[Value], mailbox: &str) -> usize {
         let earliest = at + time::Duration::seconds_f64(wait);
         for r in &requests {
             let arrived = log_time(r);
-            if r["seq"].as_u64() > t["seq"].as_u64() && arrived > answered {
+            // Parts of the same `$batch` run side by side on the server: not the client's doing.
+            let same_batch = !t["batch"].is_null() && (r["batch"] == t["batch"] || r["seq"] == t["batch"]);
+            if r["seq"].as_u64() > t["seq"].as_u64() && arrived > answered && !same_batch {
                 assert!(
                     arrived >= earliest,
                     "Retry-After {wait}s violated for {mailbox}: 429 (seq {}) at {}, then {} {} (seq {}) at {}",
@@ -93,29 +99,67 @@ async fn a_429_storm_with_decimal_retry_after_is_waited_out_and_other_mailboxes_
         env.deliver(&slow, &format!("slow {i}")).await;
         env.deliver(&fast, &format!("fast {i}")).await;
     }
-    env.fault(json!({"path_prefix": format!("/v1.0/users/{slow}"), "status": 429, "retry_after": "1.5", "times": 3}))
+    // One with an attachment, so the throttling also hits a request inside `$batch`.
+    env.control(
+        &format!("/_emulator/mailboxes/{slow}/messages"),
+        json!({
+            "from": {"name": "Customer", "address": "customer@example.net"},
+            "to": [{"name": "", "address": slow}],
+            "subject": "slow 3",
+            "body": {"content_type": "text", "content": "see attachment"},
+            "attachments": [{"name": "a.txt", "content_type": "text/plain", "content_base64": "aGVsbG8="}],
+        }),
+    )
+    .await;
+    env.fault_for_mailbox(&slow, json!({"status": 429, "retry_after": "1.5", "times": 3}))
         .await;
+    // Then two more for the attachment request inside `$batch` (a URL the daemon spells
+    // itself, so one of the two spellings never fires).
+    for spelling in [slow.clone(), slow.replace('@', "%40")] {
+        env.fault(
+            json!({"path_prefix": format!("/v1.0/users/{spelling}/messages"), "status": 429,
+                         "retry_after": "1.5", "times": 2}),
+        )
+        .await;
+    }
     let daemon = env.start(&env.config(&[slow.clone(), fast.clone()], "1s")).await;
 
     // The calm mailbox is done long before the throttled one may even ask again.
-    let calm_done = eventually(Duration::from_secs(3), || async { subjects(&env.events(), &fast).len() == 3 }).await;
+    let calm_done = eventually(Duration::from_secs(3), || async {
+        subjects(&env.events(), &fast).len() == 3
+    })
+    .await;
     let events = env.events();
-    assert!(calm_done, "the calm mailbox stalled behind the throttled one: {events:?}");
+    assert!(
+        calm_done,
+        "the calm mailbox stalled behind the throttled one: {events:?}"
+    );
     assert!(
         subjects(&events, &slow).is_empty(),
         "the throttled mailbox delivered before its 429s were over: {events:?}"
     );
 
-    let events = env.wait_for_events(6, Duration::from_secs(10)).await;
+    let events = env.wait_for_events(7, Duration::from_secs(10)).await;
     assert_eq!(
         subjects(&events, &slow),
-        (0..3).map(|i| format!("slow {i}")).collect(),
+        (0..4).map(|i| format!("slow {i}")).collect(),
         "throttled mailbox lost mail"
     );
     assert_no_duplicates(&events);
+    let with_attachment = events.iter().find(|e| e.subject == "slow 3").unwrap();
+    assert_eq!(
+        with_attachment.attachments.len(),
+        1,
+        "the attachment fetch that was throttled inside $batch was given up: {with_attachment:?}"
+    );
     let log = env.requests().await;
     let throttles = assert_retry_after_honoured(&log, &slow);
-    assert_eq!(throttles, 3, "the fault should have fired three times");
+    assert_eq!(throttles, 5, "the faults should have fired five times");
+    let in_batch = mailbox_requests(&log, &slow)
+        .iter()
+        .filter(|e| e["status"] == 429 && !e["batch"].is_null())
+        .count();
+    assert_eq!(in_batch, 2, "the throttling did not reach the requests inside $batch");
     daemon.stop().await;
 }
 
@@ -125,7 +169,7 @@ async fn a_throttled_mailbox_slows_down_alone() {
     let (slow, fast) = (addr("slow"), addr("busy"));
     env.mailboxes(&[slow.clone(), fast.clone()]).await;
     env.deliver(&slow, "slow 0").await;
-    env.fault(json!({"path_prefix": format!("/v1.0/users/{slow}"), "status": 429, "retry_after": "2.5", "times": 2}))
+    env.fault_for_mailbox(&slow, json!({"status": 429, "retry_after": "2.5", "times": 2}))
         .await;
     let daemon = env.start(&env.config(&[slow.clone(), fast.clone()], "300ms")).await;
 
@@ -138,7 +182,10 @@ async fn a_throttled_mailbox_slows_down_alone() {
             subjects(&env.events(), &fast).contains(&subject)
         })
         .await;
-        assert!(arrived, "{subject} of the busy mailbox not delivered within 2.5 s while another mailbox was throttled");
+        assert!(
+            arrived,
+            "{subject} of the busy mailbox not delivered within 2.5 s while another mailbox was throttled"
+        );
     }
     let throttled_for = started.elapsed();
     let events = env.events();
@@ -148,10 +195,16 @@ async fn a_throttled_mailbox_slows_down_alone() {
     );
     let log = env.requests().await;
     let busy_during_throttle = mailbox_requests(&log, &fast).len();
-    assert!(busy_during_throttle >= 3, "the busy mailbox barely polled: {busy_during_throttle} requests");
+    assert!(
+        busy_during_throttle >= 3,
+        "the busy mailbox barely polled: {busy_during_throttle} requests"
+    );
 
     let events = env.wait_for_events(4, Duration::from_secs(8)).await;
-    assert!(subjects(&events, &slow).contains("slow 0"), "throttled mailbox lost mail: {events:?}");
+    assert!(
+        subjects(&events, &slow).contains("slow 0"),
+        "throttled mailbox lost mail: {events:?}"
+    );
     assert_no_duplicates(&events);
     let log = env.requests().await;
     assert_eq!(assert_retry_after_honoured(&log, &slow), 2);
@@ -163,43 +216,87 @@ async fn a_throttled_mailbox_slows_down_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_errors_resets_and_malformed_bodies_lose_nothing_and_the_mailbox_recovers() {
     let env = Env::new().await;
-    let (a, b) = (addr("five-oh-three"), addr("reset-and-garbage"));
-    env.mailboxes(&[a.clone(), b.clone()]).await;
+    let (a, b, c) = (addr("five-oh-three"), addr("reset-and-garbage"), addr("slowpoke"));
+    env.mailboxes(&[a.clone(), b.clone(), c.clone()]).await;
     for i in 0..3 {
         env.deliver(&a, &format!("a {i}")).await;
         env.deliver(&b, &format!("b {i}")).await;
+        env.deliver(&c, &format!("c {i}")).await;
     }
-    let delta = |m: &str| format!("/v1.0/users/{m}/mailFolders");
-    env.fault(json!({"path_prefix": delta(&a), "status": 503, "times": 2})).await;
-    env.fault(json!({"path_prefix": delta(&b), "reset": true, "times": 1})).await;
-    env.fault(json!({"path_prefix": delta(&b), "malformed": true, "times": 1})).await;
-    let daemon = env
-        .start(&with_api_token(&env.config(&[a.clone(), b.clone()], "1s")))
-        .await;
+    // c's first delta request hangs longer than microsoft.request_timeout.
+    env.fault_for_mailbox(&c, json!({"delay_ms": 2500, "times": 1})).await;
+    env.fault_for_mailbox(&a, json!({"status": 503, "times": 2})).await;
+    env.fault_for_mailbox(&b, json!({"reset": true, "times": 1})).await;
+    env.fault_for_mailbox(&b, json!({"malformed": true, "times": 1})).await;
+    let toml = with_microsoft(
+        &with_api_token(&env.config(&[a.clone(), b.clone(), c.clone()], "1s")),
+        "request_timeout = \"1s\"",
+    );
+    let started = time::OffsetDateTime::now_utc();
+    let daemon = env.start(&toml).await;
 
-    let events = env.wait_for_events(6, Duration::from_secs(10)).await;
+    let events = env.wait_for_events(9, Duration::from_secs(10)).await;
+    assert_eq!(
+        subjects(&events, &c).len(),
+        3,
+        "a timed-out request lost mail: {events:?}"
+    );
     assert_eq!(subjects(&events, &a).len(), 3, "503s lost mail: {events:?}");
-    assert_eq!(subjects(&events, &b).len(), 3, "resets / malformed bodies lost mail: {events:?}");
+    assert_eq!(
+        subjects(&events, &b).len(),
+        3,
+        "resets / malformed bodies lost mail: {events:?}"
+    );
     assert_no_duplicates(&events);
     let recovered = eventually(Duration::from_secs(8), || async {
         let views = daemon.mailbox_views().await;
-        [&a, &b].iter().all(|m| views[m.as_str()]["state"] == "active")
+        [&a, &b, &c].iter().all(|m| views[m.as_str()]["state"] == "active")
     })
     .await;
-    assert!(recovered, "mailboxes did not return to active: {:?}", daemon.mailbox_views().await);
+    assert!(
+        recovered,
+        "mailboxes did not return to active: {:?}",
+        daemon.mailbox_views().await
+    );
 
     // The faults really fired: two 503s for a, one reset (status 0) and one garbage 200 for b.
     let log = env.requests().await;
     let statuses = |m: &str| -> Vec<u64> {
+        let delta = format!("/v1.0/users/{m}/mailFolders");
         log.iter()
-            .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with(&delta(m))))
+            .filter(|e| log_path(e).starts_with(&delta))
             .filter_map(|e| e["status"].as_u64())
             .collect()
     };
-    assert_eq!(statuses(&a).iter().filter(|s| **s == 503).count(), 2, "{:?}", statuses(&a));
-    assert_eq!(statuses(&b).iter().filter(|s| **s == 0).count(), 1, "{:?}", statuses(&b));
+    assert_eq!(
+        statuses(&a).iter().filter(|s| **s == 503).count(),
+        2,
+        "{:?}",
+        statuses(&a)
+    );
+    assert_eq!(
+        statuses(&b).iter().filter(|s| **s == 0).count(),
+        1,
+        "{:?}",
+        statuses(&b)
+    );
+    // c's hung request was given up: its retry was answered well before the hang ended.
+    let c_done = log
+        .iter()
+        .find(|e| log_path(e).starts_with(&format!("/v1.0/users/{c}/mailFolders")) && e["status"] == 200)
+        .map(log_time)
+        .expect("c was polled");
+    assert!(
+        c_done - started < time::Duration::milliseconds(2400),
+        "c waited out the 2.5 s hang instead of timing out after 1 s (started {started}, polled {c_done})"
+    );
+    // Every fault fired as often as it was meant to.
     let listed = env.control_get("/_emulator/faults").await;
-    assert_eq!(listed.as_array().map(Vec::len), Some(0), "faults left unconsumed: {listed}");
+    assert_eq!(
+        listed["faults"].as_array().map(Vec::len),
+        Some(0),
+        "faults left unconsumed: {listed}"
+    );
     daemon.stop().await;
 }
 
@@ -223,19 +320,29 @@ async fn an_expired_delta_token_starts_over_without_losing_or_repeating_mail() {
     .await;
     assert!(polls_with_delta_link, "the daemon never polled with a delta link");
 
-    env.control(&format!("/_emulator/mailboxes/{a}/expire-delta"), json!({})).await;
+    env.control(&format!("/_emulator/mailboxes/{a}/expire-delta"), json!({}))
+        .await;
     for i in 0..3 {
         env.deliver(&a, &format!("after {i}")).await;
     }
     let events = env.wait_for_events(7, Duration::from_secs(8)).await;
     let got = subjects(&events, &a);
     for i in 0..3 {
-        assert!(got.contains(&format!("after {i}")), "mail after the expired delta token lost: {got:?}");
+        assert!(
+            got.contains(&format!("after {i}")),
+            "mail after the expired delta token lost: {got:?}"
+        );
     }
     // Give a re-announcement the chance to show up: two more rounds after the last one seen.
     let seen = env.requests().await.len();
     let more_rounds = eventually(Duration::from_secs(5), || async {
-        env.requests().await.iter().skip(seen).filter(|e| e["status"] == 200).count() >= 2
+        env.requests()
+            .await
+            .iter()
+            .skip(seen)
+            .filter(|e| e["status"] == 200)
+            .count()
+            >= 2
     })
     .await;
     assert!(more_rounds, "the daemon stopped polling after the expired delta token");
@@ -243,7 +350,10 @@ async fn an_expired_delta_token_starts_over_without_losing_or_repeating_mail() {
     assert_no_duplicates(&events);
     assert_eq!(events.len(), 7, "{events:?}");
     let gone = env.requests().await.iter().filter(|e| e["status"] == 410).count();
-    assert!(gone >= 1, "the emulator never answered 410: the test did not exercise the resync");
+    assert!(
+        gone >= 1,
+        "the emulator never answered 410: the test did not exercise the resync"
+    );
     daemon.stop().await;
 }
 
@@ -267,18 +377,28 @@ async fn replays_updates_and_removed_entries_produce_no_extra_events() {
         .iter()
         .filter(|e| e["query"].as_str().is_some_and(|q| q.contains("skiptoken")))
         .count();
-    assert!(next_pages >= 2, "the first round did not page: {next_pages} next links followed");
+    assert!(
+        next_pages >= 2,
+        "the first round did not page: {next_pages} next links followed"
+    );
 
     // Now delete some, move some, mark some read (updates), then deliver one more.
     let token = env.app_token().await;
     let inbox = env.folder_messages(&a, "inbox").await;
     let by_subject: HashMap<String, String> = inbox
         .iter()
-        .map(|m| (m["subject"].as_str().unwrap().to_string(), m["id"].as_str().unwrap().to_string()))
+        .map(|m| {
+            (
+                m["subject"].as_str().unwrap().to_string(),
+                m["id"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     for i in 0..5 {
         let id = &by_subject[&format!("m {i:03}")];
-        let (status, body) = env.graph(Method::DELETE, &format!("users/{a}/messages/{id}"), &token, None).await;
+        let (status, body) = env
+            .graph(Method::DELETE, &format!("users/{a}/messages/{id}"), &token, None)
+            .await;
         assert_eq!(status, 204, "delete: {body}");
     }
     for i in 5..10 {
@@ -307,14 +427,19 @@ async fn replays_updates_and_removed_entries_produce_no_extra_events() {
     }
     env.deliver(&a, "the last one").await;
     let events = env.wait_for_events(total + 1, Duration::from_secs(5)).await;
-    assert!(subjects(&events, &a).contains("the last one"), "mail after removals lost");
+    assert!(
+        subjects(&events, &a).contains("the last one"),
+        "mail after removals lost"
+    );
     // The round that found the last one also carried the removals and updates; one more
     // round must not announce anything either.
     let seen = env.requests().await.len();
     let another_round = eventually(Duration::from_secs(5), || async {
-        env.requests().await.iter().skip(seen).any(|e| {
-            e["query"].as_str().is_some_and(|q| q.contains("deltatoken")) && e["status"] == 200
-        })
+        env.requests()
+            .await
+            .iter()
+            .skip(seen)
+            .any(|e| e["query"].as_str().is_some_and(|q| q.contains("deltatoken")) && e["status"] == 200)
     })
     .await;
     assert!(another_round, "no further round after the removals");

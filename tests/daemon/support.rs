@@ -605,3 +605,38 @@ impl Daemon {
         view["state"].as_str().unwrap_or_default().to_string()
     }
 }
+
+/// The path of a request-log entry, percent-decoded (the daemon may send `a%40b` for `a@b`).
+pub fn log_path(entry: &Value) -> String {
+    let raw = entry["path"].as_str().unwrap_or_default().as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (raw[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Env {
+    /// Injects `rule` for every request whose path names the mailbox `address`, however the
+    /// address is spelled: the daemon builds `users/a%40b` itself but follows Graph's links,
+    /// which say `users/a@b`, and fault prefixes match the raw path. The rule's prefix is
+    /// `/v1.0/users/{local part}`, so no other mailbox of the test may start with that local part.
+    pub async fn fault_for_mailbox(&self, address: &str, mut rule: Value) {
+        let local = address.split('@').next().unwrap_or(address);
+        rule["path_prefix"] = Value::String(format!("/v1.0/users/{local}"));
+        self.fault(rule).await;
+    }
+}

@@ -1,3 +1,4 @@
+use crate::event::MessageEvent;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

@@ -1,0 +1,266 @@
+"""Structural checks of deploy/ that no off-the-shelf linter does (run by .ci/ops-checks).
+
+- every file a kustomization.yaml names exists; the Secret example stays out of the base;
+- the PrometheusRule has groups, rules, expr, for, labels.severity and the annotations
+  on-call needs, and every expression has balanced brackets; its spec is written to
+  WORK/rules.yaml (for `promtool check rules`) and, without annotations, to
+  WORK/rules-tested.yaml (for `promtool test rules`);
+- the dashboard's panels all have ids, titles and queries over inboxd_ metrics;
+- the Deployment agrees with the config in the ConfigMap (every env:NAME reference is set,
+  from a key the Secret example has; the grace period exceeds server.shutdown_grace; the
+  store is on the data volume) and with the Secret example; the ConfigMap's config is
+  written to WORK/inboxd.toml for `inboxd check-config`;
+- compose.yaml's inboxd shares the emulator's network namespace and its files exist.
+
+Usage: python ops_checks.py WORK_DIR   (from the repository root; prints every problem).
+"""
+
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path("deploy")
+problems: list[str] = []
+
+
+def problem(where: str, what: str) -> None:
+    problems.append(f"{where}: {what}")
+
+
+def load_one(path: Path) -> dict:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    if len(docs) != 1:
+        problem(str(path), f"expected one YAML document, found {len(docs)}")
+        return {}
+    return docs[0]
+
+
+def balanced(expr: str) -> str | None:
+    """None when (), [] and {} nest properly outside string literals; else what is wrong."""
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    quote = None
+    escaped = False
+    for ch in expr:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'`":
+            quote = ch
+        elif ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            if not stack or stack.pop() != pairs[ch]:
+                return f"unbalanced '{ch}'"
+    if quote:
+        return "unterminated string"
+    if stack:
+        return f"unclosed '{stack[-1]}'"
+    return None
+
+
+def check_kustomizations() -> None:
+    for kfile in sorted(DEPLOY.rglob("kustomization.yaml")):
+        k = load_one(kfile)
+        base = kfile.parent
+        listed = list(k.get("resources", []))
+        for gen in k.get("configMapGenerator", []) + k.get("secretGenerator", []):
+            listed += [f.split("=", 1)[-1] for f in gen.get("files", [])]
+        listed += [p["path"] for p in k.get("patches", []) if "path" in p]
+        if not listed:
+            problem(str(kfile), "lists no resources")
+        for name in listed:
+            if not (base / name).exists():
+                problem(str(kfile), f"lists {name}, which does not exist")
+        if any(Path(n).name.startswith("secret.example") for n in listed):
+            problem(str(kfile), "must not include the Secret example (placeholder values)")
+
+
+def check_rules(work: Path) -> None:
+    path = DEPLOY / "monitoring" / "prometheusrule.yaml"
+    rule = load_one(path)
+    if rule.get("apiVersion") != "monitoring.coreos.com/v1" or rule.get("kind") != "PrometheusRule":
+        problem(str(path), "must be apiVersion monitoring.coreos.com/v1, kind PrometheusRule")
+    if not rule.get("metadata", {}).get("name"):
+        problem(str(path), "metadata.name is missing")
+    groups = rule.get("spec", {}).get("groups")
+    if not isinstance(groups, list) or not groups:
+        problem(str(path), "spec.groups must be a non-empty list")
+        return
+    names: set[str] = set()
+    for g, group in enumerate(groups):
+        where = f"{path} spec.groups[{g}]"
+        if not group.get("name"):
+            problem(where, "has no name")
+        rules = group.get("rules")
+        if not isinstance(rules, list) or not rules:
+            problem(where, "rules must be a non-empty list")
+            continue
+        for r, item in enumerate(rules):
+            at = f"{where}.rules[{r}] ({item.get('alert', '?')})"
+            alert = item.get("alert")
+            if not alert or not re.fullmatch(r"Inboxd[A-Za-z]+", alert):
+                problem(at, "alert must be named Inboxd<CamelCase>")
+            elif alert in names:
+                problem(at, "duplicate alert name")
+            names.add(alert or "")
+            expr = item.get("expr")
+            if not isinstance(expr, str) or not expr.strip():
+                problem(at, "expr is missing")
+            else:
+                if why := balanced(expr):
+                    problem(at, f"expr: {why}")
+                if "inboxd_" not in expr:
+                    problem(at, "expr uses no inboxd_ metric")
+            if not re.fullmatch(r"\d+[smh]", str(item.get("for", ""))):
+                problem(at, "for must be a duration such as 5m")
+            if item.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+                problem(at, "labels.severity must be critical, warning or info")
+            ann = item.get("annotations", {})
+            for key in ("summary", "description", "runbook_url"):
+                if not ann.get(key):
+                    problem(at, f"annotations.{key} is missing")
+            anchor = (alert or "").lower()
+            if ann.get("runbook_url") and not re.fullmatch(rf"https://\S+README\.md#{anchor}", ann["runbook_url"]):
+                problem(at, f"runbook_url must point at README.md#{anchor}")
+    (work / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    tested = [
+        {**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]} for g in groups
+    ]
+    (work / "rules-tested.yaml").write_text(yaml.safe_dump({"groups": tested}, sort_keys=False))
+    print(f"  {len(names)} alerts in {len(groups)} groups")
+
+
+def check_dashboard() -> None:
+    path = DEPLOY / "monitoring" / "grafana-dashboard.json"
+    board = json.loads(path.read_text())
+    for key in ("title", "uid", "panels", "schemaVersion"):
+        if key not in board:
+            problem(str(path), f"{key} is missing")
+    ids: set[int] = set()
+    queries = 0
+    for panel in board.get("panels", []):
+        at = f"{path} panel {panel.get('id')} ({panel.get('title', '?')})"
+        if panel.get("id") in ids:
+            problem(at, "duplicate panel id")
+        ids.add(panel.get("id"))
+        if panel.get("type") == "row":
+            continue
+        if not panel.get("title") or "gridPos" not in panel:
+            problem(at, "needs a title and a gridPos")
+        targets = panel.get("targets") or []
+        if not targets:
+            problem(at, "has no query")
+        for t in targets:
+            expr = t.get("expr", "")
+            queries += 1
+            if "inboxd_" not in expr:
+                problem(at, f"query {expr!r} uses no inboxd_ metric")
+            if why := balanced(expr):
+                problem(at, f"query {expr!r}: {why}")
+    print(f"  dashboard: {len(ids)} panels, {queries} queries")
+
+
+def find(docs: list[dict], kind: str) -> dict:
+    return next((d for d in docs if d.get("kind") == kind), {})
+
+
+def check_deployment(work: Path) -> None:
+    docs = [load_one(p) for p in sorted(DEPLOY.glob("*.yaml")) if p.name != "kustomization.yaml"]
+    deployment, configmap = find(docs, "Deployment"), find(docs, "ConfigMap")
+    secret = load_one(DEPLOY / "secret.example.yaml")
+    spec = deployment.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    container = (pod.get("containers") or [{}])[0]
+    where = "deploy/deployment.yaml"
+    if spec.get("replicas") != 1 or spec.get("strategy", {}).get("type") != "Recreate":
+        problem(where, "SQLite needs replicas: 1 and strategy: Recreate")
+    toml_text = configmap.get("data", {}).get("inboxd.toml", "")
+    (work / "inboxd.toml").write_text(toml_text)
+    try:
+        config = tomllib.loads(toml_text)
+    except tomllib.TOMLDecodeError as e:
+        problem("deploy/configmap.yaml", f"inboxd.toml: {e}")
+        return
+    grace = config.get("server", {}).get("shutdown_grace", "20s")
+    m = re.fullmatch(r"(\d+)s", grace)
+    if not m:
+        problem("deploy/configmap.yaml", f"write server.shutdown_grace in seconds, not {grace!r}")
+    elif pod.get("terminationGracePeriodSeconds", 30) <= int(m.group(1)):
+        problem(where, f"terminationGracePeriodSeconds must exceed server.shutdown_grace ({grace})")
+    if not config.get("store", {}).get("url", "").startswith("sqlite:///var/lib/inboxd/"):
+        problem("deploy/configmap.yaml", "store.url must be on the data volume (sqlite:///var/lib/inboxd/...)")
+    refs = set(re.findall(r'"env:([A-Za-z_][A-Za-z0-9_]*)"', toml_text))
+    env = {e["name"]: e for e in container.get("env", [])}
+    secret_keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    for name in sorted(refs - set(env)):
+        problem(where, f"the config reads env:{name}, which the container does not set")
+    for name, e in env.items():
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref.get("key") not in secret_keys:
+            problem("deploy/secret.example.yaml", f"has no key {ref.get('key')} (read by {name})")
+    (work / "env").write_text("".join(f"{n}=placeholder-{n.lower()}\n" for n in sorted(refs)))
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    if not mounts.get("/etc/inboxd", {}).get("readOnly"):
+        problem(where, "/etc/inboxd must be mounted read-only")
+    if "/var/lib/inboxd" not in mounts:
+        problem(where, "the data volume must be mounted at /var/lib/inboxd")
+    probes = {k: container.get(k, {}).get("httpGet", {}).get("path") for k in ("startupProbe", "readinessProbe", "livenessProbe")}
+    if probes != {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/livez"}:
+        problem(where, f"probes must be startup+readiness on /readyz, liveness on /livez: {probes}")
+    sc = container.get("securityContext", {})
+    expected = {"runAsNonRoot": True, "runAsUser": 65532, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+    for key, value in expected.items():
+        if sc.get(key) != value:
+            problem(where, f"container securityContext.{key} must be {value}")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        problem(where, "container securityContext must drop ALL capabilities")
+    if "RuntimeDefault" not in (sc.get("seccompProfile", {}).get("type"), pod.get("securityContext", {}).get("seccompProfile", {}).get("type")):
+        problem(where, "seccompProfile must be RuntimeDefault")
+    if not container.get("resources", {}).get("requests") or not container.get("resources", {}).get("limits"):
+        problem(where, "resources.requests and resources.limits are required")
+
+
+def check_compose() -> None:
+    path = DEPLOY / "compose.yaml"
+    compose = load_one(path)
+    services = compose.get("services", {})
+    if set(services) != {"emulator", "inboxd"}:
+        problem(str(path), f"expected services emulator and inboxd, found {sorted(services)}")
+        return
+    if services["inboxd"].get("network_mode") != "service:emulator":
+        problem(str(path), "inboxd must share the emulator's network (http:// only on loopback)")
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith((".", "/")) and not (DEPLOY / source).exists():
+                problem(str(path), f"{name} mounts {source}, which does not exist")
+
+
+def main() -> int:
+    work = Path(sys.argv[1])
+    work.mkdir(parents=True, exist_ok=True)
+    check_kustomizations()
+    check_rules(work)
+    check_dashboard()
+    check_deployment(work)
+    check_compose()
+    for p in problems:
+        print(f"  problem: {p}", file=sys.stderr)
+    if problems:
+        print(f"ops_checks.py: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("  kustomizations, PrometheusRule, dashboard, Deployment/ConfigMap/Secret, compose: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

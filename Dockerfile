@@ -1,0 +1,84 @@
+# inboxd container image.
+#
+#   docker build -t inboxd:dev .
+#   docker run --rm -p 8080:8080 \
+#     -v "$PWD/inboxd.toml:/etc/inboxd/inboxd.toml:ro" -v inboxd-data:/var/lib/inboxd \
+#     -e CONTOSO_CLIENT_SECRET=... inboxd:dev
+#
+# The image holds the binary, CA certificates and nothing else (no shell). It runs as
+# uid/gid 65532 ("nonroot") and writes only to /var/lib/inboxd (the SQLite store and a
+# file sink belong there), so it runs unchanged with a read-only root filesystem.
+# Kubernetes manifests: deploy/. CI lints this file with hadolint (.ci/ops-checks) and
+# tests/daemon/image.rs runs the binary the way this image does.
+
+# ---------------------------------------------------------------------------------------
+# Build stage. Keep the tag in step with `rust-version` in Cargo.toml; bookworm matches the
+# glibc of the distroless runtime below (debian12).
+# ---------------------------------------------------------------------------------------
+FROM rust:1.95-slim-bookworm AS builder
+
+WORKDIR /build
+
+# 1. Dependencies only, against a placeholder crate: this layer is rebuilt only when
+#    Cargo.toml or Cargo.lock change, not on every source edit. The placeholder's own
+#    artefacts are removed afterwards so they can never be mistaken for the real binary.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src target/release/inboxd target/release/deps/inboxd-* \
+        target/release/deps/libinboxd-* target/release/.fingerprint/inboxd-*
+
+# 2. The real sources (plus the files they embed with include_str!). COPY can carry
+#    mtimes older than the placeholder build; touching the crate roots makes cargo
+#    rebuild the crate for certain.
+COPY src ./src
+COPY migrations ./migrations
+COPY config ./config
+COPY schemas ./schemas
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked \
+    && install -D -m 0755 target/release/inboxd /out/usr/local/bin/inboxd \
+    && /out/usr/local/bin/inboxd --version \
+    && mkdir -p /out/var/lib/inboxd /out/etc/inboxd
+
+# ---------------------------------------------------------------------------------------
+# Runtime stage: glibc, libgcc, CA certificates and a "nonroot" user (65532), no shell.
+# ---------------------------------------------------------------------------------------
+FROM gcr.io/distroless/cc-debian12:nonroot
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="inboxd" \
+      org.opencontainers.image.description="Connects Office 365 / Exchange Online mailboxes to contact-center routing" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
+
+COPY --from=builder /out/usr/local/bin/inboxd /usr/local/bin/inboxd
+# The data directory exists in the image and belongs to the runtime user, so a fresh named
+# volume mounted there inherits that owner. /etc/inboxd stays root-owned: config is read-only.
+COPY --from=builder --chown=65532:65532 /out/var/lib/inboxd /var/lib/inboxd
+COPY --from=builder /out/etc/inboxd /etc/inboxd
+
+USER 65532:65532
+# Relative paths in the config (e.g. the default sqlite://./data/inboxd.db) land in the volume.
+WORKDIR /var/lib/inboxd
+VOLUME ["/var/lib/inboxd"]
+
+# server.listen: health (/livez, /readyz), metrics (/metrics) and the API (/v1).
+EXPOSE 8080
+
+# Liveness only (/livez never checks Graph or the store). If you change server.listen, override
+# this with `docker run --health-cmd` or your orchestrator's own probe.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/inboxd", "healthcheck", "--url", "http://127.0.0.1:8080"]
+
+# SIGTERM drains in-flight deliveries for up to server.shutdown_grace (20s by default):
+# give `docker stop` more than that (docker stop -t 30; compose stop_grace_period).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/inboxd"]
+# Mount the config here (read-only); secrets come from the environment (env:NAME references).
+CMD ["run", "--config", "/etc/inboxd/inboxd.toml"]

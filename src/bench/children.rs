@@ -1,0 +1,218 @@
+//! The emulator and the daemon as separate processes of the bench binary, each behind a
+//! guard that kills it on every exit path, plus the emulator's control API.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// Tenant, app and secret of every bench run (the emulator's load generator registers the app).
+pub const TENANT: &str = "bench-tenant";
+/// Client id of the bench app.
+pub const CLIENT_ID: &str = "bench-app";
+/// Its secret, handed to the daemon through [`SECRET_ENV`], never written to the config.
+pub const SECRET: &str = "bench-secret";
+/// Environment variable the generated config points at for the client secret.
+pub const SECRET_ENV: &str = "INBOXD_BENCH_CLIENT_SECRET";
+/// How long a child may take to print its `listening on URL` line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child process that is killed and reaped when dropped.
+pub struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Process id, for `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `exe args…` with stderr to `log`, waits for `listening on URL` on stdout and keeps
+/// draining stdout afterwards so the child never blocks on a full pipe.
+async fn spawn_listening(
+    exe: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    log: &Path,
+) -> anyhow::Result<(ChildGuard, String)> {
+    let stderr = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let guard = ChildGuard { child };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let first = reader.read_line(&mut line).map(|_| line.trim().to_string());
+        let _ = tx.send(first);
+        let _ = std::io::copy(&mut reader.take(u64::MAX), &mut std::io::sink());
+    });
+    let first = match tokio::time::timeout(START_TIMEOUT, rx).await {
+        Ok(Ok(Ok(line))) => line,
+        _ => bail!(
+            "{} {} did not print 'listening on URL' (see {})",
+            exe.display(),
+            args.join(" "),
+            log.display()
+        ),
+    };
+    let Some(url) = first.strip_prefix("listening on ") else {
+        bail!("unexpected first line {first:?} from {} (see {})", args.join(" "), log.display());
+    };
+    Ok((guard, url.trim_end_matches('/').to_string()))
+}
+
+/// A running emulator and a client for its control API.
+pub struct Emulator {
+    /// Keeps the process alive; kills it on drop.
+    pub process: ChildGuard,
+    /// Its base URL (authority host and Graph URL at once).
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Emulator {
+    /// Starts `inboxd emulate --listen 127.0.0.1:0`, logging at WARN (the rig, not the subject).
+    pub async fn start(exe: &Path, dir: &Path, name: &str) -> anyhow::Result<Emulator> {
+        let log = dir.join(format!("{name}.log"));
+        let (process, url) = spawn_listening(
+            exe,
+            &["emulate", "--listen", "127.0.0.1:0"],
+            &[("RUST_LOG", "warn")],
+            &log,
+        )
+        .await?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+        Ok(Emulator { process, url, http })
+    }
+
+    /// POSTs to the control API and returns the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self.http.post(format!("{}{path}", self.url)).json(body).send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("emulator {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Runs the load generator once.
+    pub async fn load(&self, spec: &Value) -> anyhow::Result<Value> {
+        let mut body = json!({"tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": SECRET});
+        if let (Some(b), Some(s)) = (body.as_object_mut(), spec.as_object()) {
+            b.extend(s.clone());
+        }
+        self.post("/_emulator/load", &body).await
+    }
+
+    /// Every logged request after `since`, in sequence order.
+    pub async fn requests(&self, since: u64) -> anyhow::Result<Vec<Value>> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_emulator/requests?since={since}", self.url))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(v.get("requests").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+}
+
+/// How the daemon under test is configured.
+pub struct DaemonSpec<'a> {
+    /// Mailbox addresses.
+    pub mailboxes: &'a [String],
+    /// `poll_interval` in seconds.
+    pub poll_secs: u64,
+    /// `start_at`: `"all"` for mail seeded before start, `"now"` otherwise.
+    pub start_at: &'a str,
+}
+
+/// The daemon under test.
+pub struct Daemon {
+    /// Keeps the process alive; kills it on drop.
+    pub process: ChildGuard,
+    /// Its API base URL.
+    pub url: String,
+    /// The file sink.
+    pub events: PathBuf,
+}
+
+impl Daemon {
+    /// Writes a config into `dir` and starts `inboxd run --config` against `emulator`.
+    pub async fn start(exe: &Path, dir: &Path, emulator: &str, spec: &DaemonSpec<'_>) -> anyhow::Result<Daemon> {
+        let events = dir.join("events.ndjson");
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n[store]\nurl = \"sqlite://{db}\"\n\n\
+             [microsoft]\nauthority_host = \"{emulator}\"\ngraph_url = \"{emulator}\"\n\n\
+             [sink]\ntype = \"file\"\npath = \"{events}\"\n\n\
+             [defaults]\npoll_interval = \"{poll}s\"\nfolders = [\"inbox\"]\nafter_ingest = \"none\"\nstart_at = \"{start}\"\n\n\
+             [[apps]]\nname = \"bench\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"env:{SECRET_ENV}\"\n",
+            db = dir.join("inboxd.db").display(),
+            events = events.display(),
+            poll = spec.poll_secs,
+            start = spec.start_at,
+        );
+        for address in spec.mailboxes {
+            toml.push_str(&format!("\n[[mailboxes]]\naddress = \"{address}\"\napp = \"bench\"\n"));
+        }
+        let config = dir.join("inboxd.toml");
+        std::fs::write(&config, toml)?;
+        let config_arg = config.to_string_lossy().to_string();
+        let (process, url) = spawn_listening(
+            exe,
+            &["run", "--config", &config_arg],
+            &[(SECRET_ENV, SECRET)],
+            &dir.join("daemon.log"),
+        )
+        .await?;
+        Ok(Daemon { process, url, events })
+    }
+
+    /// The daemon's `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.url)).await?.text().await?)
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct WorkDir {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl WorkDir {
+    /// Creates `inboxd-bench-<uuid>` under `std::env::temp_dir()`.
+    pub fn new() -> anyhow::Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!("inboxd-bench-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path)?;
+        Ok(WorkDir { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if std::env::var_os("INBOXD_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The physical limit of `backlog`: a bare client doing the daemon's Graph requests against
+//! a freshly seeded emulator, writing the response bytes, with no other logic.
+//!
+//! Ids differ between two seeded emulators, so the daemon's log cannot be replayed verbatim;
+//! instead, for each mailbox (all at once, as the daemon does), the client pages through the
+//! Inbox delta with the daemon's query (taken from its request log) and `Prefer` values, and
+//! after each page issues the daemon's `$batch` shape: one GET `…/attachments` per message
+//! with `hasAttachments`, 20 per batch. Each response body is appended to one file, fsynced
+//! once per page, where the daemon's sink fsyncs. One token for the whole run.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::children::{CLIENT_ID, Emulator, SECRET, TENANT, WorkDir};
+use super::events::unix_now;
+use super::report;
+use super::scenario::Plan;
+
+/// Graph's `$batch` limit, as the daemon uses it.
+const BATCH_MAX: usize = 20;
+/// Most delta pages followed per mailbox (a bound, far above what the backlog needs).
+const MAX_PAGES: usize = 10_000;
+
+/// What the reference client did.
+pub struct ReferenceRun {
+    /// Messages seen in delta pages.
+    pub messages: u64,
+    /// From the token request to the last byte written.
+    pub duration_s: f64,
+    /// Requests as its emulator counted them.
+    pub counts: report::RequestCounts,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    out: Mutex<std::fs::File>,
+}
+
+impl Client {
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<bytes::Bytes> {
+        let resp = req.bearer_auth(&self.token).send().await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if !status.is_success() {
+            bail!("reference request failed: {status}");
+        }
+        Ok(body)
+    }
+
+    fn write(&self, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+        let mut f = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(bytes)?;
+        f.write_all(b"\n")?;
+        if sync { f.sync_data() } else { Ok(()) }
+    }
+}
+
+/// Percent-encodes one path segment, as the daemon does.
+fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// One mailbox: delta pages in order; after each, the attachment batches of its messages.
+async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow::Result<u64> {
+    let mut url = format!(
+        "{}/v1.0/users/{}/mailFolders/inbox/messages/delta?{query}",
+        client.base,
+        segment(&address)
+    );
+    let mut messages = 0;
+    for _ in 0..MAX_PAGES {
+        let req = client
+            .http
+            .get(&url)
+            .header("Prefer", "odata.maxpagesize=100")
+            .header("Prefer", "IdType=\"ImmutableId\"");
+        let page = client.send(req).await?;
+        client.write(&page, false)?;
+        let page: Value = serde_json::from_slice(&page)?;
+        let items = page.get("value").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut parts = Vec::new();
+        for m in items.iter().filter(|m| m.get("@removed").is_none()) {
+            let Some(id) = m.get("id").and_then(Value::as_str) else { continue };
+            messages += 1;
+            if m.get("hasAttachments").and_then(Value::as_bool) == Some(true) {
+                parts.push(json!({
+                    "id": format!("a:{id}"), "method": "GET",
+                    "url": format!("/users/{}/messages/{}/attachments", segment(&address), segment(id)),
+                    "headers": {"Prefer": "IdType=\"ImmutableId\""},
+                }));
+            }
+        }
+        for chunk in parts.chunks(BATCH_MAX) {
+            let req = client
+                .http
+                .post(format!("{}/v1.0/$batch", client.base))
+                .json(&json!({"requests": chunk}));
+            let answer = client.send(req).await?;
+            client.write(&answer, false)?;
+        }
+        client.write(b"", true)?;
+        match (
+            page.get("@odata.nextLink").and_then(Value::as_str),
+            page.get("@odata.deltaLink"),
+        ) {
+            (Some(next), _) => url = next.to_string(),
+            (None, Some(_)) => return Ok(messages),
+            (None, None) => bail!("delta page of {address} without a next or delta link"),
+        }
+    }
+    bail!("{address}: more than {MAX_PAGES} delta pages")
+}
+
+/// Seeds a fresh emulator as `plan` does and runs the reference client against it.
+pub async fn run(exe: &Path, plan: &Plan, delta_query: Option<&str>) -> anyhow::Result<ReferenceRun> {
+    let dir = WorkDir::new()?;
+    let emulator = Emulator::start(exe, &dir.path, "reference-emulator").await?;
+    for spec in &plan.seed {
+        emulator.load(spec).await?;
+    }
+    let query = match delta_query {
+        Some(q) => q.to_string(),
+        None => format!(
+            "%24select={}",
+            url::form_urlencoded::byte_serialize(crate::mailbox::convert::DELTA_SELECT.as_bytes()).collect::<String>()
+        ),
+    };
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)).build()?;
+    let started = unix_now();
+    let token: Value = http
+        .post(format!("{}/{TENANT}/oauth2/v2.0/token", emulator.url))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = token
+        .get("access_token")
+        .and_then(Value::as_str)
+        .context("token response without access_token")?
+        .to_string();
+    let out_path = dir.path.join("reference.out");
+    let client = Arc::new(Client {
+        http,
+        base: emulator.url.clone(),
+        token,
+        out: Mutex::new(std::fs::File::create(&out_path)?),
+    });
+    let tasks: Vec<_> = plan
+        .mailboxes
+        .iter()
+        .map(|a| tokio::spawn(mailbox(client.clone(), a.clone(), query.clone())))
+        .collect();
+    let mut messages = 0;
+    for t in tasks {
+        messages += t.await??;
+    }
+    let duration_s = unix_now() - started;
+    let bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
+    let counts = report::count_requests(&emulator.requests(0).await?);
+    Ok(ReferenceRun {
+        messages,
+        duration_s,
+        counts,
+        bytes,
+    })
+}

@@ -1,0 +1,280 @@
+//! One daemon run of a scenario: a fresh emulator process, seeded; the daemon as another
+//! process; the event file watched; `/proc` read; the emulator's request log counted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::children::{Daemon, DaemonSpec, Emulator, WorkDir};
+use super::events::{EventWatch, unix_now};
+use super::measure::{RssSampler, clock_ticks, cpu_seconds};
+use super::report::{self, budget, num, ratio};
+use super::scenario::{Kind, Plan};
+
+/// How often completion conditions are checked.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// What a daemon run leaves behind besides its report.
+pub struct DaemonRun {
+    /// The report (without machine and command).
+    pub report: Map<String, Value>,
+    /// Messages per second, for the reference comparison.
+    pub messages_per_s: f64,
+    /// The query of the daemon's first delta request, replayed by the reference.
+    pub delta_query: Option<String>,
+}
+
+/// Polls `done` every 100 ms until it holds or `deadline` (Unix seconds) passes.
+async fn wait_until(deadline: f64, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if unix_now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+}
+
+/// A sample value of the daemon's `/metrics` text (first series whose name and labels start with `prefix`).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Waits until the daemon reports every mailbox `active` (each finished its first round).
+async fn wait_active(daemon: &Daemon, mailboxes: usize, deadline: f64) -> bool {
+    loop {
+        if let Ok(text) = daemon.metrics().await
+            && metric(&text, "inboxd_mailboxes{state=\"active\"}").is_some_and(|n| n as usize >= mailboxes)
+        {
+            return true;
+        }
+        if unix_now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The message number the load generator put in `<gen-{n}-{address}>`.
+fn generated_number(internet_message_id: &str) -> Option<f64> {
+    internet_message_id
+        .strip_prefix("<gen-")?
+        .split('-')
+        .next()?
+        .parse::<u32>()
+        .ok()
+        .map(f64::from)
+}
+
+/// Runs the daemon through `plan` and reports what it did.
+pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
+    let dir = WorkDir::new()?;
+    let emulator = Emulator::start(exe, &dir.path, "emulator").await?;
+    for spec in &plan.seed {
+        emulator.load(spec).await?;
+    }
+    let ticks = clock_ticks();
+    let started = unix_now();
+    let deadline = started + plan.deadline_secs;
+    let start_at = if plan.kind == Kind::Steady { "now" } else { "all" };
+    let daemon = Daemon::start(
+        exe,
+        &dir.path,
+        &emulator.url,
+        &DaemonSpec {
+            mailboxes: &plan.mailboxes,
+            poll_secs: plan.poll_secs,
+            start_at,
+        },
+    )
+    .await?;
+    let pid = daemon.process.pid();
+    let rss = RssSampler::start(pid);
+    let watch = EventWatch::start(daemon.events.clone());
+    let mut live_start = None;
+    let mut after_start = None;
+    let complete = match plan.kind {
+        Kind::Backlog | Kind::Reference => wait_until(deadline, || watch.unique() >= plan.messages).await,
+        Kind::Idle | Kind::Steady => {
+            let active = wait_active(&daemon, plan.mailboxes.len(), deadline).await;
+            after_start = Some((unix_now(), cpu_seconds(pid, ticks).unwrap_or(f64::NAN)));
+            if let Some(live) = &plan.live {
+                live_start = Some(unix_now());
+                emulator.load(live).await?;
+            }
+            let run = plan.run_secs.unwrap_or(0.0);
+            let until = live_start.unwrap_or(started) + run;
+            wait_until(until.min(deadline), || false).await;
+            active && wait_until(deadline, || watch.unique() >= plan.messages).await
+        }
+    };
+    let ended = unix_now();
+    let cpu = cpu_seconds(pid, ticks).unwrap_or(f64::NAN);
+    let peak_mb = rss.peak_bytes() as f64 / (1024.0 * 1024.0);
+    let metrics = daemon.metrics().await.unwrap_or_default();
+    drop(rss);
+    drop(daemon);
+    let (seen, duplicates, malformed) = watch.finish();
+    let log = emulator.requests(0).await?;
+    drop(emulator);
+
+    let counts = report::count_requests(&log);
+    let delivered = seen.len();
+    let mut lags: Vec<f64> = seen
+        .iter()
+        .map(|s| {
+            // Graph's receivedDateTime has whole seconds; the steady load's schedule is finer.
+            let scheduled = match (live_start, plan.rate_per_sec, generated_number(&s.internet_message_id)) {
+                (Some(t0), Some(rate), Some(n)) => t0 + n / rate,
+                _ => s.received_at,
+            };
+            s.seen_at - s.received_at.max(scheduled)
+        })
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    let last_seen = seen.iter().map(|s| s.seen_at).fold(started, f64::max);
+    let (duration, busy) = match plan.kind {
+        Kind::Backlog | Kind::Reference => (last_seen - started, last_seen - started),
+        _ => (ended - started, ended - live_start.unwrap_or(started)),
+    };
+    let messages_per_s = if delivered > 0 { delivered as f64 / busy } else { 0.0 };
+    let d = delivered as f64;
+    let mut r = Map::new();
+    let mut put = |k: &str, v: Value| {
+        r.insert(k.to_string(), v);
+    };
+    put("scenario", json!(plan.kind.name()));
+    put("smoke", json!(plan.smoke));
+    put("complete", json!(complete));
+    put("mailboxes", json!(plan.mailboxes.len()));
+    put("poll_interval_s", json!(plan.poll_secs));
+    put("messages_seeded", json!(plan.messages));
+    put("messages_delivered", json!(delivered));
+    put("messages_lost", json!(plan.messages.saturating_sub(delivered)));
+    put("duplicate_events", json!(duplicates));
+    put("malformed_lines", json!(malformed));
+    put("duration_s", num(duration));
+    put(
+        "messages_per_s",
+        if delivered > 0 { num(messages_per_s) } else { Value::Null },
+    );
+    put("graph_api_requests", json!(counts.graph));
+    put("graph_api_requests_per_message", ratio(counts.graph as f64, d));
+    put(
+        "graph_api_requests_per_message_without_attachments",
+        ratio((counts.graph - counts.attachments) as f64, d),
+    );
+    put("delta_requests", json!(counts.delta));
+    put("http_round_trips", json!(counts.round_trips));
+    put("http_round_trips_per_message", ratio(counts.round_trips as f64, d));
+    put("token_requests", json!(counts.tokens));
+    put("throttled_responses", json!(counts.throttled));
+    let p50 = report::quantile(&lags, 0.5).map_or(Value::Null, num);
+    let p99 = report::quantile(&lags, 0.99).map_or(Value::Null, num);
+    put("delivery_lag_p50_s", p50.clone());
+    put("delivery_lag_p99_s", p99.clone());
+    put("delivery_lag_max_s", lags.last().copied().map_or(Value::Null, num));
+    put(
+        "delivery_lag_source",
+        json!(
+            "event file watched every 100 ms (time a line is first seen) minus arrival in the emulator \
+             (received_at, whole seconds; steady: the load generator's schedule, finer)"
+        ),
+    );
+    put(
+        "daemon_lag_histogram_mean_s",
+        match (
+            metric(&metrics, "inboxd_delivery_lag_seconds_sum"),
+            metric(&metrics, "inboxd_delivery_lag_seconds_count"),
+        ) {
+            (Some(s), Some(c)) => ratio(s, c),
+            _ => Value::Null,
+        },
+    );
+    put(
+        "daemon_reported_delivered",
+        metric(&metrics, "inboxd_messages_delivered_total").map_or(Value::Null, num),
+    );
+    put("daemon_cpu_seconds", num(cpu));
+    put("daemon_cpu_seconds_per_1000_messages", ratio(cpu * 1000.0, d));
+    put("daemon_cpu_percent_of_one_core", ratio(cpu * 100.0, ended - started));
+    if let Some((t, c)) = after_start {
+        put("daemon_cpu_percent_after_first_round", ratio((cpu - c) * 100.0, ended - t));
+        put("first_round_done_after_s", num(t - started));
+    }
+    put("daemon_peak_rss_mb", num(peak_mb));
+    let mut budgets = Map::new();
+    match plan.kind {
+        Kind::Backlog | Kind::Reference => {
+            let without = r["graph_api_requests_per_message_without_attachments"].clone();
+            let trips = r["http_round_trips_per_message"].clone();
+            budgets.insert(
+                "graph_api_requests_per_message_without_attachments".into(),
+                budget("<= 1.1", &without, without.as_f64().map(|x| x <= 1.1)),
+            );
+            budgets.insert(
+                "http_round_trips_per_message".into(),
+                budget("<= 0.25", &trips, trips.as_f64().map(|x| x <= 0.25)),
+            );
+            budgets.insert(
+                "token_requests".into(),
+                budget("== 1", &json!(counts.tokens), Some(counts.tokens == 1)),
+            );
+        }
+        Kind::Idle => {
+            let per = report::requests_per_mailbox_interval(&counts, plan.poll_secs as f64).map_or(Value::Null, num);
+            let polled = counts.per_mailbox.len();
+            r.insert("graph_requests_per_mailbox_per_interval".into(), per.clone());
+            r.insert("mailboxes_polled".into(), json!(polled));
+            let cpu_pct = r["daemon_cpu_percent_of_one_core"].clone();
+            budgets.insert(
+                "daemon_peak_rss_mb".into(),
+                budget("<= 80", &num(peak_mb), Some(peak_mb <= 80.0)),
+            );
+            budgets.insert(
+                "daemon_cpu_percent_of_one_core".into(),
+                budget("<= 5", &cpu_pct, cpu_pct.as_f64().map(|x| x <= 5.0)),
+            );
+            // One delta call per mailbox and interval; a round takes a little, so just under 1.
+            budgets.insert(
+                "graph_requests_per_mailbox_per_interval".into(),
+                budget(
+                    "== 1 delta call per mailbox per interval",
+                    &per,
+                    per.as_f64().map(|x| x <= 1.0 && x > 0.95 && polled == plan.mailboxes.len()),
+                ),
+            );
+        }
+        Kind::Steady => {
+            let limit = plan.poll_secs as f64 + 1.0;
+            budgets.insert(
+                "delivery_lag_p99_s".into(),
+                budget(&format!("<= {limit} (poll interval + 1 s)"), &p99, p99.as_f64().map(|x| x <= limit)),
+            );
+            budgets.insert(
+                "messages_lost".into(),
+                budget("== 0", &json!(plan.messages.saturating_sub(delivered)), Some(delivered >= plan.messages)),
+            );
+        }
+    }
+    r.insert("budget".into(), Value::Object(budgets));
+    let delta_query = log
+        .iter()
+        .find(|e| {
+            e.get("path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p.ends_with("/messages/delta"))
+        })
+        .and_then(|e| e.get("query").and_then(Value::as_str))
+        .map(str::to_string);
+    Ok(DaemonRun {
+        report: r,
+        messages_per_s,
+        delta_query,
+    })
+}

@@ -1,0 +1,294 @@
+//! What routing may ask for: replies, forwards and new mail, validated before anything is
+//! stored. Every refusal names the field.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::MailboxAddress;
+
+/// Graph's limit for the attachments of one message.
+pub const MAX_ATTACHMENTS_BYTES: usize = 150 * 1024 * 1024;
+
+/// Which kind of outbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Reply to the sender.
+    Reply,
+    /// Reply to everyone.
+    ReplyAll,
+    /// Forward.
+    Forward,
+    /// New message.
+    Send,
+}
+
+impl Kind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Reply => "reply",
+            Kind::ReplyAll => "reply_all",
+            Kind::Forward => "forward",
+            Kind::Send => "send",
+        }
+    }
+}
+
+/// A recipient: `"a@b.c"` or `{"name", "address"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RecipientInput {
+    /// Just the address.
+    Address(String),
+    /// Name and address.
+    Full {
+        /// Display name.
+        #[serde(default)]
+        name: String,
+        /// Address.
+        address: String,
+    },
+}
+
+/// A normalized recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// Display name (may be empty).
+    pub name: String,
+    /// Address.
+    pub address: String,
+}
+
+/// `{"content_type": "text"|"html", "content"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Body {
+    /// `text` or `html`.
+    pub content_type: String,
+    /// The body.
+    pub content: String,
+}
+
+/// An attachment as routing sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentInput {
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    #[serde(default = "octet_stream")]
+    pub content_type: String,
+    /// Content, base64.
+    pub content_base64: String,
+    /// Inline in the HTML body.
+    #[serde(default)]
+    pub is_inline: bool,
+    /// Content-ID for inline parts.
+    #[serde(default)]
+    pub content_id: Option<String>,
+}
+
+fn octet_stream() -> String {
+    "application/octet-stream".into()
+}
+
+/// The body of `POST …/reply` and `…/forward` and `…/send`, as received.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiRequest {
+    /// Short text Graph puts above the quoted original (reply, forward).
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// The whole body (instead of `comment`).
+    #[serde(default)]
+    pub body: Option<Body>,
+    /// Reply to everyone (reply only).
+    #[serde(default)]
+    pub reply_all: bool,
+    /// Subject (new mail).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Recipients (forward, new mail; overrides for replies).
+    #[serde(default)]
+    pub to: Vec<RecipientInput>,
+    /// Cc.
+    #[serde(default)]
+    pub cc: Vec<RecipientInput>,
+    /// Bcc.
+    #[serde(default)]
+    pub bcc: Vec<RecipientInput>,
+    /// Attachments.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentInput>,
+}
+
+/// A validated request, stored in the outbox and hashed for idempotency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundRequest {
+    /// What to do.
+    pub kind: Kind,
+    /// The original message (immutable id) for replies and forwards.
+    pub original: Option<String>,
+    /// Comment above the quoted original.
+    pub comment: Option<String>,
+    /// Whole body.
+    pub body: Option<Body>,
+    /// Subject (new mail).
+    pub subject: Option<String>,
+    /// To.
+    pub to: Vec<Recipient>,
+    /// Cc.
+    pub cc: Vec<Recipient>,
+    /// Bcc.
+    pub bcc: Vec<Recipient>,
+    /// Attachments (base64 checked).
+    pub attachments: Vec<AttachmentInput>,
+}
+
+/// A refused request: HTTP status, error code and a message naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// 400 or 413.
+    pub status: u16,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Human message naming the field.
+    pub message: String,
+}
+
+fn bad(message: impl Into<String>) -> Invalid {
+    Invalid { status: 400, code: "invalid_request", message: message.into() }
+}
+
+fn recipients(list: &[RecipientInput], field: &str) -> Result<Vec<Recipient>, Invalid> {
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (name, address) = match r {
+                RecipientInput::Address(a) => (String::new(), a.clone()),
+                RecipientInput::Full { name, address } => (name.clone(), address.clone()),
+            };
+            MailboxAddress::parse(&address).map_err(|e| bad(format!("{field}[{i}]: {e}")))?;
+            Ok(Recipient { name, address: address.trim().to_string() })
+        })
+        .collect()
+}
+
+impl ApiRequest {
+    /// Validates for `kind`; `original` is the Graph id for replies and forwards.
+    pub fn validate(self, kind: Kind, original: Option<String>) -> Result<OutboundRequest, Invalid> {
+        if self.comment.is_some() && self.body.is_some() {
+            return Err(bad("comment and body cannot both be given: comment is placed above the quoted original, body replaces the whole body"));
+        }
+        if let Some(b) = &self.body
+            && !matches!(b.content_type.as_str(), "text" | "html")
+        {
+            return Err(bad(format!("body.content_type must be \"text\" or \"html\", not \"{}\"", b.content_type)));
+        }
+        if self.reply_all && kind != Kind::Reply && kind != Kind::ReplyAll {
+            return Err(bad("reply_all applies only to replies"));
+        }
+        let kind = if kind == Kind::Reply && self.reply_all { Kind::ReplyAll } else { kind };
+        let (to, cc, bcc) = (recipients(&self.to, "to")?, recipients(&self.cc, "cc")?, recipients(&self.bcc, "bcc")?);
+        match kind {
+            Kind::Forward if to.is_empty() && cc.is_empty() && bcc.is_empty() => {
+                return Err(bad("to: a forward needs at least one recipient"));
+            }
+            Kind::Send if to.is_empty() && cc.is_empty() && bcc.is_empty() => {
+                return Err(bad("to: a new message needs at least one recipient"));
+            }
+            Kind::Send if self.body.is_none() => return Err(bad("body: a new message needs a body")),
+            Kind::Send if self.comment.is_some() => return Err(bad("comment applies only to replies and forwards; use body")),
+            Kind::Reply | Kind::ReplyAll if self.comment.is_none() && self.body.is_none() => {
+                return Err(bad("a reply needs comment or body"));
+            }
+            _ => {}
+        }
+        if kind != Kind::Send && self.subject.is_some() {
+            return Err(bad("subject applies only to new messages (replies and forwards take the original's)"));
+        }
+        let mut total = 0usize;
+        for (i, a) in self.attachments.iter().enumerate() {
+            if a.name.trim().is_empty() {
+                return Err(bad(format!("attachments[{i}].name must not be empty")));
+            }
+            let bytes = STANDARD
+                .decode(a.content_base64.trim())
+                .map_err(|e| bad(format!("attachments[{i}].content_base64 is not valid base64: {e}")))?;
+            total += bytes.len();
+        }
+        if total > MAX_ATTACHMENTS_BYTES {
+            return Err(Invalid {
+                status: 413,
+                code: "attachments_too_large",
+                message: format!("attachments total {total} bytes; Graph allows at most {MAX_ATTACHMENTS_BYTES} per message"),
+            });
+        }
+        Ok(OutboundRequest {
+            kind,
+            original,
+            comment: self.comment,
+            body: self.body,
+            subject: self.subject,
+            to,
+            cc,
+            bcc,
+            attachments: self.attachments,
+        })
+    }
+}
+
+impl OutboundRequest {
+    /// SHA-256 (hex) of the request and its mailbox: the same key with another request is a conflict.
+    pub fn hash(&self, mailbox: &MailboxAddress) -> String {
+        let canonical = serde_json::to_vec(&(mailbox.as_str(), self)).unwrap_or_default();
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> ApiRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn comment_and_body_together_are_refused() {
+        let err = req(r#"{"comment":"a","body":{"content_type":"text","content":"b"}}"#).validate(Kind::Reply, Some("x".into()));
+        assert!(err.unwrap_err().message.contains("comment and body"));
+    }
+
+    #[test]
+    fn bad_base64_and_recipients_name_the_field() {
+        let err = req(r#"{"comment":"a","attachments":[{"name":"f","content_base64":"***"}]}"#)
+            .validate(Kind::Reply, Some("x".into()))
+            .unwrap_err();
+        assert!(err.message.starts_with("attachments[0].content_base64"), "{}", err.message);
+        let err = req(r#"{"to":["ok@x.test","broken"],"body":{"content_type":"text","content":"b"}}"#).validate(Kind::Send, None).unwrap_err();
+        assert!(err.message.starts_with("to[1]"), "{}", err.message);
+    }
+
+    #[test]
+    fn same_request_same_hash_other_request_other_hash() {
+        let mb = MailboxAddress::parse("a@b.test").unwrap();
+        let a = req(r#"{"comment":"hi"}"#).validate(Kind::Reply, Some("m1".into())).unwrap();
+        let b = req(r#"{"comment":"hi"}"#).validate(Kind::Reply, Some("m1".into())).unwrap();
+        let c = req(r#"{"comment":"hello"}"#).validate(Kind::Reply, Some("m1".into())).unwrap();
+        assert_eq!(a.hash(&mb), b.hash(&mb));
+        assert_ne!(a.hash(&mb), c.hash(&mb));
+    }
+
+    #[test]
+    fn reply_all_flag_makes_a_reply_all() {
+        let r = req(r#"{"comment":"hi","reply_all":true}"#).validate(Kind::Reply, Some("m".into())).unwrap();
+        assert_eq!(r.kind, Kind::ReplyAll);
+    }
+}

@@ -1,0 +1,373 @@
+//! The sender: works through due outbox rows. Before doing anything in Graph for a row
+//! that was started before, it looks for the draft or sent item carrying the row's id:
+//! a sent item means done, a complete draft means send it, anything else starts over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::request::{AttachmentInput, Kind, OutboundRequest, Recipient};
+use crate::auth::Verdict;
+use crate::domain::{MailboxAddress, MailboxState};
+use crate::event::{OUTBOUND_SCHEMA, OutboundEvent};
+use crate::graph::{Call, CallError, GraphErrorKind};
+use crate::mailbox::{MailboxCtx, StatusBoard};
+use crate::sink::Sink;
+use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store, StoreError};
+
+/// The extended property that marks inboxd's drafts with the outbound id.
+pub const MARKER_PROPERTY: &str = "String {8c6f3b1e-2d4a-4b7e-9f15-6a0c2e9d4b31} Name inboxd-outbound-id";
+/// Attachments up to this size are added in one request; larger ones use an upload session.
+const SIMPLE_ATTACHMENT_MAX: usize = 3 * 1024 * 1024;
+/// Upload chunk: a multiple of 320 KiB under Graph's 4 MB per request.
+const CHUNK: usize = 10 * 320 * 1024;
+/// Rows taken per pass.
+const BATCH: u32 = 64;
+/// Mailboxes sending at once.
+const PARALLEL_MAILBOXES: usize = 8;
+
+/// Why one attempt stopped.
+enum Failure {
+    /// Retry later (the error is kept for `GET /v1/outbound/{id}`).
+    Transient(String),
+    /// Never going to work.
+    Permanent(String),
+}
+
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Failure {
+        match &e {
+            CallError::Token(t) if t.verdict == Verdict::Transient => Failure::Transient(e.to_string()),
+            // A flagged app or mailbox: the row waits until it is fixed, it is not lost.
+            CallError::Token(_) => Failure::Transient(e.to_string()),
+            CallError::Graph(g) => match g.kind {
+                GraphErrorKind::Rejected => Failure::Permanent(format!("Graph refused the message: {} {}", g.code.as_deref().unwrap_or(""), g.message)),
+                GraphErrorKind::ItemNotFound => Failure::Permanent(format!("the original message was not found: {}", g.message)),
+                _ => Failure::Transient(e.to_string()),
+            },
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::Transient(e.to_string())
+    }
+}
+
+/// The outbox worker and the API's way in.
+pub struct Outbox {
+    store: Arc<dyn Store>,
+    sink: Arc<Sink>,
+    mailboxes: HashMap<MailboxAddress, Arc<MailboxCtx>>,
+    board: Arc<StatusBoard>,
+    /// Plain client for upload URLs (they carry their own token: no Authorization header).
+    upload: reqwest::Client,
+    /// Wakes the worker when the API stored something.
+    wake: Notify,
+}
+
+impl Outbox {
+    /// The outbox over the configured mailboxes.
+    pub fn new(
+        store: Arc<dyn Store>,
+        sink: Arc<Sink>,
+        mailboxes: HashMap<MailboxAddress, Arc<MailboxCtx>>,
+        board: Arc<StatusBoard>,
+        upload: reqwest::Client,
+    ) -> Arc<Outbox> {
+        Arc::new(Outbox { store, sink, mailboxes, board, upload, wake: Notify::new() })
+    }
+
+    /// The store (the API reads and enqueues through it).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Asks the worker to look for work now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Works until cancelled; a pass in progress finishes first.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            match self.store.due_outbound(OffsetDateTime::now_utc(), BATCH).await {
+                Ok(rows) if !rows.is_empty() => {
+                    let mut per_mailbox: BTreeMap<String, Vec<OutboundRecord>> = BTreeMap::new();
+                    for row in rows {
+                        per_mailbox.entry(row.mailbox.to_string()).or_default().push(row);
+                    }
+                    let work: Vec<_> = per_mailbox.into_values().map(|rows| self.clone().send_all(rows)).collect();
+                    futures_util::stream::iter(work).buffer_unordered(PARALLEL_MAILBOXES).collect::<Vec<()>>().await;
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "Cannot read the outbox; replies wait until the store answers."),
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// One mailbox's rows, in order.
+    async fn send_all(self: Arc<Self>, rows: Vec<OutboundRecord>) {
+        for row in rows {
+            self.attempt(row).await;
+        }
+    }
+
+    /// One attempt at one row, with its bookkeeping.
+    async fn attempt(&self, mut row: OutboundRecord) {
+        let Some(ctx) = self.mailboxes.get(&row.mailbox).cloned() else {
+            self.finish(&mut row, OutboundStatus::Failed, Some("the mailbox is no longer configured".into())).await;
+            return;
+        };
+        let state = self.board.get(&row.mailbox).map(|v| v.state);
+        if matches!(state, Some(MailboxState::NeedsReconsent | MailboxState::CredentialInvalid | MailboxState::AccessDenied | MailboxState::NotFound | MailboxState::Disabled)) {
+            row.next_attempt_at = OffsetDateTime::now_utc() + time::Duration::seconds(30);
+            row.error = Some(format!("waiting: the mailbox is {}", state.map(|s| s.as_str()).unwrap_or("flagged")));
+            self.save(&row).await;
+            return;
+        }
+        if row.status != OutboundStatus::Sending {
+            row.status = OutboundStatus::Sending;
+            self.save(&row).await;
+        }
+        row.attempts += 1;
+        match self.send(&ctx, &mut row).await {
+            Ok(()) => self.finish(&mut row, OutboundStatus::Sent, None).await,
+            Err(Failure::Permanent(reason)) => {
+                tracing::warn!(mailbox = %row.mailbox, outbound_id = %row.id, reason = %reason, "Outbound message failed for good.");
+                self.finish(&mut row, OutboundStatus::Failed, Some(reason)).await;
+            }
+            Err(Failure::Transient(reason)) => {
+                let wait = 2u64.saturating_pow(row.attempts.min(8)).min(300);
+                tracing::info!(mailbox = %row.mailbox, outbound_id = %row.id, reason = %reason, retry_in_s = wait, "Outbound message not sent yet; retrying.");
+                row.status = OutboundStatus::Queued;
+                row.error = Some(reason);
+                row.next_attempt_at = OffsetDateTime::now_utc() + time::Duration::seconds(wait as i64);
+                self.save(&row).await;
+            }
+        }
+    }
+
+    async fn save(&self, row: &OutboundRecord) {
+        let mut row = row.clone();
+        row.updated_at = OffsetDateTime::now_utc();
+        if let Err(e) = self.store.update_outbound(&row).await {
+            tracing::error!(mailbox = %row.mailbox, outbound_id = %row.id, error = %e, "Cannot record outbound progress.");
+        }
+    }
+
+    /// Records the end state and tells routing through the sink.
+    async fn finish(&self, row: &mut OutboundRecord, status: OutboundStatus, error: Option<String>) {
+        row.status = status;
+        row.error = error.clone();
+        self.save(row).await;
+        let kind = serde_json::from_str::<OutboundRequest>(&row.request).map(|r| r.kind.as_str()).unwrap_or("unknown");
+        let now = OffsetDateTime::now_utc();
+        let event = OutboundEvent {
+            schema: OUTBOUND_SCHEMA.into(),
+            event_id: uuid::Uuid::new_v4().to_string(),
+            dedup_key: format!("outbound:{}:{}", row.id, status.as_str()),
+            outbound_id: row.id.clone(),
+            idempotency_key: row.idempotency_key.clone(),
+            mailbox: row.mailbox.to_string(),
+            kind: kind.into(),
+            status: status.as_str().into(),
+            error,
+            at: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        };
+        if let Some(Err(e)) = self.sink.deliver(&[event]).await.into_iter().next() {
+            tracing::warn!(mailbox = %row.mailbox, outbound_id = %row.id, error = %e, "Could not tell routing the outbound result; GET /v1/outbound/{{id}} has it.");
+        }
+        if status == OutboundStatus::Sent {
+            tracing::info!(mailbox = %row.mailbox, outbound_id = %row.id, "Outbound message sent.");
+        }
+    }
+
+    /// The send state machine.
+    async fn send(&self, ctx: &MailboxCtx, row: &mut OutboundRecord) -> Result<(), Failure> {
+        let req: OutboundRequest = serde_json::from_str(&row.request).map_err(|e| Failure::Permanent(format!("stored request unreadable: {e}")))?;
+        let user = format!("users/{}", segment(ctx.config.address.as_str()));
+        if row.attempts > 1 || row.step != SendStep::New {
+            if self.find(ctx, &user, "sentitems", &row.id).await?.is_some() {
+                return Ok(()); // sent before the crash, just not recorded
+            }
+            match self.find(ctx, &user, "drafts", &row.id).await? {
+                Some(draft) if matches!(row.step, SendStep::Attachments | SendStep::SendRequested) => {
+                    row.draft_id = Some(draft);
+                }
+                Some(draft) => {
+                    // Attachments may be incomplete: discard and start over.
+                    let delete = Call { method: Method::DELETE, ..Call::get("delete_draft", format!("{user}/messages/{}", segment(&draft))) };
+                    match ctx.graph.call(&ctx.gate, &ctx.tokens, &delete).await {
+                        Ok(_) => {}
+                        Err(CallError::Graph(g)) if g.kind == GraphErrorKind::ItemNotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    row.step = SendStep::New;
+                    row.draft_id = None;
+                }
+                None => {
+                    row.step = SendStep::New;
+                    row.draft_id = None;
+                }
+            }
+        }
+        if row.step == SendStep::New {
+            let draft = self.create_draft(ctx, &user, &req, &row.id).await?;
+            row.draft_id = Some(draft);
+            row.step = SendStep::Draft;
+            self.checkpoint(row).await?;
+        }
+        let draft = row.draft_id.clone().ok_or_else(|| Failure::Transient("draft id missing".into()))?;
+        if row.step == SendStep::Draft {
+            for a in &req.attachments {
+                self.attach(ctx, &user, &draft, a).await?;
+            }
+            row.step = SendStep::Attachments;
+            self.checkpoint(row).await?;
+        }
+        row.step = SendStep::SendRequested;
+        self.checkpoint(row).await?;
+        let send = Call { body: None, ..Call::post("send", format!("{user}/messages/{}/send", segment(&draft)), Value::Null) };
+        ctx.graph.call(&ctx.gate, &ctx.tokens, &send).await?;
+        Ok(())
+    }
+
+    async fn checkpoint(&self, row: &OutboundRecord) -> Result<(), Failure> {
+        let mut saved = row.clone();
+        saved.updated_at = OffsetDateTime::now_utc();
+        self.store.update_outbound(&saved).await?;
+        Ok(())
+    }
+
+    /// The id of the message in `folder` marked with `outbound_id`, if any.
+    async fn find(&self, ctx: &MailboxCtx, user: &str, folder: &str, outbound_id: &str) -> Result<Option<String>, Failure> {
+        let filter = format!(
+            "singleValueExtendedProperties/Any(ep: ep/id eq '{MARKER_PROPERTY}' and ep/value eq '{}')",
+            outbound_id.replace('\'', "''")
+        );
+        let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("$filter", &filter).append_pair("$select", "id").finish();
+        let call = Call::get("find_outbound", format!("{user}/mailFolders/{folder}/messages?{query}")).prefer("IdType=\"ImmutableId\"");
+        let found = ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await?;
+        Ok(found.pointer("/value/0/id").and_then(Value::as_str).map(str::to_string))
+    }
+
+    /// Creates the marked draft; returns its id.
+    async fn create_draft(&self, ctx: &MailboxCtx, user: &str, req: &OutboundRequest, outbound_id: &str) -> Result<String, Failure> {
+        let marker = json!([{"id": MARKER_PROPERTY, "value": outbound_id}]);
+        let recipients = |list: &[Recipient]| -> Value {
+            list.iter().map(|r| json!({"emailAddress": {"name": r.name, "address": r.address}})).collect()
+        };
+        let body = req.body.as_ref().map(|b| json!({"contentType": b.content_type, "content": b.content}));
+        let call = match req.kind {
+            Kind::Send => {
+                let mut message = json!({
+                    "subject": req.subject.clone().unwrap_or_default(),
+                    "toRecipients": recipients(&req.to), "ccRecipients": recipients(&req.cc), "bccRecipients": recipients(&req.bcc),
+                    "singleValueExtendedProperties": marker,
+                });
+                if let Some(b) = body {
+                    message["body"] = b;
+                }
+                Call::post("create_draft", format!("{user}/messages"), message)
+            }
+            kind => {
+                let original = req.original.as_deref().ok_or_else(|| Failure::Permanent("no original message".into()))?;
+                let action = match kind {
+                    Kind::Reply => "createReply",
+                    Kind::ReplyAll => "createReplyAll",
+                    _ => "createForward",
+                };
+                let mut message = json!({"singleValueExtendedProperties": marker});
+                if let Some(b) = body {
+                    message["body"] = b;
+                }
+                for (field, list) in [("toRecipients", &req.to), ("ccRecipients", &req.cc), ("bccRecipients", &req.bcc)] {
+                    if !list.is_empty() {
+                        message[field] = recipients(list);
+                    }
+                }
+                let mut payload = json!({"message": message});
+                if let Some(c) = &req.comment {
+                    payload["comment"] = json!(c);
+                }
+                Call::post("create_draft", format!("{user}/messages/{}/{action}", segment(original)), payload)
+            }
+        }
+        .prefer("IdType=\"ImmutableId\"");
+        let draft = ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await?;
+        draft.get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure::Transient("Graph created a draft without an id".into()))
+    }
+
+    /// Adds one attachment: directly up to 3 MB, through an upload session beyond.
+    async fn attach(&self, ctx: &MailboxCtx, user: &str, draft: &str, a: &AttachmentInput) -> Result<(), Failure> {
+        let bytes = STANDARD.decode(a.content_base64.trim()).map_err(|e| Failure::Permanent(format!("attachment '{}': {e}", a.name)))?;
+        let base = format!("{user}/messages/{}/attachments", segment(draft));
+        if bytes.len() <= SIMPLE_ATTACHMENT_MAX {
+            let mut attachment = json!({
+                "@odata.type": "#microsoft.graph.fileAttachment", "name": a.name, "contentType": a.content_type,
+                "contentBytes": a.content_base64.trim(), "isInline": a.is_inline,
+            });
+            if let Some(cid) = &a.content_id {
+                attachment["contentId"] = json!(cid);
+            }
+            ctx.graph.call(&ctx.gate, &ctx.tokens, &Call::post("add_attachment", base, attachment).prefer("IdType=\"ImmutableId\"")).await?;
+            return Ok(());
+        }
+        let mut item = json!({"attachmentType": "file", "name": a.name, "size": bytes.len(), "contentType": a.content_type, "isInline": a.is_inline});
+        if let Some(cid) = &a.content_id {
+            item["contentId"] = json!(cid);
+        }
+        let session = ctx
+            .graph
+            .call(&ctx.gate, &ctx.tokens, &Call::post("upload_session", format!("{base}/createUploadSession"), json!({"AttachmentItem": item})).prefer("IdType=\"ImmutableId\""))
+            .await?;
+        let url = session.get("uploadUrl").and_then(Value::as_str).ok_or_else(|| Failure::Transient("upload session without uploadUrl".into()))?;
+        let total = bytes.len();
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let start = i * CHUNK;
+            let end = start + chunk.len() - 1;
+            let resp = self
+                .upload
+                .put(url)
+                .header(reqwest::header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(chunk.to_vec())
+                .send()
+                .await
+                .map_err(|e| Failure::Transient(format!("upload of '{}' failed: {}", a.name, crate::auth::describe(&e))))?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let text = resp.text().await.unwrap_or_default();
+                let message = format!("upload of '{}' answered {status}: {}", a.name, text.chars().take(300).collect::<String>());
+                // A broken session cannot be resumed here: the draft is discarded and rebuilt.
+                return Err(if status >= 500 || status == 429 { Failure::Transient(message) } else { Failure::Transient(format!("{message} (draft will be rebuilt)")) });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Percent-encodes one URL path segment.
+fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}
