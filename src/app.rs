@@ -16,10 +16,10 @@ use crate::api::{self, ApiState};
 use crate::auth::AppTokens;
 use crate::config::Config;
 use crate::domain::{AppName, MailboxAddress};
-use crate::outbound::Outbox;
 use crate::graph::{Graph, MailboxGate};
 use crate::mailbox::{self, MailboxCtx, StatusBoard};
 use crate::metrics::Metrics;
+use crate::outbound::Outbox;
 use crate::sink::Sink;
 use crate::store::{self, Store};
 
@@ -122,7 +122,13 @@ impl App {
             });
             contexts.insert(mailbox.address.clone(), ctx);
         }
-        let outbox = Outbox::new(self.store.clone(), self.sink.clone(), contexts.clone(), self.board.clone(), self.upload.clone());
+        let outbox = Outbox::new(
+            self.store.clone(),
+            self.sink.clone(),
+            contexts.clone(),
+            self.board.clone(),
+            self.upload.clone(),
+        );
         let state = ApiState {
             board: self.board.clone(),
             metrics: self.metrics.clone(),
@@ -148,7 +154,10 @@ impl App {
         for (address, ctx) in contexts {
             let cancel = root.child_token();
             let address = address.to_string();
-            running.lock().unwrap_or_else(|p| p.into_inner()).insert(address.clone());
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(address.clone());
             let running = running.clone();
             tasks.spawn(async move {
                 mailbox::run(ctx, cancel).await;

@@ -83,7 +83,9 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
     emulator.stop().await;
     summarize(&read_events(&events_file), expected, &events_file);
     match reply {
-        Ok(status) => println!("Reply through POST /v1/mailboxes/support@contoso.test/messages/{{graph_id}}/reply: {status}."),
+        Ok(status) => {
+            println!("Reply through POST /v1/mailboxes/support@contoso.test/messages/{{graph_id}}/reply: {status}.")
+        }
         Err(e) => println!("Reply through the API did not complete: {e:#}"),
     }
     for (subject, to, in_reply_to) in sent {
@@ -287,7 +289,10 @@ async fn send_reply(
         .iter()
         .find(|e| e.subject == "Order #1042 has not arrived")
         .ok_or_else(|| anyhow::anyhow!("the message to reply to was not delivered"))?;
-    let url = format!("{api}/v1/mailboxes/support@contoso.test/messages/{}/reply", original.graph_id);
+    let url = format!(
+        "{api}/v1/mailboxes/support@contoso.test/messages/{}/reply",
+        original.graph_id
+    );
     let resp = http
         .post(&url)
         .bearer_auth(DEMO_API_TOKEN)
@@ -301,8 +306,13 @@ async fn send_reply(
         .ok_or_else(|| anyhow::anyhow!("the API did not accept the reply: {accepted}"))?
         .to_string();
     loop {
-        let status: Value =
-            http.get(format!("{api}/v1/outbound/{id}")).bearer_auth(DEMO_API_TOKEN).send().await?.json().await?;
+        let status: Value = http
+            .get(format!("{api}/v1/outbound/{id}"))
+            .bearer_auth(DEMO_API_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
         let s = status["status"].as_str().unwrap_or("unknown").to_string();
         if s == "sent" || s == "failed" || tokio::time::Instant::now() > deadline {
             return Ok(format!("{s} (outbound id {id})"));
@@ -318,7 +328,9 @@ async fn sent_items(http: &reqwest::Client, base: &str) -> Vec<(String, String, 
         Ok(r) => r.json().await.unwrap_or(Value::Null),
         Err(_) => Value::Null,
     };
-    let Some(items) = list.as_array() else { return Vec::new() };
+    let Some(items) = list.as_array() else {
+        return Vec::new();
+    };
     items
         .iter()
         .map(|m| {

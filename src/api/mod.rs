@@ -57,8 +57,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/mailboxes", get(mailboxes))
         .route("/v1/mailboxes/{address}", get(mailbox))
         .route("/v1/quarantine", get(quarantine))
-        .route("/v1/mailboxes/{address}/messages/{graph_id}/reply", axum::routing::post(outbound::reply))
-        .route("/v1/mailboxes/{address}/messages/{graph_id}/forward", axum::routing::post(outbound::forward))
+        .route(
+            "/v1/mailboxes/{address}/messages/{graph_id}/reply",
+            axum::routing::post(outbound::reply),
+        )
+        .route(
+            "/v1/mailboxes/{address}/messages/{graph_id}/forward",
+            axum::routing::post(outbound::forward),
+        )
         .route("/v1/mailboxes/{address}/send", axum::routing::post(outbound::send))
         .route("/v1/outbound/{id}", get(outbound::status))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))

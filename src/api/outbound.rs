@@ -21,17 +21,35 @@ use crate::store::{OutboundRecord, OutboundStatus, SendStep};
 const MAX_KEY_LEN: usize = 255;
 
 /// `POST /v1/mailboxes/{address}/messages/{graph_id}/reply`.
-pub async fn reply(s: State<ApiState>, Path((address, id)): Path<(String, String)>, q: Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
+pub async fn reply(
+    s: State<ApiState>,
+    Path((address, id)): Path<(String, String)>,
+    q: Query<HashMap<String, String>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
     enqueue(s, address, Kind::Reply, Some(id), q, h, body).await
 }
 
 /// `POST /v1/mailboxes/{address}/messages/{graph_id}/forward`.
-pub async fn forward(s: State<ApiState>, Path((address, id)): Path<(String, String)>, q: Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
+pub async fn forward(
+    s: State<ApiState>,
+    Path((address, id)): Path<(String, String)>,
+    q: Query<HashMap<String, String>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
     enqueue(s, address, Kind::Forward, Some(id), q, h, body).await
 }
 
 /// `POST /v1/mailboxes/{address}/send`.
-pub async fn send(s: State<ApiState>, Path(address): Path<String>, q: Query<HashMap<String, String>>, h: HeaderMap, body: Bytes) -> Response {
+pub async fn send(
+    s: State<ApiState>,
+    Path(address): Path<String>,
+    q: Query<HashMap<String, String>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
     enqueue(s, address, Kind::Send, None, q, h, body).await
 }
 
@@ -45,16 +63,34 @@ async fn enqueue(
     body: Bytes,
 ) -> Response {
     let Ok(mailbox) = MailboxAddress::parse(&address) else {
-        return error(StatusCode::BAD_REQUEST, "invalid_address", format!("'{address}' is not an email address"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_address",
+            format!("'{address}' is not an email address"),
+        );
     };
     let Some(view) = s.board.get(&mailbox) else {
-        return error(StatusCode::NOT_FOUND, "unknown_mailbox", format!("{mailbox} is not configured"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_mailbox",
+            format!("{mailbox} is not configured"),
+        );
     };
     let key = match headers.get("idempotency-key").map(|v| v.to_str().map(str::trim)) {
-        None => return error(StatusCode::BAD_REQUEST, "idempotency_key_missing", "the Idempotency-Key header is required"),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_missing",
+                "the Idempotency-Key header is required",
+            );
+        }
         Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_KEY_LEN => k.to_string(),
         Some(_) => {
-            return error(StatusCode::BAD_REQUEST, "idempotency_key_invalid", format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible characters"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_invalid",
+                format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible characters"),
+            );
         }
     };
     let parsed: ApiRequest = match serde_json::from_slice(&body) {
@@ -70,13 +106,21 @@ async fn enqueue(
     };
     let flagged = matches!(
         view.state,
-        MailboxState::NeedsReconsent | MailboxState::CredentialInvalid | MailboxState::AccessDenied | MailboxState::NotFound | MailboxState::Disabled
+        MailboxState::NeedsReconsent
+            | MailboxState::CredentialInvalid
+            | MailboxState::AccessDenied
+            | MailboxState::NotFound
+            | MailboxState::Disabled
     );
     if flagged && query.get("queue").map(String::as_str) != Some("true") {
         return error(
             StatusCode::CONFLICT,
             "mailbox_flagged",
-            format!("{mailbox} is {}: {}; add ?queue=true to queue the message until it is fixed", view.state.as_str(), view.reason.unwrap_or_default()),
+            format!(
+                "{mailbox} is {}: {}; add ?queue=true to queue the message until it is fixed",
+                view.state.as_str(),
+                view.reason.unwrap_or_default()
+            ),
         );
     }
     let now = OffsetDateTime::now_utc();
@@ -111,7 +155,11 @@ async fn enqueue(
         tracing::info!(mailbox = %mailbox, outbound_id = %stored.id, kind = kind.as_str(), "Outbound message queued.");
         s.outbox.wake();
     }
-    (StatusCode::ACCEPTED, Json(json!({"id": stored.id, "status": stored.status.as_str()}))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": stored.id, "status": stored.status.as_str()})),
+    )
+        .into_response()
 }
 
 /// `GET /v1/outbound/{id}`.
@@ -127,7 +175,11 @@ pub async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> Respon
             "updated_at": r.updated_at.format(&Rfc3339).unwrap_or_default(),
         }))
         .into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "unknown_outbound", format!("no outbound message {id}")),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_outbound",
+            format!("no outbound message {id}"),
+        ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
     }
 }

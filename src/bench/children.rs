@@ -49,11 +49,16 @@ async fn spawn_listening(
 ) -> anyhow::Result<(ChildGuard, String)> {
     let stderr = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
     let stdout = child.stdout.take().context("child stdout")?;
     let guard = ChildGuard { child };
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -74,7 +79,11 @@ async fn spawn_listening(
         ),
     };
     let Some(url) = first.strip_prefix("listening on ") else {
-        bail!("unexpected first line {first:?} from {} (see {})", args.join(" "), log.display());
+        bail!(
+            "unexpected first line {first:?} from {} (see {})",
+            args.join(" "),
+            log.display()
+        );
     };
     Ok((guard, url.trim_end_matches('/').to_string()))
 }

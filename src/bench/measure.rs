@@ -36,8 +36,15 @@ pub fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
 /// A `kB` line of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
 pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
-    let kb: u64 = line[key.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
+    let kb: u64 = line[key.len() + 1..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 

@@ -35,7 +35,11 @@ pub async fn run(scenario: &str, smoke: bool, out: Option<&Path>) -> anyhow::Res
     let mut reports = Vec::new();
     let mut backlog: Option<DaemonRun> = None;
     for kind in kinds {
-        eprintln!("inboxd bench: running {}{}", kind.name(), if smoke { " (smoke)" } else { "" });
+        eprintln!(
+            "inboxd bench: running {}{}",
+            kind.name(),
+            if smoke { " (smoke)" } else { "" }
+        );
         let mut report = match kind {
             Kind::Reference => {
                 let daemon = match backlog.take() {
@@ -99,11 +103,7 @@ async fn compare(exe: &Path, daemon: DaemonRun, plan: &Plan) -> anyhow::Result<M
     r.insert("reference_http_round_trips".into(), json!(reference.counts.round_trips));
     r.insert("reference_token_requests".into(), json!(reference.counts.tokens));
     r.insert("daemon_to_reference_throughput".into(), share.clone());
-    let mut budgets = r
-        .get("budget")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut budgets = r.get("budget").and_then(Value::as_object).cloned().unwrap_or_default();
     budgets.insert(
         "daemon_to_reference_throughput".into(),
         budget(">= 0.7", &share, share.as_f64().map(|x| x >= 0.7)),

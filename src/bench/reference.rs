@@ -90,7 +90,9 @@ async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow:
         let items = page.get("value").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut parts = Vec::new();
         for m in items.iter().filter(|m| m.get("@removed").is_none()) {
-            let Some(id) = m.get("id").and_then(Value::as_str) else { continue };
+            let Some(id) = m.get("id").and_then(Value::as_str) else {
+                continue;
+            };
             messages += 1;
             if m.get("hasAttachments").and_then(Value::as_bool) == Some(true) {
                 parts.push(json!({
@@ -135,7 +137,9 @@ pub async fn run(exe: &Path, plan: &Plan, delta_query: Option<&str>) -> anyhow::
             url::form_urlencoded::byte_serialize(crate::mailbox::convert::DELTA_SELECT.as_bytes()).collect::<String>()
         ),
     };
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()?;
     let started = unix_now();
     let token: Value = http
         .post(format!("{}/{TENANT}/oauth2/v2.0/token", emulator.url))

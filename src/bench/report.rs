@@ -166,7 +166,11 @@ fn scenario_fields(scenario: &str) -> &'static [&'static str] {
 /// mail not delivered.
 pub fn problems(report: &Map<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
-    let scenario = report.get("scenario").and_then(Value::as_str).unwrap_or("?").to_string();
+    let scenario = report
+        .get("scenario")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
     let mut need: Vec<&str> = COMMON_FIELDS.to_vec();
     need.extend_from_slice(scenario_fields(&scenario));
     if scenario != "idle" {
@@ -205,7 +209,10 @@ mod tests {
             {"path": "/v1.0/users/a@x/messages/2/attachments", "batch": 3, "status": 429, "mailbox": "a@x", "time": "2024-01-01T00:02:00Z"},
         ]);
         let c = count_requests(log.as_array().unwrap());
-        assert_eq!((c.graph, c.attachments, c.round_trips, c.tokens, c.delta, c.throttled), (3, 2, 2, 1, 1, 1));
+        assert_eq!(
+            (c.graph, c.attachments, c.round_trips, c.tokens, c.delta, c.throttled),
+            (3, 2, 2, 1, 1, 1)
+        );
         assert_eq!(requests_per_mailbox_interval(&c, 60.0), Some(1.0));
     }
 
@@ -215,7 +222,10 @@ mod tests {
         assert_eq!(quantile(&v, 0.5), Some(50.0));
         assert_eq!(quantile(&v, 0.99), Some(99.0));
         assert_eq!(quantile(&[], 0.5), None);
-        let report = json!({"scenario": "idle", "messages_delivered": 0}).as_object().unwrap().clone();
+        let report = json!({"scenario": "idle", "messages_delivered": 0})
+            .as_object()
+            .unwrap()
+            .clone();
         assert!(problems(&report).iter().any(|p| p.contains("'duration_s' is missing")));
     }
 }

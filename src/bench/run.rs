@@ -161,7 +161,11 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     put("duration_s", num(duration));
     put(
         "messages_per_s",
-        if delivered > 0 { num(messages_per_s) } else { Value::Null },
+        if delivered > 0 {
+            num(messages_per_s)
+        } else {
+            Value::Null
+        },
     );
     put("graph_api_requests", json!(counts.graph));
     put("graph_api_requests_per_message", ratio(counts.graph as f64, d));
@@ -204,7 +208,10 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     put("daemon_cpu_seconds_per_1000_messages", ratio(cpu * 1000.0, d));
     put("daemon_cpu_percent_of_one_core", ratio(cpu * 100.0, ended - started));
     if let Some((t, c)) = after_start {
-        put("daemon_cpu_percent_after_first_round", ratio((cpu - c) * 100.0, ended - t));
+        put(
+            "daemon_cpu_percent_after_first_round",
+            ratio((cpu - c) * 100.0, ended - t),
+        );
         put("first_round_done_after_s", num(t - started));
     }
     put("daemon_peak_rss_mb", num(peak_mb));
@@ -246,7 +253,8 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
                 budget(
                     "== 1 delta call per mailbox per interval",
                     &per,
-                    per.as_f64().map(|x| x <= 1.0 && x > 0.95 && polled == plan.mailboxes.len()),
+                    per.as_f64()
+                        .map(|x| x <= 1.0 && x > 0.95 && polled == plan.mailboxes.len()),
                 ),
             );
         }
@@ -254,11 +262,19 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
             let limit = plan.poll_secs as f64 + 1.0;
             budgets.insert(
                 "delivery_lag_p99_s".into(),
-                budget(&format!("<= {limit} (poll interval + 1 s)"), &p99, p99.as_f64().map(|x| x <= limit)),
+                budget(
+                    &format!("<= {limit} (poll interval + 1 s)"),
+                    &p99,
+                    p99.as_f64().map(|x| x <= limit),
+                ),
             );
             budgets.insert(
                 "messages_lost".into(),
-                budget("== 0", &json!(plan.messages.saturating_sub(delivered)), Some(delivered >= plan.messages)),
+                budget(
+                    "== 0",
+                    &json!(plan.messages.saturating_sub(delivered)),
+                    Some(delivered >= plan.messages),
+                ),
             );
         }
     }

@@ -68,7 +68,13 @@ pub struct Plan {
 const DOMAIN: &str = "load.example.com";
 
 /// One load generator call and the addresses it creates.
-fn load(prefix: &str, mailboxes: usize, per_mailbox: usize, body_bytes: usize, rate: Option<f64>) -> (Value, Vec<String>) {
+fn load(
+    prefix: &str,
+    mailboxes: usize,
+    per_mailbox: usize,
+    body_bytes: usize,
+    rate: Option<f64>,
+) -> (Value, Vec<String>) {
     let mut spec = json!({
         "mailboxes": mailboxes, "messages_per_mailbox": per_mailbox, "body_bytes": body_bytes,
         "attachment_share": 0.2, "attachment_bytes": 100_000, "address_prefix": prefix, "domain": DOMAIN,
@@ -160,7 +166,10 @@ mod tests {
         let i = Plan::new(Kind::Idle, false);
         assert_eq!((i.mailboxes.len(), i.poll_secs, i.run_secs), (10_000, 60, Some(180.0)));
         let s = Plan::new(Kind::Steady, false);
-        assert_eq!((s.mailboxes.len(), s.poll_secs, s.rate_per_sec), (1_000, 10, Some(20.0)));
+        assert_eq!(
+            (s.mailboxes.len(), s.poll_secs, s.rate_per_sec),
+            (1_000, 10, Some(20.0))
+        );
         assert_eq!(Plan::new(Kind::Backlog, true).messages, 40);
         assert_eq!(Kind::parse("reference"), Some(Kind::Reference));
     }

@@ -13,6 +13,9 @@ pub(crate) struct FaultRule {
     pub(crate) id: u64,
     /// Requests whose path starts with this (case-insensitive).
     pub(crate) path_prefix: String,
+    /// ... and ending with this (e.g. `/send`), when set.
+    #[serde(default)]
+    pub(crate) path_suffix: Option<String>,
     /// Only this method, when set.
     #[serde(default)]
     pub(crate) method: Option<String>,
@@ -25,6 +28,10 @@ pub(crate) struct FaultRule {
     /// Wait this long first (then answer normally unless another effect is set).
     #[serde(default)]
     pub(crate) delay_ms: Option<u64>,
+    /// Handle the request normally, then wait this long before answering (the work is done,
+    /// the client does not know yet: for crash-between-steps tests).
+    #[serde(default)]
+    pub(crate) delay_after_ms: Option<u64>,
     /// Drop the connection without an answer.
     #[serde(default)]
     pub(crate) reset: bool,
@@ -114,6 +121,9 @@ impl Faults {
         let path = path.to_ascii_lowercase();
         let index = guard.0.iter().position(|r| {
             path.starts_with(&r.path_prefix.to_ascii_lowercase())
+                && r.path_suffix
+                    .as_ref()
+                    .is_none_or(|sfx| path.ends_with(&sfx.to_ascii_lowercase()))
                 && r.method.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(method))
                 && r.rate.is_none_or(|rate| fastrand::f64() < rate)
         })?;

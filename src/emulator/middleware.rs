@@ -35,10 +35,14 @@ pub(crate) async fn around(State(emu): State<Shared>, mut req: Request, next: Ne
     let method = req.method().to_string();
     let query = req.uri().query().map(str::to_string);
     let headers = req.headers().clone();
-    let resp = match fault(&emu, &method, &path, &headers).await {
+    let (answer, delay_after) = fault(&emu, &method, &path, &headers).await;
+    let resp = match answer {
         Some(resp) => resp,
         None => next.run(req).await,
     };
+    if let Some(wait) = delay_after {
+        tokio::time::sleep(wait).await;
+    }
     record(
         &emu,
         Record {
@@ -105,16 +109,25 @@ pub(crate) fn record(emu: &Emulator, r: Record<'_>, resp: &Response) {
     });
 }
 
-/// Applies the first matching fault rule: waits, then answers in its place (or not).
-pub(crate) async fn fault(emu: &Emulator, method: &str, path: &str, headers: &HeaderMap) -> Option<Response> {
-    let fired = emu.faults.take(method, path)?;
+/// Applies the first matching fault rule: waits, then answers in its place (or not); also
+/// says how long to hold the real answer back.
+pub(crate) async fn fault(
+    emu: &Emulator,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> (Option<Response>, Option<Duration>) {
+    let Some(fired) = emu.faults.take(method, path) else {
+        return (None, None);
+    };
     if let Some(ms) = fired.rule.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let after = fired.rule.delay_after_ms.map(Duration::from_millis);
     if !fired.answers() {
-        return None;
+        return (None, after);
     }
-    Some(fault_response(emu, &fired, path, headers))
+    (Some(fault_response(emu, &fired, path, headers)), None)
 }
 
 fn fault_response(emu: &Emulator, fired: &Fired, path: &str, headers: &HeaderMap) -> Response {

@@ -159,7 +159,11 @@ pub struct Invalid {
 }
 
 fn bad(message: impl Into<String>) -> Invalid {
-    Invalid { status: 400, code: "invalid_request", message: message.into() }
+    Invalid {
+        status: 400,
+        code: "invalid_request",
+        message: message.into(),
+    }
 }
 
 fn recipients(list: &[RecipientInput], field: &str) -> Result<Vec<Recipient>, Invalid> {
@@ -171,7 +175,10 @@ fn recipients(list: &[RecipientInput], field: &str) -> Result<Vec<Recipient>, In
                 RecipientInput::Full { name, address } => (name.clone(), address.clone()),
             };
             MailboxAddress::parse(&address).map_err(|e| bad(format!("{field}[{i}]: {e}")))?;
-            Ok(Recipient { name, address: address.trim().to_string() })
+            Ok(Recipient {
+                name,
+                address: address.trim().to_string(),
+            })
         })
         .collect()
 }
@@ -180,18 +187,31 @@ impl ApiRequest {
     /// Validates for `kind`; `original` is the Graph id for replies and forwards.
     pub fn validate(self, kind: Kind, original: Option<String>) -> Result<OutboundRequest, Invalid> {
         if self.comment.is_some() && self.body.is_some() {
-            return Err(bad("comment and body cannot both be given: comment is placed above the quoted original, body replaces the whole body"));
+            return Err(bad(
+                "comment and body cannot both be given: comment is placed above the quoted original, body replaces the whole body",
+            ));
         }
         if let Some(b) = &self.body
             && !matches!(b.content_type.as_str(), "text" | "html")
         {
-            return Err(bad(format!("body.content_type must be \"text\" or \"html\", not \"{}\"", b.content_type)));
+            return Err(bad(format!(
+                "body.content_type must be \"text\" or \"html\", not \"{}\"",
+                b.content_type
+            )));
         }
         if self.reply_all && kind != Kind::Reply && kind != Kind::ReplyAll {
             return Err(bad("reply_all applies only to replies"));
         }
-        let kind = if kind == Kind::Reply && self.reply_all { Kind::ReplyAll } else { kind };
-        let (to, cc, bcc) = (recipients(&self.to, "to")?, recipients(&self.cc, "cc")?, recipients(&self.bcc, "bcc")?);
+        let kind = if kind == Kind::Reply && self.reply_all {
+            Kind::ReplyAll
+        } else {
+            kind
+        };
+        let (to, cc, bcc) = (
+            recipients(&self.to, "to")?,
+            recipients(&self.cc, "cc")?,
+            recipients(&self.bcc, "bcc")?,
+        );
         match kind {
             Kind::Forward if to.is_empty() && cc.is_empty() && bcc.is_empty() => {
                 return Err(bad("to: a forward needs at least one recipient"));
@@ -200,14 +220,18 @@ impl ApiRequest {
                 return Err(bad("to: a new message needs at least one recipient"));
             }
             Kind::Send if self.body.is_none() => return Err(bad("body: a new message needs a body")),
-            Kind::Send if self.comment.is_some() => return Err(bad("comment applies only to replies and forwards; use body")),
+            Kind::Send if self.comment.is_some() => {
+                return Err(bad("comment applies only to replies and forwards; use body"));
+            }
             Kind::Reply | Kind::ReplyAll if self.comment.is_none() && self.body.is_none() => {
                 return Err(bad("a reply needs comment or body"));
             }
             _ => {}
         }
         if kind != Kind::Send && self.subject.is_some() {
-            return Err(bad("subject applies only to new messages (replies and forwards take the original's)"));
+            return Err(bad(
+                "subject applies only to new messages (replies and forwards take the original's)",
+            ));
         }
         let mut total = 0usize;
         for (i, a) in self.attachments.iter().enumerate() {
@@ -223,7 +247,9 @@ impl ApiRequest {
             return Err(Invalid {
                 status: 413,
                 code: "attachments_too_large",
-                message: format!("attachments total {total} bytes; Graph allows at most {MAX_ATTACHMENTS_BYTES} per message"),
+                message: format!(
+                    "attachments total {total} bytes; Graph allows at most {MAX_ATTACHMENTS_BYTES} per message"
+                ),
             });
         }
         Ok(OutboundRequest {
@@ -262,7 +288,8 @@ mod tests {
 
     #[test]
     fn comment_and_body_together_are_refused() {
-        let err = req(r#"{"comment":"a","body":{"content_type":"text","content":"b"}}"#).validate(Kind::Reply, Some("x".into()));
+        let err = req(r#"{"comment":"a","body":{"content_type":"text","content":"b"}}"#)
+            .validate(Kind::Reply, Some("x".into()));
         assert!(err.unwrap_err().message.contains("comment and body"));
     }
 
@@ -271,24 +298,38 @@ mod tests {
         let err = req(r#"{"comment":"a","attachments":[{"name":"f","content_base64":"***"}]}"#)
             .validate(Kind::Reply, Some("x".into()))
             .unwrap_err();
-        assert!(err.message.starts_with("attachments[0].content_base64"), "{}", err.message);
-        let err = req(r#"{"to":["ok@x.test","broken"],"body":{"content_type":"text","content":"b"}}"#).validate(Kind::Send, None).unwrap_err();
+        assert!(
+            err.message.starts_with("attachments[0].content_base64"),
+            "{}",
+            err.message
+        );
+        let err = req(r#"{"to":["ok@x.test","broken"],"body":{"content_type":"text","content":"b"}}"#)
+            .validate(Kind::Send, None)
+            .unwrap_err();
         assert!(err.message.starts_with("to[1]"), "{}", err.message);
     }
 
     #[test]
     fn same_request_same_hash_other_request_other_hash() {
         let mb = MailboxAddress::parse("a@b.test").unwrap();
-        let a = req(r#"{"comment":"hi"}"#).validate(Kind::Reply, Some("m1".into())).unwrap();
-        let b = req(r#"{"comment":"hi"}"#).validate(Kind::Reply, Some("m1".into())).unwrap();
-        let c = req(r#"{"comment":"hello"}"#).validate(Kind::Reply, Some("m1".into())).unwrap();
+        let a = req(r#"{"comment":"hi"}"#)
+            .validate(Kind::Reply, Some("m1".into()))
+            .unwrap();
+        let b = req(r#"{"comment":"hi"}"#)
+            .validate(Kind::Reply, Some("m1".into()))
+            .unwrap();
+        let c = req(r#"{"comment":"hello"}"#)
+            .validate(Kind::Reply, Some("m1".into()))
+            .unwrap();
         assert_eq!(a.hash(&mb), b.hash(&mb));
         assert_ne!(a.hash(&mb), c.hash(&mb));
     }
 
     #[test]
     fn reply_all_flag_makes_a_reply_all() {
-        let r = req(r#"{"comment":"hi","reply_all":true}"#).validate(Kind::Reply, Some("m".into())).unwrap();
+        let r = req(r#"{"comment":"hi","reply_all":true}"#)
+            .validate(Kind::Reply, Some("m".into()))
+            .unwrap();
         assert_eq!(r.kind, Kind::ReplyAll);
     }
 }

@@ -50,8 +50,14 @@ impl From<CallError> for Failure {
             // A flagged app or mailbox: the row waits until it is fixed, it is not lost.
             CallError::Token(_) => Failure::Transient(e.to_string()),
             CallError::Graph(g) => match g.kind {
-                GraphErrorKind::Rejected => Failure::Permanent(format!("Graph refused the message: {} {}", g.code.as_deref().unwrap_or(""), g.message)),
-                GraphErrorKind::ItemNotFound => Failure::Permanent(format!("the original message was not found: {}", g.message)),
+                GraphErrorKind::Rejected => Failure::Permanent(format!(
+                    "Graph refused the message: {} {}",
+                    g.code.as_deref().unwrap_or(""),
+                    g.message
+                )),
+                GraphErrorKind::ItemNotFound => {
+                    Failure::Permanent(format!("the original message was not found: {}", g.message))
+                }
                 _ => Failure::Transient(e.to_string()),
             },
         }
@@ -85,7 +91,14 @@ impl Outbox {
         board: Arc<StatusBoard>,
         upload: reqwest::Client,
     ) -> Arc<Outbox> {
-        Arc::new(Outbox { store, sink, mailboxes, board, upload, wake: Notify::new() })
+        Arc::new(Outbox {
+            store,
+            sink,
+            mailboxes,
+            board,
+            upload,
+            wake: Notify::new(),
+        })
     }
 
     /// The store (the API reads and enqueues through it).
@@ -107,8 +120,14 @@ impl Outbox {
                     for row in rows {
                         per_mailbox.entry(row.mailbox.to_string()).or_default().push(row);
                     }
-                    let work: Vec<_> = per_mailbox.into_values().map(|rows| self.clone().send_all(rows)).collect();
-                    futures_util::stream::iter(work).buffer_unordered(PARALLEL_MAILBOXES).collect::<Vec<()>>().await;
+                    let work: Vec<_> = per_mailbox
+                        .into_values()
+                        .map(|rows| self.clone().send_all(rows))
+                        .collect();
+                    futures_util::stream::iter(work)
+                        .buffer_unordered(PARALLEL_MAILBOXES)
+                        .collect::<Vec<()>>()
+                        .await;
                     if cancel.is_cancelled() {
                         return;
                     }
@@ -135,13 +154,30 @@ impl Outbox {
     /// One attempt at one row, with its bookkeeping.
     async fn attempt(&self, mut row: OutboundRecord) {
         let Some(ctx) = self.mailboxes.get(&row.mailbox).cloned() else {
-            self.finish(&mut row, OutboundStatus::Failed, Some("the mailbox is no longer configured".into())).await;
+            self.finish(
+                &mut row,
+                OutboundStatus::Failed,
+                Some("the mailbox is no longer configured".into()),
+            )
+            .await;
             return;
         };
         let state = self.board.get(&row.mailbox).map(|v| v.state);
-        if matches!(state, Some(MailboxState::NeedsReconsent | MailboxState::CredentialInvalid | MailboxState::AccessDenied | MailboxState::NotFound | MailboxState::Disabled)) {
+        if matches!(
+            state,
+            Some(
+                MailboxState::NeedsReconsent
+                    | MailboxState::CredentialInvalid
+                    | MailboxState::AccessDenied
+                    | MailboxState::NotFound
+                    | MailboxState::Disabled
+            )
+        ) {
             row.next_attempt_at = OffsetDateTime::now_utc() + time::Duration::seconds(30);
-            row.error = Some(format!("waiting: the mailbox is {}", state.map(|s| s.as_str()).unwrap_or("flagged")));
+            row.error = Some(format!(
+                "waiting: the mailbox is {}",
+                state.map(|s| s.as_str()).unwrap_or("flagged")
+            ));
             self.save(&row).await;
             return;
         }
@@ -180,7 +216,9 @@ impl Outbox {
         row.status = status;
         row.error = error.clone();
         self.save(row).await;
-        let kind = serde_json::from_str::<OutboundRequest>(&row.request).map(|r| r.kind.as_str()).unwrap_or("unknown");
+        let kind = serde_json::from_str::<OutboundRequest>(&row.request)
+            .map(|r| r.kind.as_str())
+            .unwrap_or("unknown");
         let now = OffsetDateTime::now_utc();
         let event = OutboundEvent {
             schema: OUTBOUND_SCHEMA.into(),
@@ -192,7 +230,9 @@ impl Outbox {
             kind: kind.into(),
             status: status.as_str().into(),
             error,
-            at: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            at: now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
         };
         if let Some(Err(e)) = self.sink.deliver(&[event]).await.into_iter().next() {
             tracing::warn!(mailbox = %row.mailbox, outbound_id = %row.id, error = %e, "Could not tell routing the outbound result; GET /v1/outbound/{{id}} has it.");
@@ -204,7 +244,8 @@ impl Outbox {
 
     /// The send state machine.
     async fn send(&self, ctx: &MailboxCtx, row: &mut OutboundRecord) -> Result<(), Failure> {
-        let req: OutboundRequest = serde_json::from_str(&row.request).map_err(|e| Failure::Permanent(format!("stored request unreadable: {e}")))?;
+        let req: OutboundRequest = serde_json::from_str(&row.request)
+            .map_err(|e| Failure::Permanent(format!("stored request unreadable: {e}")))?;
         let user = format!("users/{}", segment(ctx.config.address.as_str()));
         if row.attempts > 1 || row.step != SendStep::New {
             if self.find(ctx, &user, "sentitems", &row.id).await?.is_some() {
@@ -216,7 +257,10 @@ impl Outbox {
                 }
                 Some(draft) => {
                     // Attachments may be incomplete: discard and start over.
-                    let delete = Call { method: Method::DELETE, ..Call::get("delete_draft", format!("{user}/messages/{}", segment(&draft))) };
+                    let delete = Call {
+                        method: Method::DELETE,
+                        ..Call::get("delete_draft", format!("{user}/messages/{}", segment(&draft)))
+                    };
                     match ctx.graph.call(&ctx.gate, &ctx.tokens, &delete).await {
                         Ok(_) => {}
                         Err(CallError::Graph(g)) if g.kind == GraphErrorKind::ItemNotFound => {}
@@ -237,7 +281,10 @@ impl Outbox {
             row.step = SendStep::Draft;
             self.checkpoint(row).await?;
         }
-        let draft = row.draft_id.clone().ok_or_else(|| Failure::Transient("draft id missing".into()))?;
+        let draft = row
+            .draft_id
+            .clone()
+            .ok_or_else(|| Failure::Transient("draft id missing".into()))?;
         if row.step == SendStep::Draft {
             for a in &req.attachments {
                 self.attach(ctx, &user, &draft, a).await?;
@@ -247,7 +294,10 @@ impl Outbox {
         }
         row.step = SendStep::SendRequested;
         self.checkpoint(row).await?;
-        let send = Call { body: None, ..Call::post("send", format!("{user}/messages/{}/send", segment(&draft)), Value::Null) };
+        let send = Call {
+            body: None,
+            ..Call::post("send", format!("{user}/messages/{}/send", segment(&draft)), Value::Null)
+        };
         ctx.graph.call(&ctx.gate, &ctx.tokens, &send).await?;
         Ok(())
     }
@@ -260,24 +310,45 @@ impl Outbox {
     }
 
     /// The id of the message in `folder` marked with `outbound_id`, if any.
-    async fn find(&self, ctx: &MailboxCtx, user: &str, folder: &str, outbound_id: &str) -> Result<Option<String>, Failure> {
+    async fn find(
+        &self,
+        ctx: &MailboxCtx,
+        user: &str,
+        folder: &str,
+        outbound_id: &str,
+    ) -> Result<Option<String>, Failure> {
         let filter = format!(
             "singleValueExtendedProperties/Any(ep: ep/id eq '{MARKER_PROPERTY}' and ep/value eq '{}')",
             outbound_id.replace('\'', "''")
         );
-        let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("$filter", &filter).append_pair("$select", "id").finish();
-        let call = Call::get("find_outbound", format!("{user}/mailFolders/{folder}/messages?{query}")).prefer("IdType=\"ImmutableId\"");
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("$filter", &filter)
+            .append_pair("$select", "id")
+            .finish();
+        let call = Call::get("find_outbound", format!("{user}/mailFolders/{folder}/messages?{query}"))
+            .prefer("IdType=\"ImmutableId\"");
         let found = ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await?;
         Ok(found.pointer("/value/0/id").and_then(Value::as_str).map(str::to_string))
     }
 
     /// Creates the marked draft; returns its id.
-    async fn create_draft(&self, ctx: &MailboxCtx, user: &str, req: &OutboundRequest, outbound_id: &str) -> Result<String, Failure> {
+    async fn create_draft(
+        &self,
+        ctx: &MailboxCtx,
+        user: &str,
+        req: &OutboundRequest,
+        outbound_id: &str,
+    ) -> Result<String, Failure> {
         let marker = json!([{"id": MARKER_PROPERTY, "value": outbound_id}]);
         let recipients = |list: &[Recipient]| -> Value {
-            list.iter().map(|r| json!({"emailAddress": {"name": r.name, "address": r.address}})).collect()
+            list.iter()
+                .map(|r| json!({"emailAddress": {"name": r.name, "address": r.address}}))
+                .collect()
         };
-        let body = req.body.as_ref().map(|b| json!({"contentType": b.content_type, "content": b.content}));
+        let body = req
+            .body
+            .as_ref()
+            .map(|b| json!({"contentType": b.content_type, "content": b.content}));
         let call = match req.kind {
             Kind::Send => {
                 let mut message = json!({
@@ -315,12 +386,18 @@ impl Outbox {
         }
         .prefer("IdType=\"ImmutableId\"");
         let draft = ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await?;
-        draft.get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure::Transient("Graph created a draft without an id".into()))
+        draft
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| Failure::Transient("Graph created a draft without an id".into()))
     }
 
     /// Adds one attachment: directly up to 3 MB, through an upload session beyond.
     async fn attach(&self, ctx: &MailboxCtx, user: &str, draft: &str, a: &AttachmentInput) -> Result<(), Failure> {
-        let bytes = STANDARD.decode(a.content_base64.trim()).map_err(|e| Failure::Permanent(format!("attachment '{}': {e}", a.name)))?;
+        let bytes = STANDARD
+            .decode(a.content_base64.trim())
+            .map_err(|e| Failure::Permanent(format!("attachment '{}': {e}", a.name)))?;
         let base = format!("{user}/messages/{}/attachments", segment(draft));
         if bytes.len() <= SIMPLE_ATTACHMENT_MAX {
             let mut attachment = json!({
@@ -330,7 +407,13 @@ impl Outbox {
             if let Some(cid) = &a.content_id {
                 attachment["contentId"] = json!(cid);
             }
-            ctx.graph.call(&ctx.gate, &ctx.tokens, &Call::post("add_attachment", base, attachment).prefer("IdType=\"ImmutableId\"")).await?;
+            ctx.graph
+                .call(
+                    &ctx.gate,
+                    &ctx.tokens,
+                    &Call::post("add_attachment", base, attachment).prefer("IdType=\"ImmutableId\""),
+                )
+                .await?;
             return Ok(());
         }
         let mut item = json!({"attachmentType": "file", "name": a.name, "size": bytes.len(), "contentType": a.content_type, "isInline": a.is_inline});
@@ -339,9 +422,21 @@ impl Outbox {
         }
         let session = ctx
             .graph
-            .call(&ctx.gate, &ctx.tokens, &Call::post("upload_session", format!("{base}/createUploadSession"), json!({"AttachmentItem": item})).prefer("IdType=\"ImmutableId\""))
+            .call(
+                &ctx.gate,
+                &ctx.tokens,
+                &Call::post(
+                    "upload_session",
+                    format!("{base}/createUploadSession"),
+                    json!({"AttachmentItem": item}),
+                )
+                .prefer("IdType=\"ImmutableId\""),
+            )
             .await?;
-        let url = session.get("uploadUrl").and_then(Value::as_str).ok_or_else(|| Failure::Transient("upload session without uploadUrl".into()))?;
+        let url = session
+            .get("uploadUrl")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Failure::Transient("upload session without uploadUrl".into()))?;
         let total = bytes.len();
         for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
             let start = i * CHUNK;
@@ -354,13 +449,23 @@ impl Outbox {
                 .body(chunk.to_vec())
                 .send()
                 .await
-                .map_err(|e| Failure::Transient(format!("upload of '{}' failed: {}", a.name, crate::auth::describe(&e))))?;
+                .map_err(|e| {
+                    Failure::Transient(format!("upload of '{}' failed: {}", a.name, crate::auth::describe(&e)))
+                })?;
             let status = resp.status().as_u16();
             if !(200..300).contains(&status) {
                 let text = resp.text().await.unwrap_or_default();
-                let message = format!("upload of '{}' answered {status}: {}", a.name, text.chars().take(300).collect::<String>());
+                let message = format!(
+                    "upload of '{}' answered {status}: {}",
+                    a.name,
+                    text.chars().take(300).collect::<String>()
+                );
                 // A broken session cannot be resumed here: the draft is discarded and rebuilt.
-                return Err(if status >= 500 || status == 429 { Failure::Transient(message) } else { Failure::Transient(format!("{message} (draft will be rebuilt)")) });
+                return Err(if status >= 500 || status == 429 {
+                    Failure::Transient(message)
+                } else {
+                    Failure::Transient(format!("{message} (draft will be rebuilt)"))
+                });
             }
         }
         Ok(())
@@ -369,5 +474,7 @@ impl Outbox {
 
 /// Percent-encodes one URL path segment.
 fn segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }

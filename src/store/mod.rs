@@ -94,9 +94,14 @@ impl OutboundStatus {
 
     /// Parses the stored name.
     pub fn parse(s: &str) -> Option<OutboundStatus> {
-        [OutboundStatus::Queued, OutboundStatus::Sending, OutboundStatus::Sent, OutboundStatus::Failed]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            OutboundStatus::Queued,
+            OutboundStatus::Sending,
+            OutboundStatus::Sent,
+            OutboundStatus::Failed,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 }
 
@@ -113,9 +118,14 @@ impl SendStep {
 
     /// Parses the stored name.
     pub fn parse(s: &str) -> Option<SendStep> {
-        [SendStep::New, SendStep::Draft, SendStep::Attachments, SendStep::SendRequested]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            SendStep::New,
+            SendStep::Draft,
+            SendStep::Attachments,
+            SendStep::SendRequested,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 }
 

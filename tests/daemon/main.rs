@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod image;
 mod pipeline;
 mod resilience;
 mod support;

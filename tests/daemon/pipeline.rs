@@ -11,7 +11,7 @@ use inboxd::emulator::EmulatorOptions;
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, with_api_token, with_defaults, with_microsoft,
+    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, metric, with_api_token, with_defaults, with_microsoft,
 };
 
 fn addr(name: &str) -> String {
@@ -424,19 +424,6 @@ async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
     daemon.stop().await;
 }
 
-/// The value of the first sample line of `name` whose labels contain `labels`.
-fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
-            let metric = series.split('{').next().unwrap_or_default();
-            metric == name && series.contains(labels)
-        })
-        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
     let env = Env::new().await;
@@ -459,11 +446,11 @@ async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
     let (status, metrics) = daemon.get("/metrics", None).await;
     assert_eq!(status, 200);
     assert!(
-        sample(&metrics, "inboxd_messages_delivered_total", "").is_some_and(|v| v >= 1.0),
+        metric(&metrics, "inboxd_messages_delivered_total", "").is_some_and(|v| v >= 1.0),
         "inboxd_messages_delivered_total missing or 0:\n{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "inboxd_mailboxes", "state=\"active\""),
+        metric(&metrics, "inboxd_mailboxes", "state=\"active\""),
         Some(1.0),
         "{metrics}"
     );

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Env, eventually, log_path, log_time, with_api_token, with_microsoft};
+use crate::support::{Env, eventually, log_path, log_time, metric, with_api_token, with_microsoft};
 
 fn addr(name: &str) -> String {
     format!("{name}@contoso.test")
@@ -160,6 +160,41 @@ async fn a_429_storm_with_decimal_retry_after_is_waited_out_and_other_mailboxes_
         .filter(|e| e["status"] == 429 && !e["batch"].is_null())
         .count();
     assert_eq!(in_batch, 2, "the throttling did not reach the requests inside $batch");
+    let (_, metrics) = daemon.get("/metrics", None).await;
+    assert!(
+        metric(&metrics, "inboxd_graph_throttled_total", "").is_some_and(|v| v >= 3.0),
+        "inboxd_graph_throttled_total does not count the 429s:\n{metrics}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_after_given_as_an_http_date_is_honoured() {
+    let env = Env::new().await;
+    let a = addr("dated");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    env.deliver(&a, "dated 0").await;
+    // Whole seconds only: at least two seconds from now.
+    let until = std::time::SystemTime::now() + Duration::from_millis(2500);
+    let date = httpdate::fmt_http_date(until);
+    let until = time::OffsetDateTime::from(httpdate::parse_http_date(&date).unwrap());
+    env.fault_for_mailbox(&a, json!({"status": 429, "retry_after": date, "times": 1}))
+        .await;
+    let daemon = env.start(&env.config(std::slice::from_ref(&a), "300ms")).await;
+    let events = env.wait_for_events(1, Duration::from_secs(8)).await;
+    assert_eq!(events.len(), 1, "mail lost after a dated Retry-After");
+    let log = env.requests().await;
+    let mine = mailbox_requests(&log, &a);
+    let throttled = mine.iter().find(|e| e["status"] == 429).expect("the fault fired");
+    for r in mine.iter().filter(|r| r["seq"].as_u64() > throttled["seq"].as_u64()) {
+        assert!(
+            log_time(r) >= until,
+            "Retry-After: {date} violated: {} {} at {}",
+            r["method"],
+            r["path"],
+            r["time"]
+        );
+    }
     daemon.stop().await;
 }
 

@@ -640,3 +640,16 @@ impl Env {
         self.fault(rule).await;
     }
 }
+
+/// The value of the first sample of metric `name` whose labels contain `labels`, in
+/// Prometheus / OpenMetrics text.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let metric = series.split('{').next().unwrap_or_default();
+            metric == name && series.contains(labels)
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}

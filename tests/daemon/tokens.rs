@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, is_graph_request, is_token_request, log_time, with_api_token,
+    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, is_graph_request, is_token_request, log_time, metric,
+    with_api_token,
 };
 
 fn addr(name: &str) -> String {
@@ -52,6 +53,13 @@ async fn a_thousand_mailboxes_of_one_app_share_one_token_request() {
         token_requests.len(),
         token_requests.iter().map(|e| &e["time"]).collect::<Vec<_>>()
     );
+    let (_, metrics) = daemon.get("/metrics", None).await;
+    assert_eq!(
+        metric(&metrics, "inboxd_token_requests_total", "outcome=\"success\""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "inboxd_mailboxes", "state=\"active\""), Some(n as f64));
     daemon.stop().await;
 }
 
@@ -239,5 +247,38 @@ async fn a_503_storm_on_the_token_endpoint_only_ever_means_backoff() {
         daemon.mailbox_views().await
     );
     assert_eq!(env.wait_for_events(1, Duration::from_secs(3)).await.len(), 1);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graph_401_forces_one_refresh_and_one_retry_not_a_flag() {
+    let env = Env::new().await;
+    let a = addr("revalidate");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    env.deliver(&a, "after a 401").await;
+    env.fault_for_mailbox(&a, json!({"status": 401, "times": 1})).await;
+    let daemon = env
+        .start(&with_api_token(&env.config(std::slice::from_ref(&a), "300ms")))
+        .await;
+    let events = env.wait_for_events(1, Duration::from_secs(5)).await;
+    assert_eq!(events.len(), 1, "mail lost after a 401 InvalidAuthenticationToken");
+    let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
+    assert!(active, "{:?}", daemon.mailbox_views().await);
+    let log = env.requests().await;
+    let unauthorized = log.iter().find(|e| e["status"] == 401).expect("the fault fired");
+    let tokens: Vec<u64> = log
+        .iter()
+        .filter(|e| is_token_request(e))
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        2,
+        "expected the start-up token and one forced refresh: {tokens:?}"
+    );
+    assert!(
+        tokens[1] > unauthorized["seq"].as_u64().unwrap(),
+        "the second token was not fetched after the 401"
+    );
     daemon.stop().await;
 }

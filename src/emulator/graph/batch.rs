@@ -190,7 +190,8 @@ async fn run_part(emu: Shared, part: Part, outer_headers: HeaderMap, batch: Opti
         let ids = RequestIds::from_headers(&headers);
         err.render(emu.clock.now(), &ids.request_id, &ids.client_request_id)
     } else {
-        match middleware::fault(&emu, part.method.as_str(), &full_path, &headers).await {
+        let (answer, delay_after) = middleware::fault(&emu, part.method.as_str(), &full_path, &headers).await;
+        let resp = match answer {
             Some(resp) => resp,
             None => {
                 handle(
@@ -205,7 +206,11 @@ async fn run_part(emu: Shared, part: Part, outer_headers: HeaderMap, batch: Opti
                 )
                 .await
             }
+        };
+        if let Some(wait) = delay_after {
+            tokio::time::sleep(wait).await;
         }
+        resp
     };
     let record = Record {
         seq,

@@ -7,7 +7,21 @@ use super::{db_err, from_stored, to_stored};
 use crate::domain::MailboxAddress;
 use crate::store::{OutboundRecord, OutboundStatus, SendStep, StoreError};
 
-type Row = (String, String, String, String, String, String, String, Option<String>, Option<String>, i64, String, String, String);
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    String,
+    String,
+    String,
+);
 
 /// The column list, as a macro so queries stay `&'static str` (sqlx refuses built strings).
 macro_rules! columns {
@@ -61,12 +75,16 @@ pub(super) async fn enqueue(pool: &SqlitePool, rec: &OutboundRecord) -> Result<O
     .execute(&mut *tx)
     .await
     .map_err(db_err(OP))?;
-    let row: Row = sqlx::query_as(concat!("SELECT ", columns!(), " FROM outbox WHERE mailbox = ?1 AND idempotency_key = ?2"))
-        .bind(rec.mailbox.as_str())
-        .bind(&rec.idempotency_key)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err(OP))?;
+    let row: Row = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM outbox WHERE mailbox = ?1 AND idempotency_key = ?2"
+    ))
+    .bind(rec.mailbox.as_str())
+    .bind(&rec.idempotency_key)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err(OP))?;
     tx.commit().await.map_err(db_err(OP))?;
     record(OP, row)
 }
