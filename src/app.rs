@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
-use crate::auth::AppTokens;
-use crate::config::Config;
+use crate::auth::seal::Sealer;
+use crate::auth::{AppTokens, DelegatedTokens, TokenEndpoint, TokenSource};
+use crate::config::{Access, Config};
 use crate::domain::{AppName, MailboxAddress};
 use crate::graph::{Graph, MailboxGate};
 use crate::mailbox::{self, MailboxCtx, StatusBoard};
@@ -35,6 +36,8 @@ pub struct App {
     metrics: Arc<Metrics>,
     /// Client for upload URLs (same TLS settings, no Graph token).
     upload: reqwest::Client,
+    /// Seals refresh tokens (None without `store.encryption_key`; config refuses delegated mailboxes then).
+    sealer: Option<Arc<Sealer>>,
 }
 
 /// The HTTP client for Microsoft: rustls, the extra root of `microsoft.ca_file` if any.
@@ -72,11 +75,12 @@ impl App {
         ));
         let mut tokens = HashMap::new();
         for app in &config.apps {
-            let cache = AppTokens::new(app, &config.microsoft.authority_host, http.clone(), metrics.clone())
+            let endpoint = TokenEndpoint::new(app, &config.microsoft.authority_host, http.clone(), metrics.clone())
                 .map_err(anyhow::Error::msg)?;
-            tokens.insert(app.name.clone(), Arc::new(cache));
+            tokens.insert(app.name.clone(), Arc::new(AppTokens::new(Arc::new(endpoint))));
         }
         let board = StatusBoard::new(metrics.clone(), store.clone());
+        let config_sealer = config.store.encryption_key.as_ref().map(|k| Arc::new(Sealer::new(k)));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -90,6 +94,7 @@ impl App {
             board,
             metrics,
             upload: http,
+            sealer: config_sealer,
         })
     }
 
@@ -107,13 +112,31 @@ impl App {
         let mut contexts: HashMap<MailboxAddress, Arc<MailboxCtx>> = HashMap::new();
         for mailbox in &self.config.mailboxes {
             self.board.register(mailbox).await;
-            let Some(tokens) = self.tokens.get(&mailbox.app).filter(|_| mailbox.enabled) else {
+            let Some(app_tokens) = self.tokens.get(&mailbox.app).filter(|_| mailbox.enabled) else {
                 continue;
             };
+            let tokens = match (mailbox.access, &self.sealer) {
+                (Access::Delegated, Some(sealer)) => TokenSource::Delegated(Arc::new(DelegatedTokens::new(
+                    mailbox.address.clone(),
+                    app_tokens.endpoint().clone(),
+                    self.store.clone(),
+                    sealer.clone(),
+                ))),
+                _ => TokenSource::App(app_tokens.clone()),
+            };
+            let fallback = mailbox.fallback_app.as_ref().and_then(|name| {
+                self.tokens
+                    .get(name)
+                    .map(|t| (name.0.clone(), TokenSource::App(t.clone())))
+            });
             let ctx = Arc::new(MailboxCtx {
                 config: mailbox.clone(),
                 graph: self.graph.clone(),
-                tokens: tokens.clone(),
+                current: arc_swap::ArcSwap::from_pointee(tokens.clone()),
+                tokens,
+                fallback,
+                on_fallback: Default::default(),
+                wake: Default::default(),
                 gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
                 store: self.store.clone(),
                 sink: self.sink.clone(),

@@ -1,9 +1,45 @@
-//! Access tokens: client credentials (secret or certificate) per app registration, kept
-//! fresh in a shared, lock-free cache with single-flight refresh; AADSTS classification.
+//! Access tokens: client credentials (secret or certificate) per app registration and
+//! delegated refresh tokens per mailbox, each kept fresh in a lock-free, single-flight
+//! cache; AADSTS classification; sealing of refresh tokens at rest.
 
+mod app_tokens;
 mod assertion;
 mod classify;
+mod delegated;
+mod endpoint;
+pub mod seal;
 mod token_cache;
 
+use std::sync::Arc;
+
+pub use app_tokens::AppTokens;
 pub use classify::{Verdict, classify_token_error};
-pub use token_cache::{AccessToken, AppTokens, TokenError, describe};
+pub use delegated::{DELEGATED_SCOPES, DelegatedTokens};
+pub use endpoint::{AccessToken, Granted, TokenEndpoint, TokenError, describe};
+
+/// Where a mailbox's tokens come from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// The app's client-credentials token.
+    App(Arc<AppTokens>),
+    /// The mailbox's own delegated grant.
+    Delegated(Arc<DelegatedTokens>),
+}
+
+impl TokenSource {
+    /// A token valid now.
+    pub async fn token(&self) -> Result<Arc<AccessToken>, TokenError> {
+        match self {
+            TokenSource::App(t) => t.token().await,
+            TokenSource::Delegated(t) => t.token().await,
+        }
+    }
+
+    /// Graph refused this token: the next `token()` asks for a new one.
+    pub fn invalidate(&self, stale: &Arc<AccessToken>) {
+        match self {
+            TokenSource::App(t) => t.invalidate(stale),
+            TokenSource::Delegated(t) => t.invalidate(stale),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use url::Url;
 pub use error::{GraphError, GraphErrorKind, classify, retry_after};
 pub use gate::MailboxGate;
 
-use crate::auth::{AccessToken, AppTokens, TokenError};
+use crate::auth::{AccessToken, TokenError, TokenSource};
 use crate::metrics::Metrics;
 
 /// One Graph request.
@@ -116,7 +116,7 @@ impl Graph {
 
     /// Runs a call: waits for the mailbox gate, retries transient failures with backoff
     /// (honouring `Retry-After`), refreshes the token once on a 401.
-    pub async fn call(&self, gate: &MailboxGate, tokens: &AppTokens, call: &Call) -> Result<Value, CallError> {
+    pub async fn call(&self, gate: &MailboxGate, tokens: &TokenSource, call: &Call) -> Result<Value, CallError> {
         let attempt = || async {
             let token = tokens.token().await?;
             match self.once(gate, &token, call).await {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 pub use poll::{PollError, RESYNC_WINDOW, RoundStats};
 pub use status::{MailboxView, StatusBoard};
 
-use crate::auth::AppTokens;
+use crate::auth::{TokenSource, Verdict};
 use crate::config::MailboxConfig;
 use crate::domain::MailboxState;
 use crate::graph::{CallError, Graph, GraphErrorKind, MailboxGate};
@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 use crate::sink::Sink;
 use crate::store::Store;
 
+/// Longest wait between re-probes of a flagged mailbox (a completed consent wakes it at once).
+const MAX_REPROBE: Duration = Duration::from_secs(3600);
 /// Longest wait between retries of a mailbox in `backoff`.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -30,8 +32,16 @@ pub struct MailboxCtx {
     pub config: MailboxConfig,
     /// Graph client.
     pub graph: Arc<Graph>,
-    /// Its app's tokens.
-    pub tokens: Arc<AppTokens>,
+    /// Its tokens: the app's, or its own delegated grant.
+    pub tokens: TokenSource,
+    /// Delegated only: the app-only registration used while re-consent is pending, and its name.
+    pub fallback: Option<(String, TokenSource)>,
+    /// The tokens work uses right now (`tokens`, or the fallback while flagged).
+    pub current: arc_swap::ArcSwap<TokenSource>,
+    /// True while mail flows through the fallback app (the mailbox stays flagged).
+    pub on_fallback: std::sync::atomic::AtomicBool,
+    /// Wakes a sleeping mailbox (consent completed): re-probe now.
+    pub wake: tokio::sync::Notify,
     /// Its request governor.
     pub gate: MailboxGate,
     /// Persistence.
@@ -44,10 +54,38 @@ pub struct MailboxCtx {
     pub metrics: Arc<Metrics>,
 }
 
+impl MailboxCtx {
+    /// The tokens to use now.
+    pub fn active(&self) -> TokenSource {
+        (**self.current.load()).clone()
+    }
+
+    /// Picks primary or fallback tokens for the next round; returns the primary's failure
+    /// when the fallback is used.
+    async fn choose_tokens(&self) -> Option<crate::auth::TokenError> {
+        let Some((_, fallback)) = &self.fallback else {
+            return None;
+        };
+        match self.tokens.token().await {
+            Ok(_) => {
+                self.current.store(Arc::new(self.tokens.clone()));
+                self.on_fallback.store(false, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            Err(e) if e.verdict != Verdict::Transient => {
+                self.current.store(Arc::new(fallback.clone()));
+                self.on_fallback.store(true, std::sync::atomic::Ordering::Relaxed);
+                Some(e)
+            }
+            Err(_) => None,
+        }
+    }
+}
+
 /// The state a failed round puts the mailbox in, with the reason and AADSTS code.
 fn verdict(err: &PollError) -> (MailboxState, String, Option<u32>) {
     match err {
-        PollError::Call(CallError::Token(t)) => (t.verdict.state(), t.reason.clone(), t.aadsts),
+        PollError::Call(CallError::Token(t)) => (t.verdict.state(), reason_for(t), t.aadsts),
         PollError::Call(CallError::Graph(g)) => {
             let state = match g.kind {
                 GraphErrorKind::AccessDenied => MailboxState::AccessDenied,
@@ -80,9 +118,11 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
     let mailbox = ctx.config.address.clone();
     let interval = ctx.config.poll_interval;
     // Flagged mailboxes are re-probed slowly and resume by themselves when the cause is gone.
-    let reprobe = (interval * 4).clamp(interval, Duration::from_secs(300));
+    let reprobe_base = (interval * 4).clamp(interval, Duration::from_secs(300));
+    let mut reprobe = reprobe_base;
     let mut backoff = interval;
     loop {
+        let primary_failure = ctx.choose_tokens().await;
         let mut outcome = Ok(0u64);
         for folder in &ctx.config.folders {
             match poll::round(&ctx, folder, &cancel).await {
@@ -95,10 +135,21 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
         }
         let wait = match outcome {
             Ok(delivered) => {
+                reprobe = reprobe_base;
                 ctx.board.succeeded(&mailbox, delivered);
-                ctx.board.set(&mailbox, MailboxState::Active, None, None).await;
-                backoff = interval;
-                interval
+                match (&primary_failure, &ctx.fallback) {
+                    (Some(e), Some((name, _))) => {
+                        let reason = format!("{}; mail keeps flowing through fallback app '{name}'", reason_for(e));
+                        ctx.board.set(&mailbox, e.verdict.state(), Some(reason), e.aadsts).await;
+                        backoff = interval;
+                        interval
+                    }
+                    _ => {
+                        ctx.board.set(&mailbox, MailboxState::Active, None, None).await;
+                        backoff = interval;
+                        interval
+                    }
+                }
             }
             Err(PollError::Cancelled) => break,
             Err(e) => {
@@ -112,14 +163,33 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
                     let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
                     backoff + jitter
                 } else {
-                    reprobe
+                    let wait = reprobe;
+                    reprobe = (reprobe * 2).min(MAX_REPROBE);
+                    wait
                 }
             }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = ctx.wake.notified() => {}
             _ = cancel.cancelled() => break,
         }
     }
     tracing::debug!(mailbox = %mailbox, "Mailbox task stopped.");
+}
+
+/// What happened and what to do, in one sentence (for `/v1/mailboxes` and the WARN line).
+pub fn reason_for(e: &crate::auth::TokenError) -> String {
+    let ids = match (&e.trace_id, &e.correlation_id) {
+        (Some(t), Some(c)) => format!(" (Entra trace id {t}, correlation id {c})"),
+        _ => String::new(),
+    };
+    let action = match e.verdict {
+        Verdict::NeedsReconsent => "the user must consent again: open the consent link",
+        Verdict::CredentialInvalid => {
+            "an operator must fix the app's secret or certificate (rotate it and update the config)"
+        }
+        Verdict::Transient => "inboxd retries by itself",
+    };
+    format!("{}: {action}{ids}", e.reason)
 }

@@ -113,7 +113,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         let call = Call::get("delta", link.clone())
             .prefer(format!("odata.maxpagesize={PAGE_SIZE}"))
             .prefer("IdType=\"ImmutableId\"");
-        let page = match ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await {
+        let page = match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
             Err(CallError::Graph(e)) if e.kind == GraphErrorKind::SyncStateNotFound && resyncs < 2 => {
                 resyncs += 1;
                 tracing::warn!(
@@ -315,7 +315,7 @@ async fn batch_get(ctx: &MailboxCtx, requests: Vec<(String, String)>) -> Result<
                 .collect();
             let mut call = Call::post("batch", "$batch", json!({"requests": parts}));
             call.weight = pending.len().min(4) as u32;
-            let answer = ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await?;
+            let answer = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
             let responses = answer
                 .get("responses")
                 .and_then(Value::as_array)
@@ -382,7 +382,7 @@ async fn after_ingest(ctx: &MailboxCtx, ids: &[String]) {
             .collect();
         let mut call = Call::post("after_ingest", "$batch", json!({"requests": parts}));
         call.weight = chunk.len().min(4) as u32;
-        match ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await {
+        match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
             Ok(answer) => {
                 let failed = answer
                     .get("responses")

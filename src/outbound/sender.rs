@@ -163,16 +163,19 @@ impl Outbox {
             return;
         };
         let state = self.board.get(&row.mailbox).map(|v| v.state);
-        if matches!(
-            state,
-            Some(
-                MailboxState::NeedsReconsent
-                    | MailboxState::CredentialInvalid
-                    | MailboxState::AccessDenied
-                    | MailboxState::NotFound
-                    | MailboxState::Disabled
+        let on_fallback = ctx.on_fallback.load(std::sync::atomic::Ordering::Relaxed);
+        if !on_fallback
+            && matches!(
+                state,
+                Some(
+                    MailboxState::NeedsReconsent
+                        | MailboxState::CredentialInvalid
+                        | MailboxState::AccessDenied
+                        | MailboxState::NotFound
+                        | MailboxState::Disabled
+                )
             )
-        ) {
+        {
             row.next_attempt_at = OffsetDateTime::now_utc() + time::Duration::seconds(30);
             row.error = Some(format!(
                 "waiting: the mailbox is {}",
@@ -261,7 +264,7 @@ impl Outbox {
                         method: Method::DELETE,
                         ..Call::get("delete_draft", format!("{user}/messages/{}", segment(&draft)))
                     };
-                    match ctx.graph.call(&ctx.gate, &ctx.tokens, &delete).await {
+                    match ctx.graph.call(&ctx.gate, &ctx.active(), &delete).await {
                         Ok(_) => {}
                         Err(CallError::Graph(g)) if g.kind == GraphErrorKind::ItemNotFound => {}
                         Err(e) => return Err(e.into()),
@@ -298,7 +301,7 @@ impl Outbox {
             body: None,
             ..Call::post("send", format!("{user}/messages/{}/send", segment(&draft)), Value::Null)
         };
-        ctx.graph.call(&ctx.gate, &ctx.tokens, &send).await?;
+        ctx.graph.call(&ctx.gate, &ctx.active(), &send).await?;
         Ok(())
     }
 
@@ -327,7 +330,7 @@ impl Outbox {
             .finish();
         let call = Call::get("find_outbound", format!("{user}/mailFolders/{folder}/messages?{query}"))
             .prefer("IdType=\"ImmutableId\"");
-        let found = ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await?;
+        let found = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
         Ok(found.pointer("/value/0/id").and_then(Value::as_str).map(str::to_string))
     }
 
@@ -385,7 +388,7 @@ impl Outbox {
             }
         }
         .prefer("IdType=\"ImmutableId\"");
-        let draft = ctx.graph.call(&ctx.gate, &ctx.tokens, &call).await?;
+        let draft = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
         draft
             .get("id")
             .and_then(Value::as_str)
@@ -410,7 +413,7 @@ impl Outbox {
             ctx.graph
                 .call(
                     &ctx.gate,
-                    &ctx.tokens,
+                    &ctx.active(),
                     &Call::post("add_attachment", base, attachment).prefer("IdType=\"ImmutableId\""),
                 )
                 .await?;
@@ -424,7 +427,7 @@ impl Outbox {
             .graph
             .call(
                 &ctx.gate,
-                &ctx.tokens,
+                &ctx.active(),
                 &Call::post(
                     "upload_session",
                     format!("{base}/createUploadSession"),

@@ -54,6 +54,32 @@ pub struct QuarantineEntry {
     pub at: OffsetDateTime,
 }
 
+/// A delegated mailbox's refresh token, sealed with the store key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelegatedToken {
+    /// The mailbox.
+    pub mailbox: MailboxAddress,
+    /// Nonce + AES-256-GCM ciphertext of the refresh token.
+    pub sealed_token: Vec<u8>,
+    /// Scopes granted, space-separated.
+    pub scopes: String,
+    /// Last successful refresh (Entra expires tokens unused for 90 days).
+    pub last_used_at: OffsetDateTime,
+}
+
+/// A consent flow in progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsentState {
+    /// The `state` parameter (random, single use).
+    pub state: String,
+    /// The mailbox it is for.
+    pub mailbox: MailboxAddress,
+    /// Sealed PKCE verifier.
+    pub sealed_verifier: Vec<u8>,
+    /// After this the state is refused.
+    pub expires_at: OffsetDateTime,
+}
+
 /// Where an outbound message stands, as `GET /v1/outbound/{id}` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -191,6 +217,15 @@ pub trait Store: Send + Sync + 'static {
     async fn save_status(&self, mailbox: &MailboxAddress, status: &MailboxStatus) -> Result<(), StoreError>;
     /// Every persisted status.
     async fn statuses(&self) -> Result<Vec<(MailboxAddress, MailboxStatus)>, StoreError>;
+
+    /// Stores (replaces) a mailbox's sealed refresh token, atomically.
+    async fn save_delegated_token(&self, token: &DelegatedToken) -> Result<(), StoreError>;
+    /// The sealed refresh token of a mailbox.
+    async fn delegated_token(&self, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError>;
+    /// Stores a pending consent flow.
+    async fn save_consent_state(&self, state: &ConsentState) -> Result<(), StoreError>;
+    /// Takes (deletes and returns) a pending consent flow: a state works once.
+    async fn take_consent_state(&self, state: &str) -> Result<Option<ConsentState>, StoreError>;
 
     /// Stores an outbound request unless one with the same mailbox + idempotency key exists;
     /// returns the stored one either way (atomic: concurrent callers get the same row).

@@ -14,7 +14,7 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
-use super::{MailboxStatus, OutboundRecord, QuarantineEntry, Store, StoreError};
+use super::{ConsentState, DelegatedToken, MailboxStatus, OutboundRecord, QuarantineEntry, Store, StoreError};
 use crate::domain::{MailboxAddress, MailboxState};
 
 /// The schema, in version order. Embedded by hand rather than with `sqlx::migrate!()`, which
@@ -23,6 +23,7 @@ use crate::domain::{MailboxAddress, MailboxState};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "store", include_str!("../../migrations/0001_store.sql")),
     (2, "outbox", include_str!("../../migrations/0002_outbox.sql")),
+    (3, "delegated", include_str!("../../migrations/0003_delegated.sql")),
 ];
 
 /// Connections of a file-backed pool: SQLite has one writer at a time, a few readers suffice.
@@ -329,6 +330,22 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn save_delegated_token(&self, token: &DelegatedToken) -> Result<(), StoreError> {
+        delegated::save_token(&self.pool, token).await
+    }
+
+    async fn delegated_token(&self, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError> {
+        delegated::token(&self.pool, mailbox).await
+    }
+
+    async fn save_consent_state(&self, state: &ConsentState) -> Result<(), StoreError> {
+        delegated::save_state(&self.pool, state).await
+    }
+
+    async fn take_consent_state(&self, state: &str) -> Result<Option<ConsentState>, StoreError> {
+        delegated::take_state(&self.pool, state).await
+    }
+
     async fn enqueue_outbound(&self, record: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
         outbox::enqueue(&self.pool, record).await
     }
@@ -387,6 +404,7 @@ impl Store for SqliteStore {
     }
 }
 
+mod delegated;
 mod outbox;
 #[cfg(test)]
 mod tests;

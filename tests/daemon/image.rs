@@ -26,7 +26,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 const NOT_YET_EXPORTED: &[&str] = &[
     // An app credential's configured expiry (DESIGN §11); the alert notes it.
     "inboxd_app_credential_expiry_timestamp_seconds",
-    // Replies and sends arrive with issue #5.
+    // Outbound mail by status (DESIGN §8); replies do not count it yet.
     "inboxd_outbound_total",
 ];
 

@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod image;
+mod outbound;
 mod pipeline;
 mod resilience;
 mod support;

@@ -302,6 +302,23 @@ async fn events_of_a_realistic_run_match_the_schema_with_threading_and_attachmen
         }
     }
     assert!(checked > 0, "the load generator produced no attachment to check");
+    // Generated threads: the event's threading fields are what the mailbox holds.
+    let mut replies = 0;
+    for g in &generated {
+        for m in env.folder_messages(g, "inbox").await {
+            let event = raw
+                .iter()
+                .find(|e| e["graph_id"] == m["immutable_id"])
+                .unwrap_or_else(|| panic!("no event for {m}"));
+            assert_eq!(event["internet_message_id"], m["internet_message_id"]);
+            assert_eq!(event["conversation_id"], m["conversation_id"]);
+            assert_eq!(event["in_reply_to"], m["in_reply_to"], "{event}\n{m}");
+            let references = m["references"].as_array().cloned().unwrap_or_default();
+            assert_eq!(event["references"], Value::Array(references), "{event}\n{m}");
+            replies += usize::from(!m["in_reply_to"].is_null());
+        }
+    }
+    assert!(replies > 0, "the load generator produced no reply to check");
     let keys: HashSet<&str> = raw.iter().map(|e| e["dedup_key"].as_str().unwrap()).collect();
     assert_eq!(keys.len(), expected, "dedup keys are not distinct per message");
 }

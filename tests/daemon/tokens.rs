@@ -198,6 +198,12 @@ async fn a_wrong_secret_flags_credential_invalid_without_crashing() {
     }
     assert_eq!(daemon.get("/livez", None).await.0, 200);
     assert!(env.events().is_empty());
+    let (_, metrics) = daemon.get("/metrics", None).await;
+    assert_eq!(
+        metric(&metrics, "inboxd_mailboxes", "state=\"credential_invalid\""),
+        Some(2.0),
+        "{metrics}"
+    );
     let (_, body) = daemon.get("/v1/mailboxes", Some(API_TOKEN)).await;
     assert!(!body.contains(SECRET));
     daemon.stop().await;
@@ -247,6 +253,16 @@ async fn a_503_storm_on_the_token_endpoint_only_ever_means_backoff() {
         daemon.mailbox_views().await
     );
     assert_eq!(env.wait_for_events(1, Duration::from_secs(3)).await.len(), 1);
+    let (_, metrics) = daemon.get("/metrics", None).await;
+    assert_eq!(
+        metric(&metrics, "inboxd_mailboxes", "state=\"active\""),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "inboxd_mailboxes", "state=\"backoff\"").is_none_or(|v| v == 0.0),
+        "{metrics}"
+    );
     daemon.stop().await;
 }
 
