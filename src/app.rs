@@ -79,7 +79,7 @@ impl App {
                 .map_err(anyhow::Error::msg)?;
             tokens.insert(app.name.clone(), Arc::new(AppTokens::new(Arc::new(endpoint))));
         }
-        let board = StatusBoard::new(metrics.clone(), store.clone());
+        let board = StatusBoard::new(metrics.clone(), store.clone(), sink.clone());
         let config_sealer = config.store.encryption_key.as_ref().map(|k| Arc::new(Sealer::new(k)));
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -111,7 +111,9 @@ impl App {
         // One context per enabled mailbox: the poller and the sender share its gate and tokens.
         let mut contexts: HashMap<MailboxAddress, Arc<MailboxCtx>> = HashMap::new();
         for mailbox in &self.config.mailboxes {
-            self.board.register(mailbox).await;
+            let consent_link =
+                (mailbox.access == Access::Delegated).then(|| consent_link(&self.config, &mailbox.address));
+            self.board.register(mailbox, consent_link).await;
             let Some(app_tokens) = self.tokens.get(&mailbox.app).filter(|_| mailbox.enabled) else {
                 continue;
             };
@@ -159,8 +161,13 @@ impl App {
             ready: ready.clone(),
             api_tokens: Arc::new(self.config.server.api_tokens.clone()),
             outbox: outbox.clone(),
+            mailboxes: Arc::new(contexts.clone()),
+            graph: self.graph.clone(),
+            sealer: self.sealer.clone(),
+            redirect_uri: redirect_uri(&self.config),
         };
-        let server_stop = root.child_token();
+        // Not under `root`: the API keeps answering (readiness 503) while mailboxes drain.
+        let server_stop = CancellationToken::new();
         let server = tokio::spawn({
             let stop = server_stop.clone();
             let router = api::router(state);
@@ -230,4 +237,23 @@ async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "Pruning delivered keys failed; will retry in an hour."),
         }
     }
+}
+
+/// Where the sign-in service sends the browser back: `{server.public_url}/oauth/callback`
+/// (without a public URL, the listen address, which only works on the daemon's own host).
+pub fn redirect_uri(config: &Config) -> String {
+    match &config.server.public_url {
+        Some(u) => format!("{}/oauth/callback", u.as_str().trim_end_matches('/')),
+        None => format!("http://{}/oauth/callback", config.server.listen),
+    }
+}
+
+/// The stable consent link shown for a mailbox: it starts a fresh flow each time it is opened.
+fn consent_link(config: &Config, mailbox: &MailboxAddress) -> String {
+    let base = redirect_uri(config);
+    let base = base.trim_end_matches("/oauth/callback");
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("mailbox", mailbox.as_str())
+        .finish();
+    format!("{base}/oauth/start?{query}")
 }

@@ -65,6 +65,46 @@ impl SinkEvent for OutboundEvent {
     }
 }
 
+/// Schema name of [`MailboxStateEvent`].
+pub const MAILBOX_STATE_SCHEMA: &str = "inboxd.mailbox_state.v1";
+
+/// A mailbox changed state: routing or alerting can react (e.g. page someone on `needs_reconsent`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailboxStateEvent {
+    /// Always `inboxd.mailbox_state.v1`.
+    pub schema: String,
+    /// Unique per event.
+    pub event_id: String,
+    /// `state:{mailbox}:{state}:{since}`.
+    pub dedup_key: String,
+    /// The mailbox.
+    pub mailbox: String,
+    /// Previous state.
+    pub from: String,
+    /// New state.
+    pub state: String,
+    /// What happened and what to do.
+    pub reason: Option<String>,
+    /// AADSTS code, if any.
+    pub aadsts: Option<u32>,
+    /// Consent link for `needs_reconsent`.
+    pub consent_url: Option<String>,
+    /// When (RFC 3339).
+    pub since: String,
+}
+
+impl SinkEvent for MailboxStateEvent {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+    fn dedup_key(&self) -> &str {
+        &self.dedup_key
+    }
+    fn mailbox(&self) -> &str {
+        &self.mailbox
+    }
+}
+
 /// Schema name of [`MessageEvent`].
 pub const MESSAGE_SCHEMA: &str = "inboxd.message.v1";
 

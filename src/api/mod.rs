@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
+mod consent;
 mod outbound;
 
 use crate::domain::MailboxAddress;
@@ -37,6 +38,14 @@ pub struct ApiState {
     pub api_tokens: Arc<Vec<SecretString>>,
     /// Replies and new mail.
     pub outbox: Arc<crate::outbound::Outbox>,
+    /// Every polled mailbox (consent needs its tokens and gate).
+    pub mailboxes: Arc<HashMap<MailboxAddress, Arc<crate::mailbox::MailboxCtx>>>,
+    /// Graph client (the consent flow checks a new grant).
+    pub graph: Arc<crate::graph::Graph>,
+    /// Seals consent states and refresh tokens.
+    pub sealer: Option<Arc<crate::auth::seal::Sealer>>,
+    /// `{public_url}/oauth/callback`.
+    pub redirect_uri: String,
 }
 
 /// Largest API request: 150 MB of attachments, base64-encoded, plus the rest.
@@ -67,12 +76,19 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/mailboxes/{address}/send", axum::routing::post(outbound::send))
         .route("/v1/outbound/{id}", get(outbound::status))
+        .route("/v1/mailboxes/{address}/consent", get(consent::url))
+        .route(
+            "/v1/mailboxes/{address}/refresh-token",
+            axum::routing::post(consent::import),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/oauth/start", get(consent::start))
+        .route("/oauth/callback", get(consent::callback))
         .merge(v1)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)

@@ -5,6 +5,7 @@
 mod app_tokens;
 mod assertion;
 mod classify;
+pub mod consent;
 mod delegated;
 mod endpoint;
 pub mod seal;

@@ -91,7 +91,7 @@ async fn spawn_listening(
 /// A running emulator and a client for its control API.
 pub struct Emulator {
     /// Keeps the process alive; kills it on drop.
-    pub process: ChildGuard,
+    _process: ChildGuard,
     /// Its base URL (authority host and Graph URL at once).
     pub url: String,
     http: reqwest::Client,
@@ -109,7 +109,11 @@ impl Emulator {
         )
         .await?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
-        Ok(Emulator { process, url, http })
+        Ok(Emulator {
+            _process: process,
+            url,
+            http,
+        })
     }
 
     /// POSTs to the control API and returns the JSON answer.

@@ -24,7 +24,8 @@ pub(crate) struct RequestSeq(pub(crate) u64);
 
 /// Middleware for everything outside `/_emulator`.
 pub(crate) async fn around(State(emu): State<Shared>, mut req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
+    // Faults and the log see the decoded path: `users/a%40b` and `users/a@b` are one mailbox.
+    let path = super::util::decode_path(req.uri().path());
     if path.starts_with("/_emulator") {
         return next.run(req).await;
     }

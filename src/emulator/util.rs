@@ -78,3 +78,14 @@ pub(crate) fn unb64url(s: &str) -> Option<Vec<u8>> {
 pub(crate) fn key(s: &str) -> String {
     s.trim().to_ascii_lowercase()
 }
+
+/// Percent-decodes a URL path (`users/a%40b` → `users/a@b`); `+` stays a plus.
+pub(crate) fn decode_path(path: &str) -> String {
+    if !path.contains('%') {
+        return path.to_string();
+    }
+    url::form_urlencoded::parse(format!("x={}", path.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| path.to_string())
+}

@@ -156,6 +156,12 @@ impl Graph {
             .await
     }
 
+    /// One exchange with an explicit token and no retry (the consent flow checks a fresh
+    /// grant with it before storing anything).
+    pub async fn probe(&self, gate: &MailboxGate, token: &AccessToken, call: &Call) -> Result<Value, GraphError> {
+        self.once(gate, token, call).await
+    }
+
     /// One HTTP exchange, no retry.
     async fn once(&self, gate: &MailboxGate, token: &AccessToken, call: &Call) -> Result<Value, GraphError> {
         let url = if call.url.starts_with("http://") || call.url.starts_with("https://") {

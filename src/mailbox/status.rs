@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 
 use crate::config::{Access, MailboxConfig};
 use crate::domain::{MailboxAddress, MailboxState};
+use crate::event::{MAILBOX_STATE_SCHEMA, MailboxStateEvent};
 use crate::metrics::Metrics;
+use crate::sink::Sink;
 use crate::store::{MailboxStatus, Store};
 
 /// One mailbox as the API shows it.
@@ -37,6 +39,9 @@ pub struct MailboxView {
     pub last_success_at: Option<OffsetDateTime>,
     /// Messages acknowledged by the sink, ever.
     pub delivered_total: u64,
+    /// Where a human consents (delegated mailboxes); shown as `consent_url` when needed.
+    #[serde(skip)]
+    pub consent_link: Option<String>,
 }
 
 /// Shared by mailbox tasks (writers) and the API (reader).
@@ -44,20 +49,23 @@ pub struct StatusBoard {
     views: Mutex<BTreeMap<MailboxAddress, MailboxView>>,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
+    /// State changes also go to routing as `inboxd.mailbox_state.v1`.
+    sink: Arc<Sink>,
 }
 
 impl StatusBoard {
     /// An empty board.
-    pub fn new(metrics: Arc<Metrics>, store: Arc<dyn Store>) -> Arc<StatusBoard> {
+    pub fn new(metrics: Arc<Metrics>, store: Arc<dyn Store>, sink: Arc<Sink>) -> Arc<StatusBoard> {
         Arc::new(StatusBoard {
             views: Mutex::new(BTreeMap::new()),
             metrics,
             store,
+            sink,
         })
     }
 
     /// Registers a mailbox in `starting` (or `disabled`).
-    pub async fn register(&self, config: &MailboxConfig) {
+    pub async fn register(&self, config: &MailboxConfig, consent_link: Option<String>) {
         let delivered_total = self.store.delivered_total(&config.address).await.unwrap_or(0);
         let state = if config.enabled {
             MailboxState::Starting
@@ -79,6 +87,7 @@ impl StatusBoard {
             since: OffsetDateTime::now_utc(),
             last_success_at: None,
             delivered_total,
+            consent_link,
         };
         let old = self
             .views
@@ -110,6 +119,11 @@ impl StatusBoard {
                 view.state = state;
                 view.reason = reason.clone();
                 view.aadsts = aadsts;
+                view.consent_url = if state == MailboxState::NeedsReconsent {
+                    view.consent_link.clone()
+                } else {
+                    None
+                };
                 Some((from, view.clone()))
             } else {
                 None
@@ -130,6 +144,25 @@ impl StatusBoard {
                     "Mailbox is flagged and skipped; it is re-probed slowly and resumes when the cause is gone."
                 );
             }
+        }
+        let since = view
+            .since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let event = MailboxStateEvent {
+            schema: MAILBOX_STATE_SCHEMA.into(),
+            event_id: uuid::Uuid::new_v4().to_string(),
+            dedup_key: format!("state:{mailbox}:{}:{since}", state.as_str()),
+            mailbox: mailbox.to_string(),
+            from: from.as_str().into(),
+            state: state.as_str().into(),
+            reason: view.reason.clone(),
+            aadsts,
+            consent_url: view.consent_url.clone(),
+            since,
+        };
+        if let Some(Err(e)) = self.sink.deliver(&[event]).await.into_iter().next() {
+            tracing::warn!(mailbox = %mailbox, error = %e, "Could not send the state change to the sink; /v1/mailboxes shows it.");
         }
         let status = MailboxStatus {
             state,

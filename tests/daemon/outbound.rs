@@ -586,7 +586,10 @@ async fn attachments_arrive_intact() {
                 let range = e["headers"]["content-range"].as_str()?.strip_prefix("bytes ")?;
                 let (span, total) = range.split_once('/')?;
                 let (a, b) = span.split_once('-')?;
-                (total.parse::<usize>().ok()? == *size).then(|| (a.parse().ok()?, b.parse().ok()?))
+                if total.parse::<usize>().ok()? != *size {
+                    return None;
+                }
+                Some((a.parse().ok()?, b.parse().ok()?))
             })
             .collect();
         assert_eq!(

@@ -185,7 +185,7 @@ async fn run_part(emu: Shared, part: Part, outer_headers: HeaderMap, batch: Opti
     let seq = emu.log.begin();
     let started = Instant::now();
     let time = log_time(emu.clock.now());
-    let full_path = format!("/v1.0{path}");
+    let full_path = crate::emulator::util::decode_path(&format!("/v1.0{path}"));
     let resp = if let Some(err) = &part.refused {
         let ids = RequestIds::from_headers(&headers);
         err.render(emu.clock.now(), &ids.request_id, &ids.client_request_id)

@@ -1,0 +1,95 @@
+//! `inboxd bench all --smoke`: every scenario runs end to end in seconds and its report is
+//! complete and sane (CI keeps the harness working; the timings are not checked).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_inboxd");
+/// Generous for a debug build on a busy CI machine; the smoke runs take well under a minute.
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// Kills the bench (and with it its children's pipes) if the test fails early.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn number(report: &Value, key: &str) -> f64 {
+    let v = &report[key];
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {}: {v}", report["scenario"]));
+    assert!(x.is_finite(), "{key} is not finite");
+    x
+}
+
+#[test]
+fn every_scenario_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let log = std::fs::File::create(dir.path().join("bench.log")).unwrap();
+    let mut bench = Kill(
+        Command::new(BIN)
+            .args(["bench", "all", "--smoke", "--out"])
+            .arg(&out)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = bench.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < LIMIT, "bench --smoke still running after {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("bench.log")).unwrap();
+    assert!(status.success(), "bench --smoke failed: {stderr}");
+    let all: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let reports = all["reports"].as_array().unwrap();
+    let names: Vec<&str> = reports.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(names, ["backlog", "idle", "steady", "reference"]);
+    for r in reports {
+        assert_eq!(r["problems"], serde_json::json!([]), "{}", r["scenario"]);
+        assert!(number(r, "daemon_peak_rss_mb") > 1.0);
+        assert!(number(r, "daemon_cpu_seconds") > 0.0);
+        assert!(number(r, "duration_s") > 0.0);
+        assert!(number(r, "token_requests") >= 1.0);
+        assert!(r["machine"]["nproc"].as_u64().unwrap() >= 1);
+        assert!(r["command"].as_str().unwrap().contains("bench all --smoke"));
+        if r["scenario"] == "idle" {
+            assert_eq!(number(r, "messages_delivered"), 0.0);
+            assert_eq!(number(r, "mailboxes_polled"), number(r, "mailboxes"));
+            assert!(number(r, "graph_requests_per_mailbox_per_interval") > 0.5);
+            assert!(number(r, "daemon_cpu_percent_of_one_core") >= 0.0);
+            continue;
+        }
+        // Everything seeded arrives, and the per-message figures follow from real traffic.
+        assert_eq!(number(r, "messages_delivered"), number(r, "messages_seeded"));
+        assert_eq!(number(r, "messages_lost"), 0.0);
+        assert!(number(r, "messages_per_s") > 0.0);
+        assert!(number(r, "graph_api_requests_per_message") > 0.0);
+        assert!(number(r, "http_round_trips_per_message") > 0.0);
+        assert!(number(r, "http_round_trips_per_message") <= number(r, "graph_api_requests_per_message"));
+        assert!(number(r, "delivery_lag_p99_s") >= number(r, "delivery_lag_p50_s"));
+        assert!(number(r, "daemon_cpu_seconds_per_1000_messages") > 0.0);
+        assert!(r["budget"].as_object().is_some_and(|b| !b.is_empty()));
+    }
+    let reference = &reports[3];
+    assert_eq!(
+        number(reference, "reference_messages"),
+        number(reference, "messages_seeded")
+    );
+    assert!(number(reference, "reference_messages_per_s") > 0.0);
+    assert!(number(reference, "daemon_to_reference_throughput") > 0.0);
+    assert!(number(reference, "reference_graph_api_requests") > 0.0);
+}
