@@ -36,6 +36,8 @@ pub struct App {
     metrics: Arc<Metrics>,
     /// Client for upload URLs (same TLS settings, no Graph token).
     upload: reqwest::Client,
+    /// When each app's credential expires (for warnings ahead of time).
+    expiries: Vec<(String, time::OffsetDateTime)>,
     /// Seals refresh tokens (None without `store.encryption_key`; config refuses delegated mailboxes then).
     sealer: Option<Arc<Sealer>>,
 }
@@ -74,9 +76,18 @@ impl App {
             metrics.clone(),
         ));
         let mut tokens = HashMap::new();
+        let mut expiries = Vec::new();
         for app in &config.apps {
             let endpoint = TokenEndpoint::new(app, &config.microsoft.authority_host, http.clone(), metrics.clone())
                 .map_err(anyhow::Error::msg)?;
+            let expiry = app.secret_expires_at.or(endpoint.certificate_not_after());
+            if let Some(at) = expiry {
+                metrics
+                    .credential_expiry
+                    .get_or_create(&vec![("app", app.name.0.clone())])
+                    .set(at.unix_timestamp() as f64);
+                expiries.push((app.name.0.clone(), at));
+            }
             tokens.insert(app.name.clone(), Arc::new(AppTokens::new(Arc::new(endpoint))));
         }
         let board = StatusBoard::new(metrics.clone(), store.clone(), sink.clone());
@@ -95,6 +106,7 @@ impl App {
             metrics,
             upload: http,
             sealer: config_sealer,
+            expiries,
         })
     }
 
@@ -153,6 +165,7 @@ impl App {
             contexts.clone(),
             self.board.clone(),
             self.upload.clone(),
+            self.metrics.clone(),
         );
         let state = ApiState {
             board: self.board.clone(),
@@ -195,6 +208,7 @@ impl App {
             });
         }
         tasks.spawn(outbox.run(root.child_token()));
+        tasks.spawn(crate::auth::watch_expiry(self.expiries.clone(), root.child_token()));
         tasks.spawn(prune_delivered(self.store.clone(), root.child_token()));
         tasks.close();
         ready.store(true, Ordering::Relaxed);

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Messages quarantined.
     pub quarantined: Counter,
+    /// Outbound messages by final status (`sent`, `failed`).
+    pub outbound: Family<Labels, Counter>,
+    /// When each app's secret or certificate expires, Unix seconds.
+    pub credential_expiry: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -49,6 +53,8 @@ impl Metrics {
             delivery_lag: Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0]),
             last_success: Family::default(),
             quarantined: Counter::default(),
+            outbound: Family::default(),
+            credential_expiry: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -87,6 +93,19 @@ impl Metrics {
             "Messages quarantined",
             m.quarantined.clone(),
         );
+        registry.register(
+            "inboxd_outbound",
+            "Outbound messages by final status",
+            m.outbound.clone(),
+        );
+        registry.register(
+            "inboxd_credential_expiry_timestamp_seconds",
+            "When each app's client secret or certificate expires",
+            m.credential_expiry.clone(),
+        );
+        for status in ["sent", "failed"] {
+            let _ = m.outbound.get_or_create(&vec![("status", status.to_string())]);
+        }
         for state in MailboxState::ALL {
             let _ = m.mailboxes.get_or_create(&vec![("state", state.as_str().to_string())]);
         }

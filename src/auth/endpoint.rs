@@ -154,6 +154,14 @@ impl TokenEndpoint {
         &self.client_id
     }
 
+    /// The certificate's notAfter, for a certificate credential.
+    pub fn certificate_not_after(&self) -> Option<time::OffsetDateTime> {
+        match &self.credential {
+            Credential::Certificate(c) => c.not_after,
+            Credential::Secret(_) => None,
+        }
+    }
+
     /// `{authority}/{tenant}/oauth2/v2.0/authorize`.
     pub fn authorize_url(&self) -> Url {
         self.authority

@@ -8,6 +8,7 @@ mod classify;
 pub mod consent;
 mod delegated;
 mod endpoint;
+mod expiry;
 pub mod seal;
 mod token_cache;
 
@@ -17,6 +18,7 @@ pub use app_tokens::AppTokens;
 pub use classify::{Verdict, classify_token_error};
 pub use delegated::{DELEGATED_SCOPES, DelegatedTokens};
 pub use endpoint::{AccessToken, Granted, TokenEndpoint, TokenError, describe};
+pub use expiry::watch_expiry;
 
 /// Where a mailbox's tokens come from.
 #[derive(Clone)]

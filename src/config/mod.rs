@@ -107,6 +107,9 @@ pub struct AppConfig {
     pub client_id: String,
     /// Secret or certificate.
     pub credential: AppCredential,
+    /// When the client secret expires (Entra shows it; inboxd warns ahead). A certificate's
+    /// own notAfter is read from the PEM.
+    pub secret_expires_at: Option<OffsetDateTime>,
 }
 
 /// How an app proves itself.

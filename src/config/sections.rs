@@ -221,6 +221,10 @@ fn apps(tables: Vec<Table<'_>>, secrets: &Secrets<'_>, errors: &mut Errors) -> (
                 None
             }
         };
+        let secret_expires_at = match t.get("secret_expires_at") {
+            None => Some(None),
+            Some(f) => super::values::time(&f, errors).map(Some),
+        };
         t.finish(errors);
         let app = (|| {
             Some(AppConfig {
@@ -228,6 +232,7 @@ fn apps(tables: Vec<Table<'_>>, secrets: &Secrets<'_>, errors: &mut Errors) -> (
                 tenant_id: tenant_id?,
                 client_id: client_id?,
                 credential: credential?,
+                secret_expires_at: secret_expires_at?,
             })
         })();
         match app {

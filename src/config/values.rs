@@ -138,6 +138,21 @@ pub(super) fn start_at(field: &Field<'_>, errors: &mut Errors) -> Option<StartAt
     }
 }
 
+/// An RFC 3339 time (`secret_expires_at`).
+pub(super) fn time(field: &Field<'_>, errors: &mut Errors) -> Option<OffsetDateTime> {
+    let text = field.text(errors, "an RFC 3339 time")?.trim();
+    match OffsetDateTime::parse(text, &Rfc3339) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            field.fail(
+                errors,
+                format!("'{text}' is not an RFC 3339 time such as \"2027-05-01T00:00:00Z\""),
+            );
+            None
+        }
+    }
+}
+
 /// A non-empty list of distinct folder names or ids.
 pub(super) fn folders(field: &Field<'_>, errors: &mut Errors) -> Option<Vec<String>> {
     let items = field.items(errors)?;

@@ -80,6 +80,8 @@ pub struct Outbox {
     upload: reqwest::Client,
     /// Wakes the worker when the API stored something.
     wake: Notify,
+    /// `inboxd_outbound_total{status}`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Outbox {
@@ -90,6 +92,7 @@ impl Outbox {
         mailboxes: HashMap<MailboxAddress, Arc<MailboxCtx>>,
         board: Arc<StatusBoard>,
         upload: reqwest::Client,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Outbox> {
         Arc::new(Outbox {
             store,
@@ -98,6 +101,7 @@ impl Outbox {
             board,
             upload,
             wake: Notify::new(),
+            metrics,
         })
     }
 
@@ -219,6 +223,10 @@ impl Outbox {
         row.status = status;
         row.error = error.clone();
         self.save(row).await;
+        self.metrics
+            .outbound
+            .get_or_create(&vec![("status", status.as_str().to_string())])
+            .inc();
         let kind = serde_json::from_str::<OutboundRequest>(&row.request)
             .map(|r| r.kind.as_str())
             .unwrap_or("unknown");

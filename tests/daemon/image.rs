@@ -25,7 +25,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Metrics the monitoring files already query but inboxd exports only later.
 const NOT_YET_EXPORTED: &[&str] = &[
     // An app credential's configured expiry (DESIGN §11); the alert notes it.
-    "inboxd_app_credential_expiry_timestamp_seconds",
+    "inboxd_credential_expiry_timestamp_seconds",
     // Outbound mail by status (DESIGN §8); replies do not count it yet.
     "inboxd_outbound_total",
 ];

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::support::{API_TOKEN, Binary, Env, eventually, log_path, log_time, with_api_token};
+use crate::support::{API_TOKEN, Binary, Env, eventually, log_path, log_time, with_api_token, with_microsoft};
 
 /// The shared mailbox inboxd sends from.
 const SUPPORT: &str = "support@contoso.test";
@@ -876,6 +876,8 @@ const HOLD_MS: u64 = 4000;
 enum Step {
     /// Stored, the draft being created (`createReply` held).
     AfterStoring,
+    /// The draft created in Graph, its id not yet recorded (`createReply` answer held).
+    DraftCreatedUnrecorded,
     /// The draft exists, an attachment being added (`attachments` held).
     AfterDraft,
     /// Draft complete, `send` held before it is handled.
@@ -889,6 +891,7 @@ impl Step {
     fn fault(self) -> Value {
         let (suffix, hold) = match self {
             Step::AfterStoring => ("/createReply", "delay_ms"),
+            Step::DraftCreatedUnrecorded => ("/createReply", "delay_after_ms"),
             Step::AfterDraft => ("/attachments", "delay_ms"),
             Step::AfterAttachments => ("/send", "delay_ms"),
             Step::AfterSend => ("/send", "delay_after_ms"),
@@ -925,6 +928,7 @@ async fn kill_at(step: Step) {
     let reached = eventually(LIMIT, || async {
         match step {
             Step::AfterSend => !env.folder_messages(SUPPORT, "sentitems").await.is_empty(),
+            Step::DraftCreatedUnrecorded => !env.folder_messages(SUPPORT, "drafts").await.is_empty(),
             _ => env.control_get("/_emulator/faults").await["faults"] == json!([]),
         }
     })
@@ -940,7 +944,7 @@ async fn kill_at(step: Step) {
     let drafts = env.folder_messages(SUPPORT, "drafts").await.len();
     let expected_drafts = match step {
         Step::AfterStoring | Step::AfterSend => 0,
-        Step::AfterDraft | Step::AfterAttachments => 1,
+        Step::DraftCreatedUnrecorded | Step::AfterDraft | Step::AfterAttachments => 1,
     };
     assert_eq!(drafts, expected_drafts, "{step:?}: drafts at the kill");
     env.clear_faults().await;
@@ -994,14 +998,8 @@ async fn kill_at(step: Step) {
     wait_sent_event(&env, &id).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
-async fn sigkill_at_each_step_sends_once() {
-    let steps = [
-        Step::AfterStoring,
-        Step::AfterDraft,
-        Step::AfterAttachments,
-        Step::AfterSend,
-    ];
+/// Runs [`kill_at`] for each step concurrently; reports every failing step.
+async fn kill_at_each(steps: &[Step]) {
     let runs: Vec<_> = steps.iter().map(|&step| (step, tokio::spawn(kill_at(step)))).collect();
     let mut failures = Vec::new();
     for (step, run) in runs {
@@ -1018,4 +1016,75 @@ async fn sigkill_at_each_step_sends_once() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn sigkill_at_each_step_sends_once() {
+    kill_at_each(&[
+        Step::AfterStoring,
+        Step::AfterDraft,
+        Step::AfterAttachments,
+        Step::AfterSend,
+    ])
+    .await;
+}
+
+/// Graph created the marked draft, the daemon died before recording it: the restart must
+/// find that draft by its marker (issue 5 point 4), not leave it behind in Drafts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_after_draft_created_before_recorded_leaves_no_draft() {
+    kill_at_each(&[Step::DraftCreatedUnrecorded]).await;
+}
+
+/// `send` handled by Graph but its answer lost (timeout): the message is out, so the outbound
+/// must end `sent`, never `failed` (routing would send it again), and go out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_send_answer_is_not_a_failure() {
+    let env = Env::new().await;
+    env.mailboxes(&[SUPPORT.into(), ANN.into()]).await;
+    let original = from_ann(&env, "Lost answer").await;
+    env.fault(json!({
+        "path_prefix": SUPPORT_PATHS, "path_suffix": "/send", "method": "POST",
+        "delay_after_ms": 2500, "times": 1,
+    }))
+    .await;
+    let toml = with_microsoft(&config(&env, &[SUPPORT]), "request_timeout = \"1s\"");
+    let daemon = env.start(&toml).await;
+    let api = Api::at(daemon.addr);
+    let id = api
+        .accepted(
+            SUPPORT,
+            &original,
+            "reply",
+            "lost-1",
+            &json!({"comment": "Did you get this?"}),
+        )
+        .await;
+    let deadline = Instant::now() + LIMIT;
+    let view = loop {
+        let (_, view) = api.outbound(&id).await;
+        if matches!(view["status"].as_str(), Some("sent" | "failed")) || Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sends: Vec<String> = support_requests(&env, "POST", "/send")
+        .await
+        .iter()
+        .map(|e| format!("{} {} -> {}", e["seq"], log_path(e), e["status"]))
+        .collect();
+    assert_eq!(
+        env.folder_messages(SUPPORT, "sentitems").await.len(),
+        1,
+        "Sent Items; /send requests: {sends:?}"
+    );
+    assert_eq!(env.folder_messages(ANN, "inbox").await.len(), 1, "Ann's inbox");
+    assert_eq!(
+        view["status"],
+        "sent",
+        "the mail went out once, but the outbound says {view}; /send requests: {sends:?}; events: {:?}",
+        outbound_events(&env)
+    );
+    wait_sent_event(&env, &id).await;
+    daemon.stop().await;
 }
