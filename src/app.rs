@@ -120,11 +120,12 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let root = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
+        let bound = self.local_addr();
         // One context per enabled mailbox: the poller and the sender share its gate and tokens.
         let mut contexts: HashMap<MailboxAddress, Arc<MailboxCtx>> = HashMap::new();
         for mailbox in &self.config.mailboxes {
             let consent_link =
-                (mailbox.access == Access::Delegated).then(|| consent_link(&self.config, &mailbox.address));
+                (mailbox.access == Access::Delegated).then(|| consent_link(&self.config, bound, &mailbox.address));
             self.board.register(mailbox, consent_link).await;
             let Some(app_tokens) = self.tokens.get(&mailbox.app).filter(|_| mailbox.enabled) else {
                 continue;
@@ -177,7 +178,7 @@ impl App {
             mailboxes: Arc::new(contexts.clone()),
             graph: self.graph.clone(),
             sealer: self.sealer.clone(),
-            redirect_uri: redirect_uri(&self.config),
+            redirect_uri: redirect_uri(&self.config, bound),
         };
         // Not under `root`: the API keeps answering (readiness 503) while mailboxes drain.
         let server_stop = CancellationToken::new();
@@ -255,16 +256,16 @@ async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
 
 /// Where the sign-in service sends the browser back: `{server.public_url}/oauth/callback`
 /// (without a public URL, the listen address, which only works on the daemon's own host).
-pub fn redirect_uri(config: &Config) -> String {
+pub fn redirect_uri(config: &Config, bound: SocketAddr) -> String {
     match &config.server.public_url {
         Some(u) => format!("{}/oauth/callback", u.as_str().trim_end_matches('/')),
-        None => format!("http://{}/oauth/callback", config.server.listen),
+        None => format!("http://{bound}/oauth/callback"),
     }
 }
 
 /// The stable consent link shown for a mailbox: it starts a fresh flow each time it is opened.
-fn consent_link(config: &Config, mailbox: &MailboxAddress) -> String {
-    let base = redirect_uri(config);
+fn consent_link(config: &Config, bound: SocketAddr, mailbox: &MailboxAddress) -> String {
+    let base = redirect_uri(config, bound);
     let base = base.trim_end_matches("/oauth/callback");
     let query: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("mailbox", mailbox.as_str())

@@ -77,6 +77,7 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
     }
     let api = format!("http://{api_addr}");
     let reply = send_reply(&http, &api, &read_events(&events_file), deadline).await;
+    let consent = consent_story(&http, &api, emulator.url(), &events_file, deadline).await;
     let _ = stop_tx.send(());
     daemon.await??;
     let sent = sent_items(&http, emulator.url()).await;
@@ -92,7 +93,10 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
         println!("  Sent Items of support@contoso.test: \"{subject}\" to {to}, In-Reply-To {in_reply_to}");
     }
     println!();
-    println!("Not in this build yet: delegated mailboxes with re-consent flagging (issue #4).");
+    match consent {
+        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+        Err(e) => println!("The delegated mailbox story did not complete: {e:#}"),
+    }
     Ok(())
 }
 
@@ -132,7 +136,12 @@ async fn seed(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
         json!({"tenant_id": TENANT, "client_id": CLIENT, "client_secret": "demo-secret", "roles": ["Mail.ReadWrite", "Mail.Send"], "display_name": "inboxd demo"}),
     )
     .await?;
-    for address in ["support@contoso.test", "sales@contoso.test", "billing@contoso.test"] {
+    for address in [
+        "support@contoso.test",
+        "sales@contoso.test",
+        "billing@contoso.test",
+        "escalations@contoso.test",
+    ] {
         post(
             http,
             format!("{base}/_emulator/mailboxes"),
@@ -341,4 +350,82 @@ async fn sent_items(http: &reqwest::Client, base: &str) -> Vec<(String, String, 
             )
         })
         .collect()
+}
+
+/// The delegated mailbox: flagged with its consent link, then consented to (the emulator's
+/// sign-in page consents at once, as a user clicking "Accept" would), then delivering.
+async fn consent_story(
+    http: &reqwest::Client,
+    api: &str,
+    emulator: &str,
+    events_file: &Path,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Vec<String>> {
+    let mailbox = "escalations@contoso.test";
+    let mut lines = Vec::new();
+    let view = loop {
+        let view: Value = http
+            .get(format!("{api}/v1/mailboxes/{mailbox}"))
+            .bearer_auth(DEMO_API_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if view["state"] == "needs_reconsent" || tokio::time::Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    lines.push(format!("Delegated mailbox {mailbox}: state {}", view["state"]));
+    lines.push(format!("  reason       {}", view["reason"].as_str().unwrap_or("")));
+    lines.push(format!("  consent_url  {}", view["consent_url"].as_str().unwrap_or("")));
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut url = view["consent_url"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no consent_url"))?
+        .to_string();
+    // /oauth/start → the sign-in page (emulator) → /oauth/callback on the daemon.
+    for _ in 0..3 {
+        let resp = no_redirects.get(&url).send().await?;
+        match resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        {
+            Some(next) => url = next.to_string(),
+            None => break,
+        }
+    }
+    post(
+        http,
+        format!("{emulator}/_emulator/mailboxes/{mailbox}/messages"),
+        message(
+            ("Omar Haddad", "omar@example.com"),
+            mailbox,
+            "Complaint escalated by phone",
+            "text",
+            "Please call me back today.",
+        ),
+    )
+    .await?;
+    loop {
+        let delivered = read_events(events_file).iter().any(|e| e.mailbox == mailbox);
+        if delivered || tokio::time::Instant::now() > deadline {
+            let view: Value = http
+                .get(format!("{api}/v1/mailboxes/{mailbox}"))
+                .bearer_auth(DEMO_API_TOKEN)
+                .send()
+                .await?
+                .json()
+                .await?;
+            lines.push(format!(
+                "  after consent: state {}, {} message(s) delivered, no restart",
+                view["state"], view["delivered_total"]
+            ));
+            return Ok(lines);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
