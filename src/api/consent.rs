@@ -12,7 +12,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiState, error};
+use super::{ApiError, ApiState, error};
 use crate::auth::consent::{self, ConsentError};
 use crate::auth::seal::Sealer;
 use crate::auth::{DelegatedTokens, TokenSource};
@@ -20,46 +20,64 @@ use crate::domain::MailboxAddress;
 use crate::graph::Call;
 use crate::mailbox::MailboxCtx;
 
+/// A delegated mailbox's context, tokens and the sealer.
+struct Delegated {
+    ctx: Arc<MailboxCtx>,
+    tokens: Arc<DelegatedTokens>,
+    sealer: Arc<Sealer>,
+}
+
 /// The mailbox's context and delegated tokens, or the error to answer.
-fn delegated(s: &ApiState, address: &str) -> Result<(Arc<MailboxCtx>, Arc<DelegatedTokens>, Arc<Sealer>), Response> {
-    let mailbox = MailboxAddress::parse(address).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_address", e))?;
+fn delegated(s: &ApiState, address: &str) -> Result<Delegated, ApiError> {
+    let mailbox =
+        MailboxAddress::parse(address).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_address", e))?;
     let ctx = s.mailboxes.get(&mailbox).cloned().ok_or_else(|| {
-        error(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_mailbox",
             format!("{mailbox} is not configured or disabled"),
         )
     })?;
     let TokenSource::Delegated(tokens) = &ctx.tokens else {
-        return Err(error(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_delegated",
             format!("{mailbox} uses app-only access; there is nothing to consent to"),
         ));
     };
     let sealer = s.sealer.clone().ok_or_else(|| {
-        error(
+        ApiError::new(
             StatusCode::CONFLICT,
             "no_store_key",
             "store.encryption_key is not configured",
         )
     })?;
-    Ok((ctx.clone(), tokens.clone(), sealer))
+    Ok(Delegated {
+        tokens: tokens.clone(),
+        ctx,
+        sealer,
+    })
 }
 
-async fn fresh_url(s: &ApiState, address: &str) -> Result<String, Response> {
-    let (ctx, tokens, sealer) = delegated(s, address)?;
-    consent::start(s.store.as_ref(), &sealer, &tokens, &ctx.config.address, &s.redirect_uri)
-        .await
-        .map(|u| u.to_string())
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))
+async fn fresh_url(s: &ApiState, address: &str) -> Result<String, ApiError> {
+    let d = delegated(s, address)?;
+    consent::start(
+        s.store.as_ref(),
+        &d.sealer,
+        &d.tokens,
+        &d.ctx.config.address,
+        &s.redirect_uri,
+    )
+    .await
+    .map(|u| u.to_string())
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))
 }
 
 /// `GET /v1/mailboxes/{address}/consent`: `{"url"}`.
 pub async fn url(State(s): State<ApiState>, Path(address): Path<String>) -> Response {
     match fresh_url(&s, &address).await {
         Ok(url) => Json(json!({"url": url})).into_response(),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -70,7 +88,7 @@ pub async fn start(State(s): State<ApiState>, Query(q): Query<HashMap<String, St
     };
     match fresh_url(&s, mailbox).await {
         Ok(url) => (StatusCode::FOUND, [(header::LOCATION, url)]).into_response(),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -156,9 +174,9 @@ pub struct Import {
 
 /// `POST /v1/mailboxes/{address}/refresh-token`: imports a refresh token and tries it at once.
 pub async fn import(State(s): State<ApiState>, Path(address): Path<String>, body: axum::body::Bytes) -> Response {
-    let (ctx, tokens, _) = match delegated(&s, &address) {
+    let Delegated { ctx, tokens, .. } = match delegated(&s, &address) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let import: Import = match serde_json::from_slice(&body) {
         Ok(i) => i,
