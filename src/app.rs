@@ -1,28 +1,36 @@
-//! The supervisor: builds every part from the config, runs one task per mailbox under a
-//! cancellation tree, serves the API, and drains on shutdown within the grace period.
+//! The daemon: builds every part from the config, serves the API, runs the supervisor,
+//! the sender and the housekeeping tasks, reloads the configuration, and drains on shutdown
+//! within the grace period.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
+use crate::auth::AppTokens;
 use crate::auth::seal::Sealer;
-use crate::auth::{AppTokens, DelegatedTokens, TokenEndpoint, TokenSource};
-use crate::config::{Access, Config};
+use crate::config::Config;
 use crate::domain::{AppName, MailboxAddress};
-use crate::graph::{Graph, MailboxGate};
-use crate::mailbox::{self, MailboxCtx, StatusBoard};
+use crate::graph::Graph;
+use crate::mailbox::{self, StatusBoard};
 use crate::metrics::Metrics;
 use crate::outbound::Outbox;
 use crate::sink::Sink;
 use crate::store::{self, Store};
+use crate::supervisor::{Deps, Supervisor, build_apps};
+
+/// How often the config file is compared for changes (Kubernetes swaps ConfigMaps through a symlink).
+const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// A built daemon, listening, not yet polling.
 pub struct App {
@@ -31,24 +39,22 @@ pub struct App {
     store: Arc<dyn Store>,
     sink: Arc<Sink>,
     graph: Arc<Graph>,
-    tokens: HashMap<AppName, Arc<AppTokens>>,
+    apps: HashMap<AppName, Arc<AppTokens>>,
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
-    /// Client for upload URLs (same TLS settings, no Graph token).
-    upload: reqwest::Client,
-    /// When each app's credential expires (for warnings ahead of time).
-    expiries: Vec<(String, time::OffsetDateTime)>,
-    /// Seals refresh tokens (None without `store.encryption_key`; config refuses delegated mailboxes then).
+    http: reqwest::Client,
     sealer: Option<Arc<Sealer>>,
+    /// The file to reload from on SIGHUP or change (None: no reload).
+    config_path: Option<PathBuf>,
 }
 
 /// The HTTP client for Microsoft: rustls, the extra root of `microsoft.ca_file` if any.
 pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("inboxd/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10))
         .timeout(config.microsoft.request_timeout)
-        .pool_idle_timeout(std::time::Duration::from_secs(60));
+        .pool_idle_timeout(Duration::from_secs(60));
     if let Some(path) = &config.microsoft.ca_file {
         let pem = std::fs::read(path).with_context(|| format!("microsoft.ca_file: cannot read {}", path.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem)
@@ -75,23 +81,9 @@ impl App {
             config.microsoft.request_timeout,
             metrics.clone(),
         ));
-        let mut tokens = HashMap::new();
-        let mut expiries = Vec::new();
-        for app in &config.apps {
-            let endpoint = TokenEndpoint::new(app, &config.microsoft.authority_host, http.clone(), metrics.clone())
-                .map_err(anyhow::Error::msg)?;
-            let expiry = app.secret_expires_at.or(endpoint.certificate_not_after());
-            if let Some(at) = expiry {
-                metrics
-                    .credential_expiry
-                    .get_or_create(&vec![("app", app.name.0.clone())])
-                    .set(at.unix_timestamp() as f64);
-                expiries.push((app.name.0.clone(), at));
-            }
-            tokens.insert(app.name.clone(), Arc::new(AppTokens::new(Arc::new(endpoint))));
-        }
+        let apps = build_apps(&config, &http, &metrics).map_err(anyhow::Error::msg)?;
         let board = StatusBoard::new(metrics.clone(), store.clone(), sink.clone());
-        let config_sealer = config.store.encryption_key.as_ref().map(|k| Arc::new(Sealer::new(k)));
+        let sealer = config.store.encryption_key.as_ref().map(|k| Arc::new(Sealer::new(k)));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -101,13 +93,19 @@ impl App {
             store,
             sink,
             graph,
-            tokens,
+            apps,
             board,
             metrics,
-            upload: http,
-            sealer: config_sealer,
-            expiries,
+            http,
+            sealer,
+            config_path: None,
         })
+    }
+
+    /// Reload the configuration from `path` on SIGHUP and whenever the file changes.
+    pub fn reload_from(mut self, path: PathBuf) -> App {
+        self.config_path = Some(path);
+        self
     }
 
     /// The bound API address (useful with port 0).
@@ -116,56 +114,30 @@ impl App {
     }
 
     /// Runs until `shutdown` resolves, then drains: readiness fails at once, polling stops
-    /// at the next page boundary, in-flight deliveries finish within `shutdown_grace`.
+    /// at the next page boundary, in-flight deliveries and sends finish within `shutdown_grace`.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let root = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
         let bound = self.local_addr();
-        // One context per enabled mailbox: the poller and the sender share its gate and tokens.
-        let mut contexts: HashMap<MailboxAddress, Arc<MailboxCtx>> = HashMap::new();
-        for mailbox in &self.config.mailboxes {
-            let consent_link =
-                (mailbox.access == Access::Delegated).then(|| consent_link(&self.config, bound, &mailbox.address));
-            self.board.register(mailbox, consent_link).await;
-            let Some(app_tokens) = self.tokens.get(&mailbox.app).filter(|_| mailbox.enabled) else {
-                continue;
-            };
-            let tokens = match (mailbox.access, &self.sealer) {
-                (Access::Delegated, Some(sealer)) => TokenSource::Delegated(Arc::new(DelegatedTokens::new(
-                    mailbox.address.clone(),
-                    app_tokens.endpoint().clone(),
-                    self.store.clone(),
-                    sealer.clone(),
-                ))),
-                _ => TokenSource::App(app_tokens.clone()),
-            };
-            let fallback = mailbox.fallback_app.as_ref().and_then(|name| {
-                self.tokens
-                    .get(name)
-                    .map(|t| (name.0.clone(), TokenSource::App(t.clone())))
-            });
-            let ctx = Arc::new(MailboxCtx {
-                config: mailbox.clone(),
-                graph: self.graph.clone(),
-                current: arc_swap::ArcSwap::from_pointee(tokens.clone()),
-                tokens,
-                fallback,
-                on_fallback: Default::default(),
-                wake: Default::default(),
-                gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
-                store: self.store.clone(),
-                sink: self.sink.clone(),
-                board: self.board.clone(),
-                metrics: self.metrics.clone(),
-            });
-            contexts.insert(mailbox.address.clone(), ctx);
-        }
+        let expiries = expiries(&self.config, &self.apps);
+        let deps = Deps {
+            graph: self.graph.clone(),
+            store: self.store.clone(),
+            sink: self.sink.clone(),
+            board: self.board.clone(),
+            metrics: self.metrics.clone(),
+            sealer: self.sealer.clone(),
+            http: self.http.clone(),
+            bound,
+        };
+        let mut supervisor = Supervisor::new(deps, self.config.clone(), self.apps, root.clone());
+        supervisor.start_all().await;
         let outbox = Outbox::new(
             self.store.clone(),
             self.sink.clone(),
-            contexts.clone(),
+            supervisor.registry(),
             self.board.clone(),
-            self.upload.clone(),
+            self.http.clone(),
             self.metrics.clone(),
         );
         let state = ApiState {
@@ -173,9 +145,9 @@ impl App {
             metrics: self.metrics.clone(),
             store: self.store.clone(),
             ready: ready.clone(),
-            api_tokens: Arc::new(self.config.server.api_tokens.clone()),
+            api_tokens: supervisor.api_tokens.clone(),
             outbox: outbox.clone(),
-            mailboxes: Arc::new(contexts.clone()),
+            mailboxes: supervisor.registry(),
             graph: self.graph.clone(),
             sealer: self.sealer.clone(),
             redirect_uri: redirect_uri(&self.config, bound),
@@ -193,41 +165,38 @@ impl App {
             }
         });
         let tasks = TaskTracker::new();
-        // Mailboxes still running, so a drain that runs out of time can name them.
-        let running: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
-        for (address, ctx) in contexts {
-            let cancel = root.child_token();
-            let address = address.to_string();
-            running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(address.clone());
-            let running = running.clone();
-            tasks.spawn(async move {
-                mailbox::run(ctx, cancel).await;
-                running.lock().unwrap_or_else(|p| p.into_inner()).remove(&address);
-            });
-        }
         tasks.spawn(outbox.run(root.child_token()));
-        tasks.spawn(crate::auth::watch_expiry(self.expiries.clone(), root.child_token()));
+        tasks.spawn(crate::auth::watch_expiry(expiries, root.child_token()));
         tasks.spawn(prune_delivered(self.store.clone(), root.child_token()));
+        let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
+        if let Some(path) = self.config_path.clone() {
+            tasks.spawn(watch_config(path, reload_tx, root.child_token()));
+        }
         tasks.close();
         ready.store(true, Ordering::Relaxed);
-        tracing::info!(mailboxes = self.config.mailboxes.len(), listen = %self.config.server.listen, "Daemon started.");
-        shutdown.await;
+        tracing::info!(mailboxes = self.config.mailboxes.len(), listen = %bound, "Daemon started.");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = reload_rx.recv() => {
+                    if let Some(path) = &self.config_path {
+                        reload(&mut supervisor, path, &self.metrics).await;
+                    }
+                }
+            }
+        }
         ready.store(false, Ordering::Relaxed);
+        let grace = supervisor.config().server.shutdown_grace;
         tracing::info!(
-            grace_seconds = self.config.server.shutdown_grace.as_secs_f64(),
-            "Shutting down: finishing in-flight deliveries."
+            grace_seconds = grace.as_secs_f64(),
+            "Shutting down: finishing in-flight deliveries and sends."
         );
-        root.cancel();
-        if tokio::time::timeout(self.config.server.shutdown_grace, tasks.wait())
-            .await
-            .is_err()
-        {
+        let deadline = tokio::time::Instant::now() + grace;
+        supervisor.drain(grace).await;
+        if tokio::time::timeout_at(deadline, tasks.wait()).await.is_err() {
             tracing::warn!(
-                remaining = tasks.len(),
-                "Shutdown grace period over; stopping mailboxes that were still delivering (their rounds resume after restart)."
+                "Shutdown grace period over while an outbound send was in flight; it resumes after restart."
             );
         }
         server_stop.cancel();
@@ -237,9 +206,79 @@ impl App {
     }
 }
 
+/// Loads and applies the file; a bad file changes nothing and is reported at ERROR.
+async fn reload(supervisor: &mut Supervisor, path: &std::path::Path, metrics: &Metrics) {
+    match crate::config::load_file(path) {
+        Err(errors) => {
+            for e in errors.iter() {
+                tracing::error!(key = %e.path, problem = %e.message, "Configuration reload refused; the running configuration stays.");
+            }
+            metrics.config_reload("invalid");
+        }
+        Ok(config) => match supervisor.reload(config).await {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "Configuration reloaded.");
+                metrics.config_reload("applied");
+            }
+            Err(e) => {
+                tracing::error!(problem = %e, "Configuration reload refused; the running configuration stays.");
+                metrics.config_reload("invalid");
+            }
+        },
+    }
+}
+
+/// Signals a reload on SIGHUP and when the file's content changes.
+async fn watch_config(path: PathBuf, reload: mpsc::Sender<()>, cancel: CancellationToken) {
+    let read = |p: &PathBuf| std::fs::read(p).ok();
+    let mut last = read(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = hangup => {
+                tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration.");
+                last = read(&path);
+                let _ = reload.try_send(());
+            }
+            _ = tick.tick() => {
+                let now = read(&path);
+                if now.is_some() && now != last {
+                    tracing::info!(path = %path.display(), "The configuration file changed: reloading.");
+                    last = now;
+                    let _ = reload.try_send(());
+                }
+            }
+        }
+    }
+}
+
+/// Each app's credential expiry (configured for secrets, read from certificates).
+fn expiries(config: &Config, apps: &HashMap<AppName, Arc<AppTokens>>) -> Vec<(String, time::OffsetDateTime)> {
+    config
+        .apps
+        .iter()
+        .filter_map(|a| {
+            let cert = apps.get(&a.name).and_then(|t| t.endpoint().certificate_not_after());
+            a.secret_expires_at.or(cert).map(|at| (a.name.0.clone(), at))
+        })
+        .collect()
+}
+
 /// Keeps the delivered-keys table bounded: keys older than the resync window plus a day go.
 async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -255,7 +294,7 @@ async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
 }
 
 /// Where the sign-in service sends the browser back: `{server.public_url}/oauth/callback`
-/// (without a public URL, the listen address, which only works on the daemon's own host).
+/// (without a public URL, the bound address, which only works on the daemon's own host).
 pub fn redirect_uri(config: &Config, bound: SocketAddr) -> String {
     match &config.server.public_url {
         Some(u) => format!("{}/oauth/callback", u.as_str().trim_end_matches('/')),
@@ -264,7 +303,7 @@ pub fn redirect_uri(config: &Config, bound: SocketAddr) -> String {
 }
 
 /// The stable consent link shown for a mailbox: it starts a fresh flow each time it is opened.
-fn consent_link(config: &Config, bound: SocketAddr, mailbox: &MailboxAddress) -> String {
+pub fn consent_link(config: &Config, bound: SocketAddr, mailbox: &MailboxAddress) -> String {
     let base = redirect_uri(config, bound);
     let base = base.trim_end_matches("/oauth/callback");
     let query: String = url::form_urlencoded::Serializer::new(String::new())

@@ -20,6 +20,7 @@ pub mod outbound;
 pub mod shutdown;
 pub mod sink;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 
 pub use shutdown::shutdown_signal;

@@ -107,7 +107,10 @@ async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let app = match inboxd::app::App::build(loaded).await {
+            let app = match inboxd::app::App::build(loaded)
+                .await
+                .map(|a| a.reload_from(config.clone()))
+            {
                 Ok(app) => app,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "Start-up failed.");

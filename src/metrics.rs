@@ -38,6 +38,8 @@ pub struct Metrics {
     pub outbound: Family<Labels, Counter>,
     /// When each app's secret or certificate expires, Unix seconds.
     pub credential_expiry: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Configuration reloads by outcome (`applied`, `invalid`).
+    pub config_reloads: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -55,6 +57,7 @@ impl Metrics {
             quarantined: Counter::default(),
             outbound: Family::default(),
             credential_expiry: Family::default(),
+            config_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -103,6 +106,11 @@ impl Metrics {
             "When each app's client secret or certificate expires",
             m.credential_expiry.clone(),
         );
+        registry.register(
+            "inboxd_config_reloads",
+            "Configuration reloads by outcome",
+            m.config_reloads.clone(),
+        );
         for status in ["sent", "failed"] {
             let _ = m.outbound.get_or_create(&vec![("status", status.to_string())]);
         }
@@ -146,6 +154,13 @@ impl Metrics {
         self.last_success
             .get_or_create(&vec![("mailbox", mailbox.to_string())])
             .set(unix_seconds);
+    }
+
+    /// Counts one configuration reload.
+    pub fn config_reload(&self, outcome: &'static str) {
+        self.config_reloads
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
     }
 
     /// Prometheus text format.

@@ -31,7 +31,7 @@ struct Delegated {
 fn delegated(s: &ApiState, address: &str) -> Result<Delegated, ApiError> {
     let mailbox =
         MailboxAddress::parse(address).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_address", e))?;
-    let ctx = s.mailboxes.get(&mailbox).cloned().ok_or_else(|| {
+    let ctx = s.mailboxes.load().get(&mailbox).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_mailbox",
@@ -123,7 +123,12 @@ pub async fn callback(State(s): State<ApiState>, Query(q): Query<HashMap<String,
         let code = q
             .get("code")
             .ok_or_else(|| ConsentError::Refused("no code in the callback".into()))?;
-        let ctx = s.mailboxes.get(&mailbox).cloned().ok_or(ConsentError::BadState)?;
+        let ctx = s
+            .mailboxes
+            .load()
+            .get(&mailbox)
+            .cloned()
+            .ok_or(ConsentError::BadState)?;
         let TokenSource::Delegated(tokens) = &ctx.tokens else {
             return Err(ConsentError::BadState);
         };

@@ -34,12 +34,12 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// False before start-up finished and once shutdown began.
     pub ready: Arc<AtomicBool>,
-    /// Accepted bearer tokens.
-    pub api_tokens: Arc<Vec<SecretString>>,
+    /// Accepted bearer tokens (swapped on reload).
+    pub api_tokens: Arc<arc_swap::ArcSwap<Vec<SecretString>>>,
     /// Replies and new mail.
     pub outbox: Arc<crate::outbound::Outbox>,
     /// Every polled mailbox (consent needs its tokens and gate).
-    pub mailboxes: Arc<HashMap<MailboxAddress, Arc<crate::mailbox::MailboxCtx>>>,
+    pub mailboxes: crate::supervisor::Registry,
     /// Graph client (the consent flow checks a new grant).
     pub graph: Arc<crate::graph::Graph>,
     /// Seals consent states and refresh tokens.
@@ -201,7 +201,7 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::as_bytes);
     let ok = presented.is_some_and(|p| {
-        s.api_tokens.iter().fold(false, |found, t| {
+        s.api_tokens.load().iter().fold(false, |found, t| {
             found | aws_lc_rs::constant_time::verify_slices_are_equal(t.expose_secret().as_bytes(), p).is_ok()
         })
     });

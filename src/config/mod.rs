@@ -153,7 +153,7 @@ pub enum StartAt {
 }
 
 /// A `[[mailboxes]]` entry with defaults applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MailboxConfig {
     /// The mailbox.
     pub address: MailboxAddress,

@@ -187,6 +187,17 @@ impl StatusBoard {
             .poll_succeeded(mailbox.as_str(), now.unix_timestamp() as f64);
     }
 
+    /// Forgets a mailbox removed from the configuration.
+    pub fn remove(&self, mailbox: &MailboxAddress) {
+        let old = self.views.lock().unwrap_or_else(|p| p.into_inner()).remove(mailbox);
+        if let Some(old) = old {
+            self.metrics
+                .mailboxes
+                .get_or_create(&vec![("state", old.state.as_str().to_string())])
+                .dec();
+        }
+    }
+
     /// Every mailbox.
     pub fn all(&self) -> Vec<MailboxView> {
         self.views

@@ -2,7 +2,7 @@
 //! that was started before, it looks for the draft or sent item carrying the row's id:
 //! a sent item means done, a complete draft means send it, anything else starts over.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::request::{AttachmentInput, Kind, OutboundRequest, Recipient};
 use crate::auth::Verdict;
-use crate::domain::{MailboxAddress, MailboxState};
+use crate::domain::MailboxState;
 use crate::event::{OUTBOUND_SCHEMA, OutboundEvent};
 use crate::graph::{Call, CallError, GraphErrorKind};
 use crate::mailbox::{MailboxCtx, StatusBoard};
@@ -74,7 +74,7 @@ impl From<StoreError> for Failure {
 pub struct Outbox {
     store: Arc<dyn Store>,
     sink: Arc<Sink>,
-    mailboxes: HashMap<MailboxAddress, Arc<MailboxCtx>>,
+    mailboxes: crate::supervisor::Registry,
     board: Arc<StatusBoard>,
     /// Plain client for upload URLs (they carry their own token: no Authorization header).
     upload: reqwest::Client,
@@ -89,7 +89,7 @@ impl Outbox {
     pub fn new(
         store: Arc<dyn Store>,
         sink: Arc<Sink>,
-        mailboxes: HashMap<MailboxAddress, Arc<MailboxCtx>>,
+        mailboxes: crate::supervisor::Registry,
         board: Arc<StatusBoard>,
         upload: reqwest::Client,
         metrics: Arc<crate::metrics::Metrics>,
@@ -157,7 +157,7 @@ impl Outbox {
 
     /// One attempt at one row, with its bookkeeping.
     async fn attempt(&self, mut row: OutboundRecord) {
-        let Some(ctx) = self.mailboxes.get(&row.mailbox).cloned() else {
+        let Some(ctx) = self.mailboxes.load().get(&row.mailbox).cloned() else {
             self.finish(
                 &mut row,
                 OutboundStatus::Failed,

@@ -61,7 +61,7 @@ fn every_scenario_reports_every_figure() {
     for r in reports {
         assert_eq!(r["problems"], serde_json::json!([]), "{}", r["scenario"]);
         assert!(number(r, "daemon_peak_rss_mb") > 1.0);
-        assert!(number(r, "daemon_cpu_seconds") > 0.0);
+        assert!(number(r, "daemon_cpu_seconds") >= 0.0);
         assert!(number(r, "duration_s") > 0.0);
         assert!(number(r, "token_requests") >= 1.0);
         assert!(r["machine"]["nproc"].as_u64().unwrap() >= 1);
@@ -81,7 +81,7 @@ fn every_scenario_reports_every_figure() {
         assert!(number(r, "http_round_trips_per_message") > 0.0);
         assert!(number(r, "http_round_trips_per_message") <= number(r, "graph_api_requests_per_message"));
         assert!(number(r, "delivery_lag_p99_s") >= number(r, "delivery_lag_p50_s"));
-        assert!(number(r, "daemon_cpu_seconds_per_1000_messages") > 0.0);
+        assert!(number(r, "daemon_cpu_seconds_per_1000_messages") >= 0.0);
         assert!(r["budget"].as_object().is_some_and(|b| !b.is_empty()));
     }
     let reference = &reports[3];

@@ -409,15 +409,16 @@ pub fn count_lines(path: &Path) -> usize {
         .count()
 }
 
-/// Lines of an NDJSON event file that are not an event, as (1-based line number, line),
-/// plus the total number of lines (a last line without newline counts).
+/// Lines of an NDJSON event file that are not a JSON object (torn writes), as (1-based line
+/// number, start of the line), plus the total number of lines (a last line without newline
+/// counts). Other event kinds in the file (mailbox state events) are whole lines, not torn.
 pub fn torn_lines(path: &Path) -> (Vec<(usize, String)>, usize) {
     let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = text.split_terminator('\n').collect();
     let torn = lines
         .iter()
         .enumerate()
-        .filter(|(_, l)| serde_json::from_str::<MessageEvent>(l).is_err())
+        .filter(|(_, l)| !serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object()))
         .map(|(i, l)| (i + 1, l.chars().take(120).collect()))
         .collect();
     (torn, lines.len())

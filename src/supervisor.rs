@@ -1,0 +1,284 @@
+//! One task per mailbox under the root cancellation token; starts, stops and restarts
+//! mailboxes, alone, when a reloaded configuration changes them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::seal::Sealer;
+use crate::auth::{AppTokens, DelegatedTokens, TokenEndpoint, TokenSource};
+use crate::config::{Access, AppConfig, AppCredential, Config, MailboxConfig};
+use crate::domain::{AppName, MailboxAddress};
+use crate::graph::{Graph, MailboxGate};
+use crate::mailbox::{self, MailboxCtx, StatusBoard};
+use crate::metrics::Metrics;
+use crate::sink::Sink;
+use crate::store::Store;
+
+/// Every polled mailbox's context, swapped whole on reload; the API and the sender read it.
+pub type Registry = Arc<ArcSwap<HashMap<MailboxAddress, Arc<MailboxCtx>>>>;
+
+/// What building mailbox contexts needs.
+pub struct Deps {
+    /// Graph client.
+    pub graph: Arc<Graph>,
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Delivery.
+    pub sink: Arc<Sink>,
+    /// States.
+    pub board: Arc<StatusBoard>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Seals refresh tokens.
+    pub sealer: Option<Arc<Sealer>>,
+    /// Client for the token endpoint.
+    pub http: reqwest::Client,
+    /// The API's bound address (consent links without `server.public_url`).
+    pub bound: SocketAddr,
+}
+
+/// Token caches per app registration.
+pub fn build_apps(
+    config: &Config,
+    http: &reqwest::Client,
+    metrics: &Arc<Metrics>,
+) -> Result<HashMap<AppName, Arc<AppTokens>>, String> {
+    let mut apps = HashMap::new();
+    for app in &config.apps {
+        let endpoint = TokenEndpoint::new(app, &config.microsoft.authority_host, http.clone(), metrics.clone())?;
+        if let Some(at) = app.secret_expires_at.or(endpoint.certificate_not_after()) {
+            metrics
+                .credential_expiry
+                .get_or_create(&vec![("app", app.name.0.clone())])
+                .set(at.unix_timestamp() as f64);
+        }
+        apps.insert(app.name.clone(), Arc::new(AppTokens::new(Arc::new(endpoint))));
+    }
+    Ok(apps)
+}
+
+/// Same registration and credential (a changed secret means new tokens).
+fn same_app(a: &AppConfig, b: &AppConfig) -> bool {
+    let credential = match (&a.credential, &b.credential) {
+        (AppCredential::Secret(x), AppCredential::Secret(y))
+        | (AppCredential::Certificate(x), AppCredential::Certificate(y)) => x.expose_secret() == y.expose_secret(),
+        _ => false,
+    };
+    credential && a.tenant_id == b.tenant_id && a.client_id == b.client_id && a.secret_expires_at == b.secret_expires_at
+}
+
+/// The mailbox tasks.
+pub struct Supervisor {
+    deps: Deps,
+    config: Config,
+    apps: HashMap<AppName, Arc<AppTokens>>,
+    registry: Registry,
+    running: HashMap<MailboxAddress, (CancellationToken, JoinHandle<()>)>,
+    root: CancellationToken,
+    /// Bearer tokens of `/v1`, swapped on reload.
+    pub api_tokens: Arc<ArcSwap<Vec<SecretString>>>,
+}
+
+impl Supervisor {
+    /// A supervisor for `config`; nothing runs until `start_all`.
+    pub fn new(
+        deps: Deps,
+        config: Config,
+        apps: HashMap<AppName, Arc<AppTokens>>,
+        root: CancellationToken,
+    ) -> Supervisor {
+        let api_tokens = Arc::new(ArcSwap::from_pointee(config.server.api_tokens.clone()));
+        Supervisor {
+            deps,
+            config,
+            apps,
+            registry: Registry::default(),
+            running: HashMap::new(),
+            root,
+            api_tokens,
+        }
+    }
+
+    /// The registry the API and the sender read.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Builds the context of an enabled mailbox (None for disabled ones or unknown apps).
+    fn context(&self, mailbox: &MailboxConfig) -> Option<Arc<MailboxCtx>> {
+        let app_tokens = self.apps.get(&mailbox.app).filter(|_| mailbox.enabled)?;
+        let tokens = match (mailbox.access, &self.deps.sealer) {
+            (Access::Delegated, Some(sealer)) => TokenSource::Delegated(Arc::new(DelegatedTokens::new(
+                mailbox.address.clone(),
+                app_tokens.endpoint().clone(),
+                self.deps.store.clone(),
+                sealer.clone(),
+            ))),
+            _ => TokenSource::App(app_tokens.clone()),
+        };
+        let fallback = mailbox.fallback_app.as_ref().and_then(|name| {
+            self.apps
+                .get(name)
+                .map(|t| (name.0.clone(), TokenSource::App(t.clone())))
+        });
+        Some(Arc::new(MailboxCtx {
+            config: mailbox.clone(),
+            graph: self.deps.graph.clone(),
+            current: ArcSwap::from_pointee(tokens.clone()),
+            tokens,
+            fallback,
+            on_fallback: Default::default(),
+            wake: Default::default(),
+            gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
+            store: self.deps.store.clone(),
+            sink: self.deps.sink.clone(),
+            board: self.deps.board.clone(),
+            metrics: self.deps.metrics.clone(),
+        }))
+    }
+
+    /// Registers and starts one mailbox.
+    async fn start(&mut self, mailbox: &MailboxConfig) {
+        let link = (mailbox.access == Access::Delegated)
+            .then(|| crate::app::consent_link(&self.config, self.deps.bound, &mailbox.address));
+        self.deps.board.register(mailbox, link).await;
+        let Some(ctx) = self.context(mailbox) else { return };
+        let mut map = (**self.registry.load()).clone();
+        map.insert(mailbox.address.clone(), ctx.clone());
+        self.registry.store(Arc::new(map));
+        let cancel = self.root.child_token();
+        let handle = tokio::spawn(mailbox::run(ctx, cancel.clone()));
+        self.running.insert(mailbox.address.clone(), (cancel, handle));
+    }
+
+    /// Stops one mailbox after its current page (its checkpoints stay in the store).
+    async fn stop(&mut self, address: &MailboxAddress) {
+        let mut map = (**self.registry.load()).clone();
+        map.remove(address);
+        self.registry.store(Arc::new(map));
+        if let Some((cancel, handle)) = self.running.remove(address) {
+            cancel.cancel();
+            let _ = handle.await;
+        }
+    }
+
+    /// Starts every configured mailbox.
+    pub async fn start_all(&mut self) {
+        for mailbox in self.config.mailboxes.clone() {
+            self.start(&mailbox).await;
+        }
+    }
+
+    /// Applies a new, valid configuration: new mailboxes start, removed ones stop, changed
+    /// ones (or ones whose app credential changed) restart alone; the rest keep running.
+    pub async fn reload(&mut self, new: Config) -> Result<(), String> {
+        for (key, old, now) in [
+            (
+                "server.listen",
+                self.config.server.listen.to_string(),
+                new.server.listen.to_string(),
+            ),
+            ("store.url", self.config.store.url.clone(), new.store.url.clone()),
+            (
+                "microsoft.graph_url",
+                self.config.microsoft.graph_url.to_string(),
+                new.microsoft.graph_url.to_string(),
+            ),
+            (
+                "microsoft.authority_host",
+                self.config.microsoft.authority_host.to_string(),
+                new.microsoft.authority_host.to_string(),
+            ),
+            (
+                "sink",
+                format!("{:?}", sink_shape(&self.config)),
+                format!("{:?}", sink_shape(&new)),
+            ),
+        ] {
+            if old != now {
+                tracing::warn!(
+                    key,
+                    "This setting changes only with a restart; the reload keeps the running value."
+                );
+            }
+        }
+        let fresh = build_apps(&new, &self.deps.http, &self.deps.metrics)?;
+        let mut apps = HashMap::new();
+        let mut changed_apps = Vec::new();
+        for app in &new.apps {
+            match self.config.apps.iter().find(|a| a.name == app.name) {
+                Some(old) if same_app(old, app) => {
+                    apps.insert(app.name.clone(), self.apps[&app.name].clone());
+                }
+                _ => {
+                    changed_apps.push(app.name.clone());
+                    apps.insert(app.name.clone(), fresh[&app.name].clone());
+                }
+            }
+        }
+        let old_mailboxes: HashMap<MailboxAddress, MailboxConfig> = self
+            .config
+            .mailboxes
+            .iter()
+            .map(|m| (m.address.clone(), m.clone()))
+            .collect();
+        let new_addresses: Vec<MailboxAddress> = new.mailboxes.iter().map(|m| m.address.clone()).collect();
+        for address in old_mailboxes.keys().filter(|a| !new_addresses.contains(a)) {
+            tracing::info!(mailbox = %address, "Mailbox removed from the configuration; stopping it (its checkpoints are kept).");
+            self.stop(address).await;
+            self.deps.board.remove(address);
+        }
+        self.apps = apps;
+        self.api_tokens.store(Arc::new(new.server.api_tokens.clone()));
+        let previous = std::mem::replace(&mut self.config, new);
+        let _ = previous;
+        for mailbox in self.config.mailboxes.clone() {
+            let uses_changed_app = changed_apps.contains(&mailbox.app)
+                || mailbox.fallback_app.as_ref().is_some_and(|f| changed_apps.contains(f));
+            match old_mailboxes.get(&mailbox.address) {
+                Some(old) if *old == mailbox && !uses_changed_app => {}
+                Some(_) => {
+                    tracing::info!(mailbox = %mailbox.address, "Mailbox configuration changed; restarting it alone.");
+                    self.stop(&mailbox.address).await;
+                    self.start(&mailbox).await;
+                }
+                None => {
+                    tracing::info!(mailbox = %mailbox.address, "Mailbox added; starting it.");
+                    self.start(&mailbox).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels everything and waits up to `grace`; names the mailboxes still running then.
+    pub async fn drain(self, grace: Duration) {
+        self.root.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        for (address, (_, handle)) in self.running {
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                tracing::warn!(mailbox = %address, "Shutdown grace period over while this mailbox was still delivering; its round resumes after restart.");
+            }
+        }
+    }
+}
+
+/// The sink settings that need a restart, without secrets.
+fn sink_shape(config: &Config) -> String {
+    match &config.sink {
+        crate::config::SinkConfig::File { path, max_bytes } => format!("file {} {max_bytes:?}", path.display()),
+        crate::config::SinkConfig::Webhook { url, timeout, .. } => format!("webhook {url} {timeout:?}"),
+    }
+}
