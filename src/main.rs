@@ -97,6 +97,8 @@ async fn main() -> ExitCode {
         },
         Command::Run { config } => {
             inboxd::telemetry::init();
+            // Handlers first: a SIGTERM during start-up must still mean a clean stop.
+            let stop = inboxd::shutdown_signal();
             let loaded = match inboxd::config::load_file(&config) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -118,7 +120,7 @@ async fn main() -> ExitCode {
                 }
             };
             println!("listening on http://{}", app.local_addr());
-            match app.run_until(inboxd::shutdown_signal()).await {
+            match app.run_until(stop).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "Daemon failed.");

@@ -151,13 +151,14 @@ where
 
 /// `inboxd emulate`: prints `listening on URL` first, runs until SIGINT/SIGTERM.
 pub async fn run_cli(listen: SocketAddr, options: EmulatorOptions, cert_out: Option<PathBuf>) -> anyhow::Result<()> {
+    let stop = crate::shutdown_signal();
     let running = spawn(listen, options).await?;
     if let (Some(path), Some(pem)) = (&cert_out, running.cert_pem()) {
         std::fs::write(path, pem).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     println!("listening on {}", running.url());
     tracing::info!(url = %running.url(), "Emulator listening.");
-    crate::shutdown_signal().await;
+    stop.await;
     tracing::info!("Emulator stopping.");
     running.stop().await;
     Ok(())

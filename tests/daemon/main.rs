@@ -3,9 +3,11 @@
 mod bench_smoke;
 mod cli;
 mod crash;
+mod delegated;
 mod image;
 mod outbound;
 mod pipeline;
+mod reload;
 mod resilience;
 mod support;
 mod tokens;

@@ -181,6 +181,21 @@ client_secret = "env:{SECRET_ENV}"
         Daemon { stop, handle, addr }
     }
 
+    /// Starts the daemon in-process from a config file it reloads on change.
+    pub async fn start_with_reload(&self, path: &Path) -> Daemon {
+        let config = inboxd::config::load_file(path).unwrap_or_else(|e| panic!("config: {e}"));
+        let app = inboxd::app::App::build(config)
+            .await
+            .expect("daemon builds")
+            .reload_from(path.to_path_buf());
+        let addr = app.local_addr();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        Daemon { stop, handle, addr }
+    }
+
     /// Events in the file sink so far.
     pub fn events(&self) -> Vec<MessageEvent> {
         read_events(&self.events_path())
