@@ -33,6 +33,8 @@ pub struct Call {
     pub prefer: Vec<String>,
     /// Slots this call takes in the mailbox gate (a `$batch` takes more).
     pub weight: u32,
+    /// Retry transient failures (false for requests that must not be repeated blindly).
+    pub retry: bool,
 }
 
 impl Call {
@@ -45,6 +47,7 @@ impl Call {
             body: None,
             prefer: Vec::new(),
             weight: 1,
+            retry: true,
         }
     }
 
@@ -57,6 +60,7 @@ impl Call {
             body: Some(body),
             prefer: Vec::new(),
             weight: 1,
+            retry: true,
         }
     }
 
@@ -131,7 +135,7 @@ impl Graph {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
             .with_max_delay(Duration::from_secs(30))
-            .with_max_times(self.retries)
+            .with_max_times(if call.retry { self.retries } else { 0 })
             .with_jitter();
         attempt
             .retry(backoff)

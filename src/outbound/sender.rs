@@ -188,11 +188,11 @@ impl Outbox {
             self.save(&row).await;
             return;
         }
-        if row.status != OutboundStatus::Sending {
-            row.status = OutboundStatus::Sending;
-            self.save(&row).await;
-        }
+        // Persisted before any Graph work: a restart sees that an attempt began and looks for
+        // its draft or sent item before doing anything again.
+        row.status = OutboundStatus::Sending;
         row.attempts += 1;
+        self.save(&row).await;
         match self.send(&ctx, &mut row).await {
             Ok(()) => self.finish(&mut row, OutboundStatus::Sent, None).await,
             Err(Failure::Permanent(reason)) => {
@@ -307,9 +307,15 @@ impl Outbox {
         self.checkpoint(row).await?;
         let send = Call {
             body: None,
+            // `send` is not idempotent: never repeated blindly; the next attempt looks in Sent Items first.
+            retry: false,
             ..Call::post("send", format!("{user}/messages/{}/send", segment(&draft)), Value::Null)
         };
-        ctx.graph.call(&ctx.gate, &ctx.active(), &send).await?;
+        match ctx.graph.call(&ctx.gate, &ctx.active(), &send).await {
+            Ok(_) => {}
+            // Sent or not? Unknown: the next attempt finds out before doing anything.
+            Err(e) => return Err(Failure::Transient(format!("send not confirmed: {e}"))),
+        }
         Ok(())
     }
 

@@ -318,8 +318,14 @@ fn the_shipped_configs_validate() {
     let addresses: Vec<&str> = config.mailboxes.iter().map(|m| m.address.as_str()).collect();
     assert_eq!(
         addresses,
-        ["support@contoso.test", "sales@contoso.test", "billing@contoso.test"]
+        [
+            "support@contoso.test",
+            "sales@contoso.test",
+            "billing@contoso.test",
+            "escalations@contoso.test"
+        ]
     );
+    assert_eq!(config.mailboxes[3].access, crate::config::Access::Delegated);
     assert_eq!(config.apps[0].name.0, "demo");
 
     let example = std::fs::read_to_string(dir.join("inboxd.example.toml")).unwrap();
