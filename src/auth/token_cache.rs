@@ -54,7 +54,11 @@ impl TokenCache {
             if now < t.refresh_at {
                 return Ok(t.clone()); // someone else refreshed while we waited
             }
-            if now < t.expires_at && pacing.not_before.is_some_and(|nb| now < nb) {
+            let transient = pacing
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.verdict == Verdict::Transient);
+            if transient && now < t.expires_at && pacing.not_before.is_some_and(|nb| now < nb) {
                 return Ok(t.clone()); // endpoint failing: keep using the valid token
             }
         }
@@ -74,6 +78,10 @@ impl TokenCache {
                 pacing.delay = (pacing.delay * 2).clamp(RETRY_FLOOR, RETRY_CEILING);
                 pacing.not_before = Some(Instant::now() + pacing.delay);
                 pacing.last_error = Some(err.clone());
+                if err.verdict != Verdict::Transient {
+                    // The grant or credential is dead: its tokens are not used any more.
+                    self.current.store(None);
+                }
                 match cached {
                     Some(t) if Instant::now() < t.expires_at && err.verdict == Verdict::Transient => {
                         tracing::warn!(token = label, error = %err, "Token refresh failed; using the cached token until it expires.");

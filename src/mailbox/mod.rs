@@ -98,10 +98,22 @@ fn verdict(err: &PollError) -> (MailboxState, String, Option<u32>) {
                 g.request_id.as_deref().unwrap_or("none"),
                 g.client_request_id
             );
+            let action = match state {
+                MailboxState::AccessDenied => {
+                    "the app may not open this mailbox: add it to the app's RBAC for Applications scope or application access policy"
+                }
+                MailboxState::NotFound => {
+                    "no such mailbox, or not enabled for REST: fix the address or license the mailbox"
+                }
+                MailboxState::CredentialInvalid => {
+                    "Graph refuses the app's tokens: check the app registration and its tenant"
+                }
+                _ => "inboxd retries by itself",
+            };
             (
                 state,
                 format!(
-                    "{} {}: {} ({ids})",
+                    "{} {}: {}: {action} ({ids})",
                     g.status.map(|s| s.to_string()).unwrap_or_else(|| "no answer".into()),
                     g.code.as_deref().unwrap_or(""),
                     g.message
@@ -109,7 +121,11 @@ fn verdict(err: &PollError) -> (MailboxState, String, Option<u32>) {
                 None,
             )
         }
-        other => (MailboxState::Backoff, other.to_string(), None),
+        other => (
+            MailboxState::Backoff,
+            format!("{other}: inboxd retries by itself"),
+            None,
+        ),
     }
 }
 

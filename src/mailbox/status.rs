@@ -109,7 +109,13 @@ impl StatusBoard {
         let changed = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
             let Some(view) = views.get_mut(mailbox) else { return };
-            let changed = view.state != state || view.reason != reason;
+            // Only a new state is a change (logged, sent, persisted); a new wording of the same
+            // trouble (another request id) just refreshes the reason.
+            let changed = view.state != state;
+            if !changed {
+                view.reason = reason.clone();
+                view.aadsts = aadsts;
+            }
             if changed {
                 let from = view.state;
                 if from != state {

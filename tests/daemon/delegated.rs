@@ -335,7 +335,7 @@ fn events_since(env: &Env, mailbox: &str, state: &str, mark: Mark) -> Vec<Value>
 }
 
 /// Words that tell a human what to do.
-const ACTIONS: [&str; 12] = [
+const ACTIONS: [&str; 14] = [
     "must",
     "should",
     "grant",
@@ -348,6 +348,8 @@ const ACTIONS: [&str; 12] = [
     "consent again",
     "retries",
     "allow",
+    "fix ",
+    "add ",
 ];
 
 /// Checks a flag: `/v1/mailboxes` (state, reason, aadsts, consent_url, since), the metric,
@@ -419,6 +421,20 @@ async fn check_flag(env: &Env, daemon: SocketAddr, flag: &Flag<'_>, reprobe: imp
     })
     .await;
     let events = events_since(env, mailbox, state, mark);
+    let flapped: Vec<Value> = state_events(env, mailbox)
+        .into_iter()
+        .skip(mark.events)
+        .filter(|e| e["state"] != state)
+        .collect();
+    if !flapped.is_empty() {
+        problems.push(format!(
+            "{mailbox}: left {state} while the cause persisted: {:#?}",
+            flapped
+                .iter()
+                .map(|e| (&e["from"], &e["state"], &e["since"]))
+                .collect::<Vec<_>>()
+        ));
+    }
     if events.len() != 1 {
         problems.push(format!(
             "{mailbox}: {} `{STATE_SCHEMA}` events into {state} (expected exactly one): {:#?}",
@@ -607,7 +623,9 @@ fn contains_token(haystack: &[u8], token: &str) -> bool {
 async fn a_revoked_grant_is_flagged_needs_reconsent_with_the_code_and_a_consent_link() {
     capture_logs();
     let env = Env::new().await;
-    env.settings(json!({"token_lifetime_secs": 2})).await;
+    // Long enough that the access token outlives the failed refresh (as a real one does by
+    // up to five minutes): the flag must hold anyway.
+    env.settings(json!({"token_lifetime_secs": 6})).await;
     let (user, other) = (addr("rc-user"), addr("rc-other"));
     env.mailboxes(&[user.clone(), other.clone()]).await;
     let daemon = env
