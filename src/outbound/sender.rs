@@ -313,6 +313,14 @@ impl Outbox {
         };
         match ctx.graph.call(&ctx.gate, &ctx.active(), &send).await {
             Ok(_) => {}
+            // A 400 is Graph refusing this message: nothing was sent, and it never will be.
+            Err(CallError::Graph(g)) if g.kind == GraphErrorKind::Rejected => {
+                return Err(Failure::Permanent(format!(
+                    "Graph refused to send the message: {} {}",
+                    g.code.as_deref().unwrap_or(""),
+                    g.message
+                )));
+            }
             // Sent or not? Unknown: the next attempt finds out before doing anything.
             Err(e) => return Err(Failure::Transient(format!("send not confirmed: {e}"))),
         }

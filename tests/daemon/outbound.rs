@@ -1098,3 +1098,76 @@ async fn lost_send_answer_is_not_a_failure() {
     wait_sent_event(&env, &id).await;
     daemon.stop().await;
 }
+
+/// Waits (bounded) until outbound `id` ends (`sent` or `failed`); returns the last view.
+async fn wait_end(api: &Api, id: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, view) = api.outbound(id).await;
+        if matches!(view["status"].as_str(), Some("sent" | "failed")) || Instant::now() > deadline {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Permanent refusals by Graph end in `failed` with the reason and a `failed` event (issue 5
+/// point 3), instead of being retried for ever: a reply to a message that does not exist,
+/// and a `send` that Graph answers with 400 (it sent nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permanent_failures_end_failed_with_the_reason() {
+    let env = Env::new().await;
+    env.mailboxes(&[SUPPORT.into(), ANN.into()]).await;
+    let original = from_ann(&env, "Bad recipients").await;
+    env.fault(json!({
+        "path_prefix": SUPPORT_PATHS, "path_suffix": "/send", "method": "POST",
+        "status": 400, "code": "ErrorInvalidRecipients",
+    }))
+    .await;
+    let daemon = env.start(&config(&env, &[SUPPORT])).await;
+    let api = Api::at(daemon.addr);
+    let missing = api
+        .accepted(
+            SUPPORT,
+            "AAkALgNoSuchMessage",
+            "reply",
+            "missing-1",
+            &json!({"comment": "Hi"}),
+        )
+        .await;
+    let rejected = api
+        .accepted(SUPPORT, &original, "reply", "rejected-1", &json!({"comment": "Hi"}))
+        .await;
+
+    let mut problems = Vec::new();
+    for (id, words) in [(&missing, "not found"), (&rejected, "ErrorInvalidRecipients")] {
+        let view = wait_end(&api, id, Duration::from_secs(15)).await;
+        let reason = view["error"].as_str().unwrap_or_default();
+        if view["status"] != "failed" || !reason.contains(words) {
+            problems.push(format!("expected failed naming '{words}', got {view}"));
+            continue;
+        }
+        let event = outbound_events(&env)
+            .into_iter()
+            .find(|e| e["outbound_id"] == id.as_str() && e["status"] == "failed");
+        if event.is_none_or(|e| !e["error"].as_str().unwrap_or_default().contains(words)) {
+            problems.push(format!(
+                "no failed event naming '{words}' for {id}: {:?}",
+                outbound_events(&env)
+            ));
+        }
+    }
+    let sends: Vec<String> = support_requests(&env, "POST", "/send")
+        .await
+        .iter()
+        .map(|e| format!("{} {} -> {}", e["time"], log_path(e), e["status"]))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{}\n/send requests: {sends:?}",
+        problems.join("\n")
+    );
+    assert!(env.folder_messages(SUPPORT, "sentitems").await.is_empty());
+    assert!(env.folder_messages(ANN, "inbox").await.is_empty());
+    daemon.stop().await;
+}
