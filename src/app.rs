@@ -129,6 +129,7 @@ impl App {
             sealer: self.sealer.clone(),
             http: self.http.clone(),
             bound,
+            ingest: Arc::new(tokio::sync::Semaphore::new(crate::supervisor::INGEST_PAGES)),
         };
         let mut supervisor = Supervisor::new(deps, self.config.clone(), self.apps, root.clone());
         supervisor.start_all().await;

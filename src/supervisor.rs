@@ -42,7 +42,13 @@ pub struct Deps {
     pub http: reqwest::Client,
     /// The API's bound address (consent links without `server.public_url`).
     pub bound: SocketAddr,
+    /// Pages in memory at once across mailboxes.
+    pub ingest: Arc<tokio::sync::Semaphore>,
 }
+
+/// Delta pages processed at once, all mailboxes together: enough to keep Graph and the sink
+/// busy on a small machine, few enough that a backlog of large messages stays in bounds.
+pub const INGEST_PAGES: usize = 16;
 
 /// Token caches per app registration.
 pub fn build_apps(
@@ -146,6 +152,7 @@ impl Supervisor {
             sink: self.deps.sink.clone(),
             board: self.deps.board.clone(),
             metrics: self.deps.metrics.clone(),
+            ingest: self.deps.ingest.clone(),
         }))
     }
 

@@ -52,6 +52,8 @@ pub struct MailboxCtx {
     pub board: Arc<StatusBoard>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Pages held in memory at once, all mailboxes together (bounds memory on a backlog).
+    pub ingest: Arc<tokio::sync::Semaphore>,
 }
 
 impl MailboxCtx {

@@ -110,6 +110,8 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         if cancel.is_cancelled() {
             return Err(PollError::Cancelled);
         }
+        // One page in memory per permit: a backlog in many mailboxes cannot exhaust memory.
+        let _page = ctx.ingest.acquire().await.expect("ingest semaphore is never closed");
         let call = Call::get("delta", link.clone())
             .prefer(format!("odata.maxpagesize={PAGE_SIZE}"))
             .prefer("IdType=\"ImmutableId\"");
