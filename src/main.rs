@@ -96,12 +96,15 @@ async fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            inboxd::telemetry::init();
             // Handlers first: a SIGTERM during start-up must still mean a clean stop.
             let stop = inboxd::shutdown_signal();
             let loaded = match inboxd::config::load_file(&config) {
-                Ok(c) => c,
+                Ok(c) => {
+                    inboxd::telemetry::init_with(&c.server.log_level);
+                    c
+                }
                 Err(errors) => {
+                    inboxd::telemetry::init();
                     for e in errors.iter() {
                         tracing::error!(key = %e.path, problem = %e.message, "Invalid configuration.");
                     }

@@ -4,9 +4,14 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` level.
+/// Installs the global tracing subscriber at `info`; `RUST_LOG` overrides it.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with("info");
+}
+
+/// Installs the global tracing subscriber at `level` (from the config); `RUST_LOG` overrides it.
+pub fn init_with(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub api_tokens: Vec<SecretString>,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// Log level or filter (`info`, `inboxd=debug`); `RUST_LOG` overrides it.
+    pub log_level: String,
 }
 
 /// `[store]`.

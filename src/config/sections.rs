@@ -65,12 +65,25 @@ fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Optio
         }
     };
     let shutdown_grace = duration(&t.get_or("shutdown_grace", "20s"), errors, true);
+    let log_level_field = t.get_or("log_level", "info");
+    let log_level = log_level_field.non_empty(errors).and_then(|level| {
+        if tracing_subscriber::EnvFilter::try_new(&level).is_ok() {
+            Some(level)
+        } else {
+            log_level_field.fail(
+                errors,
+                format!("'{level}' is not a log level (trace, debug, info, warn, error) or filter"),
+            );
+            None
+        }
+    });
     t.finish(errors);
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
         api_tokens: api_tokens?,
         shutdown_grace: shutdown_grace?,
+        log_level: log_level?,
     })
 }
 

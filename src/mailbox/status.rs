@@ -139,14 +139,14 @@ impl StatusBoard {
         let reason_text = reason.as_deref().unwrap_or("");
         match state {
             MailboxState::Active | MailboxState::Starting | MailboxState::Disabled => {
-                tracing::info!(mailbox = %mailbox, from = from.as_str(), to = state.as_str(), "Mailbox state changed.");
+                tracing::info!(mailbox = %mailbox, from = from.as_str(), state = state.as_str(), "Mailbox state changed.");
             }
             MailboxState::Backoff => {
-                tracing::warn!(mailbox = %mailbox, from = from.as_str(), to = state.as_str(), reason = reason_text, "Mailbox is backing off; it will retry by itself.");
+                tracing::warn!(mailbox = %mailbox, from = from.as_str(), state = state.as_str(), reason = reason_text, "Mailbox is backing off; it will retry by itself.");
             }
             _ => {
                 tracing::warn!(
-                    mailbox = %mailbox, from = from.as_str(), to = state.as_str(), reason = reason_text, aadsts = aadsts,
+                    mailbox = %mailbox, from = from.as_str(), state = state.as_str(), reason = reason_text, aadsts = aadsts,
                     "Mailbox is flagged and skipped; it is re-probed slowly and resumes when the cause is gone."
                 );
             }
