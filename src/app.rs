@@ -169,6 +169,18 @@ impl App {
         tasks.spawn(outbox.run(root.child_token()));
         tasks.spawn(crate::auth::watch_expiry(expiries, root.child_token()));
         tasks.spawn(prune_delivered(self.store.clone(), root.child_token()));
+        let delegated: Vec<MailboxAddress> = self
+            .config
+            .mailboxes
+            .iter()
+            .filter(|m| m.access == crate::config::Access::Delegated)
+            .map(|m| m.address.clone())
+            .collect();
+        tasks.spawn(watch_refresh_inactivity(
+            self.store.clone(),
+            delegated,
+            root.child_token(),
+        ));
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         if let Some(path) = self.config_path.clone() {
             tasks.spawn(watch_config(path, reload_tx, root.child_token()));
@@ -275,6 +287,33 @@ fn expiries(config: &Config, apps: &HashMap<AppName, Arc<AppTokens>>) -> Vec<(St
             a.secret_expires_at.or(cert).map(|at| (a.name.0.clone(), at))
         })
         .collect()
+}
+
+/// Entra expires refresh tokens unused for 90 days; a delegated mailbox that is disabled or
+/// flagged for long does not refresh. Warn from 60 days on, daily.
+async fn watch_refresh_inactivity(store: Arc<dyn Store>, mailboxes: Vec<MailboxAddress>, cancel: CancellationToken) {
+    if mailboxes.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        for mailbox in &mailboxes {
+            let Ok(Some(token)) = store.delegated_token(mailbox).await else {
+                continue;
+            };
+            let idle_days = (time::OffsetDateTime::now_utc() - token.last_used_at).whole_days();
+            if idle_days >= 60 {
+                tracing::warn!(
+                    mailbox = %mailbox, idle_days,
+                    "The mailbox's refresh token has not been used for {idle_days} days; Entra expires it at 90. Enable the mailbox or fix its state, or consent again later."
+                );
+            }
+        }
+    }
 }
 
 /// Keeps the delivered-keys table bounded: keys older than the resync window plus a day go.
