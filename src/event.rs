@@ -13,17 +13,24 @@ pub trait SinkEvent: Serialize + Send + Sync {
     fn mailbox(&self) -> &str;
 }
 
-impl SinkEvent for MessageEvent {
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-    fn dedup_key(&self) -> &str {
-        &self.dedup_key
-    }
-    fn mailbox(&self) -> &str {
-        &self.mailbox
-    }
+/// Every event type has the same three fields the sinks need.
+macro_rules! sink_event {
+    ($($t:ty),*) => {
+        $(impl SinkEvent for $t {
+            fn event_id(&self) -> &str {
+                &self.event_id
+            }
+            fn dedup_key(&self) -> &str {
+                &self.dedup_key
+            }
+            fn mailbox(&self) -> &str {
+                &self.mailbox
+            }
+        })*
+    };
 }
+
+sink_event!(MessageEvent, OutboundEvent, MailboxStateEvent);
 
 /// Schema name of [`OutboundEvent`].
 pub const OUTBOUND_SCHEMA: &str = "inboxd.outbound.v1";
@@ -53,18 +60,6 @@ pub struct OutboundEvent {
     pub at: String,
 }
 
-impl SinkEvent for OutboundEvent {
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-    fn dedup_key(&self) -> &str {
-        &self.dedup_key
-    }
-    fn mailbox(&self) -> &str {
-        &self.mailbox
-    }
-}
-
 /// Schema name of [`MailboxStateEvent`].
 pub const MAILBOX_STATE_SCHEMA: &str = "inboxd.mailbox_state.v1";
 
@@ -91,18 +86,6 @@ pub struct MailboxStateEvent {
     pub consent_url: Option<String>,
     /// When (RFC 3339).
     pub since: String,
-}
-
-impl SinkEvent for MailboxStateEvent {
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-    fn dedup_key(&self) -> &str {
-        &self.dedup_key
-    }
-    fn mailbox(&self) -> &str {
-        &self.mailbox
-    }
 }
 
 /// Schema name of [`MessageEvent`].
