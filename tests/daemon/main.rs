@@ -9,5 +9,6 @@ mod outbound;
 mod pipeline;
 mod reload;
 mod resilience;
+mod secrets;
 mod support;
 mod tokens;
