@@ -210,15 +210,7 @@ async fn seed(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
         {"name": "logo.png", "content_type": "image/png", "content_base64": png, "is_inline": true, "content_id": "logo@northwind"},
     ]);
     messages.push(("billing@contoso.test", invoice));
-    for (mailbox, m) in &messages {
-        post(
-            http,
-            format!("{base}/_emulator/mailboxes/{mailbox}/messages"),
-            m.clone(),
-        )
-        .await?;
-    }
-    Ok(messages.len())
+    deliver_all(http, base, &messages).await
 }
 
 /// Two messages that arrive while the daemon runs.
@@ -245,7 +237,12 @@ async fn live_mail(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> 
             ),
         ),
     ];
-    for (mailbox, m) in &live {
+    deliver_all(http, base, &live).await
+}
+
+/// Delivers `(mailbox, message)` pairs through the emulator's control API; returns how many.
+async fn deliver_all(http: &reqwest::Client, base: &str, messages: &[(&str, Value)]) -> anyhow::Result<usize> {
+    for (mailbox, m) in messages {
         post(
             http,
             format!("{base}/_emulator/mailboxes/{mailbox}/messages"),
@@ -253,7 +250,7 @@ async fn live_mail(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> 
         )
         .await?;
     }
-    Ok(live.len())
+    Ok(messages.len())
 }
 
 fn summarize(events: &[MessageEvent], expected: usize, file: &Path) {

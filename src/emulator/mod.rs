@@ -13,6 +13,7 @@ mod keys;
 mod limits;
 mod load;
 mod log;
+mod message;
 mod middleware;
 mod model;
 mod seed;

@@ -3,6 +3,7 @@
 
 pub mod request;
 mod sender;
+mod steps;
 
 pub use request::{ApiRequest, Invalid, Kind, OutboundRequest};
 pub use sender::{MARKER_PROPERTY, Outbox};

@@ -6,16 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::request::{AttachmentInput, Kind, OutboundRequest, Recipient};
+use super::request::OutboundRequest;
+use super::steps;
 use crate::auth::Verdict;
 use crate::domain::MailboxState;
 use crate::event::{OUTBOUND_SCHEMA, OutboundEvent};
@@ -26,17 +25,13 @@ use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store, StoreError};
 
 /// The extended property that marks inboxd's drafts with the outbound id.
 pub const MARKER_PROPERTY: &str = "String {8c6f3b1e-2d4a-4b7e-9f15-6a0c2e9d4b31} Name inboxd-outbound-id";
-/// Attachments up to this size are added in one request; larger ones use an upload session.
-const SIMPLE_ATTACHMENT_MAX: usize = 3 * 1024 * 1024;
-/// Upload chunk: a multiple of 320 KiB under Graph's 4 MB per request.
-const CHUNK: usize = 10 * 320 * 1024;
 /// Rows taken per pass.
 const BATCH: u32 = 64;
 /// Mailboxes sending at once.
 const PARALLEL_MAILBOXES: usize = 8;
 
 /// Why one attempt stopped.
-enum Failure {
+pub(super) enum Failure {
     /// Retry later (the error is kept for `GET /v1/outbound/{id}`).
     Transient(String),
     /// Never going to work.
@@ -257,12 +252,12 @@ impl Outbox {
     async fn send(&self, ctx: &MailboxCtx, row: &mut OutboundRecord) -> Result<(), Failure> {
         let req: OutboundRequest = serde_json::from_str(&row.request)
             .map_err(|e| Failure::Permanent(format!("stored request unreadable: {e}")))?;
-        let user = format!("users/{}", segment(ctx.config.address.as_str()));
+        let user = format!("users/{}", steps::segment(ctx.config.address.as_str()));
         if row.attempts > 1 || row.step != SendStep::New {
-            if self.find(ctx, &user, "sentitems", &row.id).await?.is_some() {
+            if steps::find(ctx, &user, "sentitems", &row.id).await?.is_some() {
                 return Ok(()); // sent before the crash, just not recorded
             }
-            match self.find(ctx, &user, "drafts", &row.id).await? {
+            match steps::find(ctx, &user, "drafts", &row.id).await? {
                 Some(draft) if matches!(row.step, SendStep::Attachments | SendStep::SendRequested) => {
                     row.draft_id = Some(draft);
                 }
@@ -270,7 +265,7 @@ impl Outbox {
                     // Attachments may be incomplete: discard and start over.
                     let delete = Call {
                         method: Method::DELETE,
-                        ..Call::get("delete_draft", format!("{user}/messages/{}", segment(&draft)))
+                        ..Call::get("delete_draft", format!("{user}/messages/{}", steps::segment(&draft)))
                     };
                     match ctx.graph.call(&ctx.gate, &ctx.active(), &delete).await {
                         Ok(_) => {}
@@ -287,7 +282,7 @@ impl Outbox {
             }
         }
         if row.step == SendStep::New {
-            let draft = self.create_draft(ctx, &user, &req, &row.id).await?;
+            let draft = steps::create_draft(ctx, &user, &req, &row.id).await?;
             row.draft_id = Some(draft);
             row.step = SendStep::Draft;
             self.checkpoint(row).await?;
@@ -298,7 +293,7 @@ impl Outbox {
             .ok_or_else(|| Failure::Transient("draft id missing".into()))?;
         if row.step == SendStep::Draft {
             for a in &req.attachments {
-                self.attach(ctx, &user, &draft, a).await?;
+                steps::attach(&self.upload, ctx, &user, &draft, a).await?;
             }
             row.step = SendStep::Attachments;
             self.checkpoint(row).await?;
@@ -309,7 +304,11 @@ impl Outbox {
             body: None,
             // `send` is not idempotent: never repeated blindly; the next attempt looks in Sent Items first.
             retry: false,
-            ..Call::post("send", format!("{user}/messages/{}/send", segment(&draft)), Value::Null)
+            ..Call::post(
+                "send",
+                format!("{user}/messages/{}/send", steps::segment(&draft)),
+                Value::Null,
+            )
         };
         match ctx.graph.call(&ctx.gate, &ctx.active(), &send).await {
             Ok(_) => {}
@@ -333,173 +332,4 @@ impl Outbox {
         self.store.update_outbound(&saved).await?;
         Ok(())
     }
-
-    /// The id of the message in `folder` marked with `outbound_id`, if any.
-    async fn find(
-        &self,
-        ctx: &MailboxCtx,
-        user: &str,
-        folder: &str,
-        outbound_id: &str,
-    ) -> Result<Option<String>, Failure> {
-        let filter = format!(
-            "singleValueExtendedProperties/Any(ep: ep/id eq '{MARKER_PROPERTY}' and ep/value eq '{}')",
-            outbound_id.replace('\'', "''")
-        );
-        let query: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("$filter", &filter)
-            .append_pair("$select", "id")
-            .finish();
-        let call = Call::get("find_outbound", format!("{user}/mailFolders/{folder}/messages?{query}"))
-            .prefer("IdType=\"ImmutableId\"");
-        let found = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-        Ok(found.pointer("/value/0/id").and_then(Value::as_str).map(str::to_string))
-    }
-
-    /// Creates the marked draft; returns its id.
-    async fn create_draft(
-        &self,
-        ctx: &MailboxCtx,
-        user: &str,
-        req: &OutboundRequest,
-        outbound_id: &str,
-    ) -> Result<String, Failure> {
-        let marker = json!([{"id": MARKER_PROPERTY, "value": outbound_id}]);
-        let recipients = |list: &[Recipient]| -> Value {
-            list.iter()
-                .map(|r| json!({"emailAddress": {"name": r.name, "address": r.address}}))
-                .collect()
-        };
-        let body = req
-            .body
-            .as_ref()
-            .map(|b| json!({"contentType": b.content_type, "content": b.content}));
-        let call = match req.kind {
-            Kind::Send => {
-                let mut message = json!({
-                    "subject": req.subject.clone().unwrap_or_default(),
-                    "toRecipients": recipients(&req.to), "ccRecipients": recipients(&req.cc), "bccRecipients": recipients(&req.bcc),
-                    "singleValueExtendedProperties": marker,
-                });
-                if let Some(b) = body {
-                    message["body"] = b;
-                }
-                Call::post("create_draft", format!("{user}/messages"), message)
-            }
-            kind => {
-                let original = req.original.as_deref().ok_or_else(|| Failure::Permanent("no original message".into()))?;
-                let action = match kind {
-                    Kind::Reply => "createReply",
-                    Kind::ReplyAll => "createReplyAll",
-                    _ => "createForward",
-                };
-                let mut message = json!({"singleValueExtendedProperties": marker});
-                if let Some(b) = body {
-                    message["body"] = b;
-                }
-                for (field, list) in [("toRecipients", &req.to), ("ccRecipients", &req.cc), ("bccRecipients", &req.bcc)] {
-                    if !list.is_empty() {
-                        message[field] = recipients(list);
-                    }
-                }
-                let mut payload = json!({"message": message});
-                if let Some(c) = &req.comment {
-                    payload["comment"] = json!(c);
-                }
-                Call::post("create_draft", format!("{user}/messages/{}/{action}", segment(original)), payload)
-            }
-        }
-        .prefer("IdType=\"ImmutableId\"");
-        let draft = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-        draft
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| Failure::Transient("Graph created a draft without an id".into()))
-    }
-
-    /// Adds one attachment: directly up to 3 MB, through an upload session beyond.
-    async fn attach(&self, ctx: &MailboxCtx, user: &str, draft: &str, a: &AttachmentInput) -> Result<(), Failure> {
-        let bytes = STANDARD
-            .decode(a.content_base64.trim())
-            .map_err(|e| Failure::Permanent(format!("attachment '{}': {e}", a.name)))?;
-        let base = format!("{user}/messages/{}/attachments", segment(draft));
-        if bytes.len() <= SIMPLE_ATTACHMENT_MAX {
-            let mut attachment = json!({
-                "@odata.type": "#microsoft.graph.fileAttachment", "name": a.name, "contentType": a.content_type,
-                "contentBytes": a.content_base64.trim(), "isInline": a.is_inline,
-            });
-            if let Some(cid) = &a.content_id {
-                attachment["contentId"] = json!(cid);
-            }
-            ctx.graph
-                .call(
-                    &ctx.gate,
-                    &ctx.active(),
-                    &Call::post("add_attachment", base, attachment).prefer("IdType=\"ImmutableId\""),
-                )
-                .await?;
-            return Ok(());
-        }
-        let mut item = json!({"attachmentType": "file", "name": a.name, "size": bytes.len(), "contentType": a.content_type, "isInline": a.is_inline});
-        if let Some(cid) = &a.content_id {
-            item["contentId"] = json!(cid);
-        }
-        let session = ctx
-            .graph
-            .call(
-                &ctx.gate,
-                &ctx.active(),
-                &Call::post(
-                    "upload_session",
-                    format!("{base}/createUploadSession"),
-                    json!({"AttachmentItem": item}),
-                )
-                .prefer("IdType=\"ImmutableId\""),
-            )
-            .await?;
-        let url = session
-            .get("uploadUrl")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Failure::Transient("upload session without uploadUrl".into()))?;
-        let total = bytes.len();
-        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-            let start = i * CHUNK;
-            let end = start + chunk.len() - 1;
-            let resp = self
-                .upload
-                .put(url)
-                .header(reqwest::header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(chunk.to_vec())
-                .send()
-                .await
-                .map_err(|e| {
-                    Failure::Transient(format!("upload of '{}' failed: {}", a.name, crate::auth::describe(&e)))
-                })?;
-            let status = resp.status().as_u16();
-            if !(200..300).contains(&status) {
-                let text = resp.text().await.unwrap_or_default();
-                let message = format!(
-                    "upload of '{}' answered {status}: {}",
-                    a.name,
-                    text.chars().take(300).collect::<String>()
-                );
-                // A broken session cannot be resumed here: the draft is discarded and rebuilt.
-                return Err(if status >= 500 || status == 429 {
-                    Failure::Transient(message)
-                } else {
-                    Failure::Transient(format!("{message} (draft will be rebuilt)"))
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Percent-encodes one URL path segment.
-fn segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
