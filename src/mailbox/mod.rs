@@ -140,10 +140,12 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
     let mut reprobe = reprobe_base;
     let mut backoff = interval;
     loop {
-        let primary_failure = ctx.choose_tokens().await;
+        let primary_failure = Box::pin(ctx.choose_tokens()).await;
         let mut outcome = Ok(0u64);
         for folder in &ctx.config.folders {
-            match poll::round(&ctx, folder, &cancel).await {
+            // Boxed: a sleeping mailbox task then holds a pointer, not the whole round's state machine
+            // (10,000 idle mailboxes stay small).
+            match Box::pin(poll::round(&ctx, folder, &cancel)).await {
                 Ok(stats) => outcome = outcome.map(|n| n + stats.delivered),
                 Err(e) => {
                     outcome = Err(e);
@@ -158,12 +160,12 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
                 match (&primary_failure, &ctx.fallback) {
                     (Some(e), Some((name, _))) => {
                         let reason = format!("{}; mail keeps flowing through fallback app '{name}'", reason_for(e));
-                        ctx.board.set(&mailbox, e.verdict.state(), Some(reason), e.aadsts).await;
+                        Box::pin(ctx.board.set(&mailbox, e.verdict.state(), Some(reason), e.aadsts)).await;
                         backoff = interval;
                         interval
                     }
                     _ => {
-                        ctx.board.set(&mailbox, MailboxState::Active, None, None).await;
+                        Box::pin(ctx.board.set(&mailbox, MailboxState::Active, None, None)).await;
                         backoff = interval;
                         interval
                     }
@@ -175,7 +177,7 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
                 if matches!(e, PollError::Store(_)) {
                     tracing::error!(mailbox = %mailbox, error = %e, "The store failed; polling is paused until it answers again.");
                 }
-                ctx.board.set(&mailbox, state, Some(reason), aadsts).await;
+                Box::pin(ctx.board.set(&mailbox, state, Some(reason), aadsts)).await;
                 if state == MailboxState::Backoff {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     let jitter = backoff.mul_f64(fastrand::f64() * 0.2);

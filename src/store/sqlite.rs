@@ -42,8 +42,12 @@ const STORED_TIME: &[BorrowedFormatItem<'static>] =
 /// The default store: a SQLite database (`sqlite://PATH` or `sqlite::memory:`).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    /// Connections to the database; cloning the store shares them.
+    /// Connections to the database (`synchronous = FULL`); cloning the store shares them.
     pool: SqlitePool,
+    /// One connection with `synchronous = NORMAL`, only for delta-link checkpoints: one is
+    /// written per polled folder and round, and losing the last ones to a power cut only
+    /// replays a round (deduplicated by the delivered keys, which stay FULL).
+    checkpoints: SqlitePool,
 }
 
 impl SqliteStore {
@@ -77,19 +81,30 @@ impl SqliteStore {
         };
         let pool = pool_options
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Database(format!("open {url}: {e}")))?;
         migrator()
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrate {url}: {e}")))?;
+        let checkpoints = if in_memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.synchronous(SqliteSynchronous::Normal))
+                .await
+                .map_err(|e| StoreError::Database(format!("open {url}: {e}")))?
+        };
         tracing::debug!(url, "Opened the store.");
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, checkpoints })
     }
 
     /// Closes every connection, waiting for them to finish (checkpoints the WAL on the way out).
     pub async fn close(&self) {
+        self.checkpoints.close().await;
         self.pool.close().await;
     }
 }
@@ -176,7 +191,7 @@ impl Store for SqliteStore {
         .bind(folder)
         .bind(link)
         .bind(to_stored(OP, OffsetDateTime::now_utc())?)
-        .execute(&self.pool)
+        .execute(&self.checkpoints)
         .await
         .map_err(db_err(OP))?;
         Ok(())
