@@ -1,5 +1,7 @@
 //! The SQLite store: one database file in WAL mode with `synchronous = FULL`, so a commit
-//! that returned survives `kill -9` and power loss; schema migrations embedded in the binary.
+//! that returned survives `kill -9` and power loss (delta-link checkpoints alone use a
+//! `NORMAL` connection: losing the newest to a power cut only replays a round); schema
+//! migrations embedded in the binary.
 
 use std::collections::HashSet;
 use std::str::FromStr;
