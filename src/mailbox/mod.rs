@@ -205,7 +205,7 @@ pub fn reason_for(e: &crate::auth::TokenError) -> String {
         _ => String::new(),
     };
     let action = match e.verdict {
-        Verdict::NeedsReconsent => "the user must consent again: open the consent link",
+        Verdict::NeedsReconsent => "the mailbox's user must consent: open the consent link",
         Verdict::CredentialInvalid => {
             "an operator must fix the app's secret or certificate (rotate it and update the config)"
         }
