@@ -286,6 +286,11 @@ fn summarize(events: &[MessageEvent], expected: usize, file: &Path) {
     }
 }
 
+/// GET on the daemon's API with the demo token, as JSON.
+async fn api_get(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    Ok(http.get(url).bearer_auth(DEMO_API_TOKEN).send().await?.json().await?)
+}
+
 /// Replies to Ann's first message through the daemon's API and waits until it is sent.
 async fn send_reply(
     http: &reqwest::Client,
@@ -314,13 +319,7 @@ async fn send_reply(
         .ok_or_else(|| anyhow::anyhow!("the API did not accept the reply: {accepted}"))?
         .to_string();
     loop {
-        let status: Value = http
-            .get(format!("{api}/v1/outbound/{id}"))
-            .bearer_auth(DEMO_API_TOKEN)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let status: Value = api_get(http, &format!("{api}/v1/outbound/{id}")).await?;
         let s = status["status"].as_str().unwrap_or("unknown").to_string();
         if s == "sent" || s == "failed" || tokio::time::Instant::now() > deadline {
             return Ok(format!("{s} (outbound id {id})"));
@@ -363,13 +362,7 @@ async fn consent_story(
     let mailbox = "escalations@contoso.test";
     let mut lines = Vec::new();
     let view = loop {
-        let view: Value = http
-            .get(format!("{api}/v1/mailboxes/{mailbox}"))
-            .bearer_auth(DEMO_API_TOKEN)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let view: Value = api_get(http, &format!("{api}/v1/mailboxes/{mailbox}")).await?;
         if view["state"] == "needs_reconsent" || tokio::time::Instant::now() > deadline {
             break view;
         }
@@ -412,13 +405,7 @@ async fn consent_story(
     loop {
         let delivered = read_events(events_file).iter().any(|e| e.mailbox == mailbox);
         if delivered || tokio::time::Instant::now() > deadline {
-            let view: Value = http
-                .get(format!("{api}/v1/mailboxes/{mailbox}"))
-                .bearer_auth(DEMO_API_TOKEN)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let view: Value = api_get(http, &format!("{api}/v1/mailboxes/{mailbox}")).await?;
             lines.push(format!(
                 "  after consent: state {}, {} message(s) delivered, no restart",
                 view["state"], view["delivered_total"]

@@ -120,6 +120,19 @@ impl MailboxState {
         }
     }
 
+    /// A flag: the mailbox is skipped until a human or a config change fixes the cause
+    /// (replies for it wait; `backoff` is not a flag).
+    pub fn is_flagged(self) -> bool {
+        matches!(
+            self,
+            MailboxState::NeedsReconsent
+                | MailboxState::CredentialInvalid
+                | MailboxState::AccessDenied
+                | MailboxState::NotFound
+                | MailboxState::Disabled
+        )
+    }
+
     /// Parses the wire name.
     pub fn parse(s: &str) -> Option<MailboxState> {
         MailboxState::ALL.into_iter().find(|m| m.as_str() == s)

@@ -135,7 +135,10 @@ pub async fn callback(State(s): State<ApiState>, Query(q): Query<HashMap<String,
         let granted = consent::redeem(tokens, code, &verifier, &s.redirect_uri).await?;
         let probe = Call::get(
             "consent_check",
-            format!("users/{}/mailFolders/inbox?$select=id", mailbox.as_str()),
+            format!(
+                "users/{}/mailFolders/inbox?$select=id",
+                crate::graph::segment(mailbox.as_str())
+            ),
         );
         if s.graph.probe(&ctx.gate, &granted.access, &probe).await.is_err() {
             return Err(ConsentError::WrongUser(mailbox.to_string()));

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{ApiState, error};
-use crate::domain::{MailboxAddress, MailboxState};
+use crate::domain::MailboxAddress;
 use crate::outbound::{ApiRequest, Kind};
 use crate::store::{OutboundRecord, OutboundStatus, SendStep};
 
@@ -104,15 +104,7 @@ async fn enqueue(
             return error(status, invalid.code, invalid.message);
         }
     };
-    let flagged = matches!(
-        view.state,
-        MailboxState::NeedsReconsent
-            | MailboxState::CredentialInvalid
-            | MailboxState::AccessDenied
-            | MailboxState::NotFound
-            | MailboxState::Disabled
-    );
-    if flagged && query.get("queue").map(String::as_str) != Some("true") {
+    if view.state.is_flagged() && query.get("queue").map(String::as_str) != Some("true") {
         return error(
             StatusCode::CONFLICT,
             "mailbox_flagged",

@@ -19,6 +19,7 @@ use super::children::{CLIENT_ID, Emulator, SECRET, TENANT, WorkDir};
 use super::events::unix_now;
 use super::report;
 use super::scenario::Plan;
+use crate::graph::segment;
 
 /// Graph's `$batch` limit, as the daemon uses it.
 const BATCH_MAX: usize = 20;
@@ -61,13 +62,6 @@ impl Client {
         f.write_all(b"\n")?;
         if sync { f.sync_data() } else { Ok(()) }
     }
-}
-
-/// Percent-encodes one path segment, as the daemon does.
-fn segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 /// One mailbox: delta pages in order; after each, the attachment batches of its messages.

@@ -291,6 +291,13 @@ impl Graph {
     }
 }
 
+/// Percent-encodes one URL path segment (mailbox addresses, message ids) for Graph paths.
+pub fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
 /// `innerError.request-id`, spelled however Graph spells it this time.
 fn inner_request_id(error: &Value) -> Option<String> {
     let inner = error

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::MailboxCtx;
 use super::convert::{self, DELTA_SELECT};
 use crate::config::{AfterIngest, StartAt};
-use crate::graph::{Call, CallError, GraphErrorKind};
+use crate::graph::{Call, CallError, GraphErrorKind, segment};
 use crate::sink::SinkError;
 use crate::store::{QuarantineEntry, StoreError};
 
@@ -55,13 +55,6 @@ pub struct RoundStats {
     pub delivered: u64,
     /// Messages quarantined.
     pub quarantined: u64,
-}
-
-/// Percent-encodes one URL path segment.
-fn segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 /// The first request of a round that starts from scratch.

@@ -163,18 +163,7 @@ impl Outbox {
         };
         let state = self.board.get(&row.mailbox).map(|v| v.state);
         let on_fallback = ctx.on_fallback.load(std::sync::atomic::Ordering::Relaxed);
-        if !on_fallback
-            && matches!(
-                state,
-                Some(
-                    MailboxState::NeedsReconsent
-                        | MailboxState::CredentialInvalid
-                        | MailboxState::AccessDenied
-                        | MailboxState::NotFound
-                        | MailboxState::Disabled
-                )
-            )
-        {
+        if !on_fallback && state.is_some_and(MailboxState::is_flagged) {
             row.next_attempt_at = OffsetDateTime::now_utc() + time::Duration::seconds(30);
             row.error = Some(format!(
                 "waiting: the mailbox is {}",
@@ -252,7 +241,7 @@ impl Outbox {
     async fn send(&self, ctx: &MailboxCtx, row: &mut OutboundRecord) -> Result<(), Failure> {
         let req: OutboundRequest = serde_json::from_str(&row.request)
             .map_err(|e| Failure::Permanent(format!("stored request unreadable: {e}")))?;
-        let user = format!("users/{}", steps::segment(ctx.config.address.as_str()));
+        let user = format!("users/{}", crate::graph::segment(ctx.config.address.as_str()));
         if row.attempts > 1 || row.step != SendStep::New {
             if steps::find(ctx, &user, "sentitems", &row.id).await?.is_some() {
                 return Ok(()); // sent before the crash, just not recorded
@@ -265,7 +254,10 @@ impl Outbox {
                     // Attachments may be incomplete: discard and start over.
                     let delete = Call {
                         method: Method::DELETE,
-                        ..Call::get("delete_draft", format!("{user}/messages/{}", steps::segment(&draft)))
+                        ..Call::get(
+                            "delete_draft",
+                            format!("{user}/messages/{}", crate::graph::segment(&draft)),
+                        )
                     };
                     match ctx.graph.call(&ctx.gate, &ctx.active(), &delete).await {
                         Ok(_) => {}
@@ -306,7 +298,7 @@ impl Outbox {
             retry: false,
             ..Call::post(
                 "send",
-                format!("{user}/messages/{}/send", steps::segment(&draft)),
+                format!("{user}/messages/{}/send", crate::graph::segment(&draft)),
                 Value::Null,
             )
         };

@@ -6,20 +6,13 @@ use serde_json::{Value, json};
 
 use super::request::{AttachmentInput, Kind, OutboundRequest, Recipient};
 use super::sender::{Failure, MARKER_PROPERTY};
-use crate::graph::Call;
+use crate::graph::{Call, segment};
 use crate::mailbox::MailboxCtx;
 
 /// Attachments up to this size are added in one request; larger ones use an upload session.
 const SIMPLE_ATTACHMENT_MAX: usize = 3 * 1024 * 1024;
 /// Upload chunk: a multiple of 320 KiB under Graph's 4 MB per request.
 const CHUNK: usize = 10 * 320 * 1024;
-
-/// Percent-encodes one URL path segment.
-pub(super) fn segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
-}
 
 /// The id of the message in `folder` marked with `outbound_id`, if any.
 pub(super) async fn find(
