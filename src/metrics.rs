@@ -40,6 +40,10 @@ pub struct Metrics {
     pub credential_expiry: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Configuration reloads by outcome (`applied`, `invalid`).
     pub config_reloads: Family<Labels, Counter>,
+    /// 1 while the sink refuses or is down, by sink type.
+    pub sink_unavailable: Family<Labels, Gauge>,
+    /// Panics caught in supervised tasks, by task kind (`mailbox`, `sender`, …).
+    pub task_panics: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -58,6 +62,8 @@ impl Metrics {
             outbound: Family::default(),
             credential_expiry: Family::default(),
             config_reloads: Family::default(),
+            sink_unavailable: Family::default(),
+            task_panics: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +117,19 @@ impl Metrics {
             "Configuration reloads by outcome",
             m.config_reloads.clone(),
         );
+        registry.register(
+            "inboxd_sink_unavailable",
+            "1 while the sink refuses or is down",
+            m.sink_unavailable.clone(),
+        );
+        registry.register(
+            "inboxd_task_panics",
+            "Panics caught in supervised tasks, by task",
+            m.task_panics.clone(),
+        );
+        for task in ["mailbox", "sender"] {
+            let _ = m.task_panics.get_or_create(&vec![("task", task.to_string())]);
+        }
         for status in ["sent", "failed"] {
             let _ = m.outbound.get_or_create(&vec![("status", status.to_string())]);
         }
