@@ -1,6 +1,7 @@
 //! Types that carry meaning across the daemon: mailbox addresses, app names, Graph ids.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,20 @@ impl fmt::Display for AppName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Longest wait inboxd takes from a value on the wire (`Retry-After`, `expires_in`): a
+/// longer one is capped here, so a hostile or broken answer cannot park a task for ever.
+pub const MAX_WIRE_WAIT: Duration = Duration::from_secs(3600);
+
+/// Seconds read from the wire as a duration: `None` for NaN, infinity or a negative value,
+/// capped at `max`. The one place untrusted numbers become durations (`from_secs_f64` panics
+/// on NaN and overflow).
+pub fn bounded_secs(secs: f64, max: Duration) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
 }
 
 /// An immutable Graph message id (`Prefer: IdType="ImmutableId"`).
