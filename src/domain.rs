@@ -86,7 +86,7 @@ impl fmt::Display for GraphId {
     }
 }
 
-/// A mailbox's state (DESIGN §7), as `/v1/mailboxes` and `inboxd_mailboxes{state}` show it.
+/// A mailbox's state, as `/v1/mailboxes` and `inboxd_mailboxes{state}` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MailboxState {

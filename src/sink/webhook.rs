@@ -120,7 +120,8 @@ impl WebhookSink {
     /// POSTs every event, at most [`MAX_IN_FLIGHT`] at once; one outcome per event, in order.
     pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
         // The futures are collected first so no closure is part of the stream's type: with
-        // one, rustc cannot prove the future `Send` for `tokio::spawn` (rust-lang/rust#102211).
+        // one, rustc cannot prove the future `Send` for `tokio::spawn`
+        // (https://github.com/rust-lang/rust/issues/102211).
         let attempts: Vec<_> = events.iter().map(|event| self.deliver_one(event)).collect();
         futures_util::stream::iter(attempts)
             .buffered(MAX_IN_FLIGHT)

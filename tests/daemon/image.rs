@@ -22,11 +22,11 @@ const API_TOKEN_ENV: &str = "INBOXD_API_TOKEN";
 const API_TOKEN: &str = "image-test-api-token-5e0c";
 /// How long anything the test waits for may take.
 const LIMIT: Duration = Duration::from_secs(30);
-/// Metrics the monitoring files already query but inboxd exports only later.
+/// Metrics the monitoring files query that a run of this test may not export.
 const NOT_YET_EXPORTED: &[&str] = &[
-    // An app credential's configured expiry (DESIGN §11); the alert notes it.
+    // An app credential's expiry: a series exists only for apps with `secret_expires_at` or a certificate.
     "inboxd_credential_expiry_timestamp_seconds",
-    // Outbound mail by status (DESIGN §8); replies do not count it yet.
+    // Outbound mail by status (the sender now counts it, so this entry is no longer needed).
     "inboxd_outbound_total",
 ];
 
