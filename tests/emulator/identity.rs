@@ -188,7 +188,7 @@ fn assert_aad_timestamp(text: &str) {
         .unwrap_or_else(|e| panic!("timestamp {text:?} is not YYYY-MM-DD hh:mm:ssZ: {e}"));
 }
 
-/// Checks the documented token-endpoint error body (facts §1.3). With `code` None any
+/// Checks the documented token-endpoint error body (Entra's error reference). With `code` None any
 /// AADSTS code is accepted (the first of `error_codes` is checked against the text).
 fn assert_token_error(status: StatusCode, body: &Value, want_status: u16, want_error: &str, code: Option<u64>) {
     assert_eq!(status.as_u16(), want_status, "HTTP status; body: {body}");
