@@ -3,6 +3,7 @@
 mod batch;
 mod cli;
 mod control;
+mod documented;
 mod faults;
 mod graph_compose;
 mod graph_read;
