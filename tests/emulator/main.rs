@@ -9,4 +9,5 @@ mod graph_compose;
 mod graph_read;
 mod identity;
 mod limits;
+mod python_sdk;
 mod support;
