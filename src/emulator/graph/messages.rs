@@ -189,7 +189,7 @@ pub(crate) fn patch(ctx: &Ctx<'_>, id: &str, body: &Bytes) -> Result<Response, G
     let mut updated = mailbox.messages[&immutable].clone();
     input::apply(&mut updated, &props, ctx.now)?;
     mailbox.messages.insert(immutable.clone(), updated);
-    world.touch(&ctx.address, &immutable, ctx.now);
+    world.touch(&ctx.address, &immutable, ctx.now, &input::changed_properties(&props));
     let mailbox = &world.mailboxes[&ctx.address];
     Ok(ctx.answer(
         StatusCode::OK,
