@@ -153,6 +153,7 @@ impl Supervisor {
             board: self.deps.board.clone(),
             metrics: self.deps.metrics.clone(),
             ingest: self.deps.ingest.clone(),
+            filtered_delta_cap: self.config.microsoft.filtered_delta_cap,
         }))
     }
 

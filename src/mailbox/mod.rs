@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use poll::{FILTERED_DELTA_CAP, KEY_RETENTION, PollError, RESYNC_MARGIN, RoundStats};
+pub use poll::{KEY_RETENTION, PollError, RESYNC_MARGIN, RoundStats};
 pub use status::{FolderTrouble, MailboxView, StatusBoard};
 
 use crate::auth::{TokenSource, Verdict};
@@ -58,6 +58,8 @@ pub struct MailboxCtx {
     pub metrics: Arc<Metrics>,
     /// Pages held in memory at once, all mailboxes together (bounds memory on a backlog).
     pub ingest: Arc<tokio::sync::Semaphore>,
+    /// Where Graph ends a delta filtered on receipt time (`microsoft.filtered_delta_cap`).
+    pub filtered_delta_cap: usize,
 }
 
 impl MailboxCtx {

@@ -26,8 +26,6 @@ const START_MARGIN: time::Duration = time::Duration::minutes(2);
 pub const RESYNC_MARGIN: time::Duration = time::Duration::days(1);
 /// Delivered keys are kept at least this long (and longer while a resync could reach them).
 pub const KEY_RETENTION: time::Duration = time::Duration::days(31);
-/// Graph ends a delta filtered on receipt time after this many items.
-pub const FILTERED_DELTA_CAP: usize = 5_000;
 /// Inside a round, a throttled request waits at most this long; a longer `Retry-After` ends
 /// the round, and the mailbox waits it out without holding a shared ingest permit.
 pub const MAX_WAIT_IN_ROUND: Duration = Duration::from_secs(10);
@@ -116,6 +114,9 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         }
     };
     let mut filtered = is_filtered(&link);
+    // The receipt-time filter of the current sub-round, when inboxd built it in this call.
+    let mut window_from: Option<OffsetDateTime> = None;
+    let mut newest_seen: Option<OffsetDateTime> = None;
     let mut stats = RoundStats::default();
     let mut seen: HashSet<String> = HashSet::new();
     let mut resyncs = 0;
@@ -144,6 +145,8 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 );
                 link = initial_url(ctx, folder, from);
                 filtered = from.is_some();
+                window_from = from;
+                newest_seen = None;
                 seen.clear();
                 // Keeps the window: a crash or another 410 resyncs from the same point.
                 ctx.store.save_delta_link(mailbox, folder, &link).await?;
@@ -160,6 +163,13 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
             if item.get("@removed").is_some() {
                 continue;
             }
+            if let Some(received) = item
+                .get("receivedDateTime")
+                .and_then(Value::as_str)
+                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+            {
+                newest_seen = newest_seen.max(Some(received));
+            }
             match item.get("id").and_then(Value::as_str) {
                 // Graph may return an item twice in one round; it is delivered once.
                 Some(id) if seen.insert(id.to_string()) => fresh.push(item.clone()),
@@ -174,11 +184,29 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         if let Some(next) = page.get("@odata.nextLink").and_then(Value::as_str) {
             link = next.to_string();
         } else if let Some(delta) = page.get("@odata.deltaLink").and_then(Value::as_str) {
-            if filtered && seen.len() >= FILTERED_DELTA_CAP {
-                tracing::error!(
-                    mailbox = %mailbox, folder, items = seen.len(),
-                    "A delta filtered on receipt time reached Graph's 5,000-item cap: older messages of this window may be missing. Set start_at to a later time, or replay the window by hand."
-                );
+            if filtered && seen.len() >= ctx.filtered_delta_cap {
+                // Graph ended the round at its cap: what lies beyond the newest message seen
+                // was never announced. A new filtered round from there covers it (what it
+                // repeats is deduplicated); the capped round's delta link is not kept.
+                match newest_seen.filter(|newest| window_from.is_none_or(|from| *newest > from)) {
+                    Some(newest) => {
+                        tracing::warn!(
+                            mailbox = %mailbox, folder, items = seen.len(),
+                            from = newest.format(&Rfc3339).unwrap_or_default(),
+                            "A delta filtered on receipt time stopped at Graph's item cap; reading on from the newest message seen."
+                        );
+                        link = initial_url(ctx, folder, Some(newest));
+                        ctx.store.save_delta_link(mailbox, folder, &link).await?;
+                        window_from = Some(newest);
+                        newest_seen = None;
+                        seen.clear();
+                        continue;
+                    }
+                    None => tracing::error!(
+                        mailbox = %mailbox, folder, items = seen.len(),
+                        "A delta filtered on receipt time stopped at Graph's item cap and cannot be split further (every message has the same receipt time): some messages may be missing. Replay the folder with start_at set after them."
+                    ),
+                }
             }
             ctx.store.save_checkpoint(mailbox, folder, delta, round_began).await?;
             return Ok(stats);

@@ -4,6 +4,7 @@ mod bench_smoke;
 mod cli;
 mod crash;
 mod delegated;
+mod documented;
 mod hostile;
 mod image;
 mod outbound;
