@@ -106,6 +106,9 @@ pub struct Graph {
     timeout: Duration,
 }
 
+/// Retries of an answer that could not be read (after the first attempt).
+const MALFORMED_RETRIES: usize = 2;
+
 /// Most Graph requests in flight at once, all mailboxes together.
 const GLOBAL_CONCURRENCY: usize = 256;
 
@@ -148,10 +151,16 @@ impl Graph {
             .with_max_delay(Duration::from_secs(30))
             .with_max_times(if call.retry { self.retries } else { 0 })
             .with_jitter();
+        // An unreadable answer is retried only a little: the same bytes usually come back, and
+        // the caller has a way around them (the poller reads such a folder item by item).
+        let malformed = std::sync::atomic::AtomicUsize::new(0);
         attempt
             .retry(backoff)
             .notify(|e: &CallError, wait: Duration| {
                 if let CallError::Graph(g) = e {
+                    if g.kind == GraphErrorKind::Malformed {
+                        malformed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tracing::info!(
                         mailbox = gate.mailbox(), operation = call.operation, status = g.status, code = g.code.as_deref().unwrap_or(""),
                         request_id = g.request_id.as_deref().unwrap_or(""), client_request_id = %g.client_request_id,
@@ -161,7 +170,10 @@ impl Graph {
             })
             .when(|e: &CallError| match e {
                 CallError::Graph(g) => {
-                    g.is_transient() && !(g.retry_after.zip(call.max_retry_wait).is_some_and(|(wait, max)| wait > max))
+                    g.is_transient()
+                        && !(g.retry_after.zip(call.max_retry_wait).is_some_and(|(wait, max)| wait > max))
+                        && !(g.kind == GraphErrorKind::Malformed
+                            && malformed.load(std::sync::atomic::Ordering::Relaxed) >= MALFORMED_RETRIES)
                 }
                 CallError::Token(_) => false,
             })

@@ -261,13 +261,25 @@ async fn batch_get(
             let answer = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await;
             let answer = match answer {
                 Ok(a) => a,
-                // A `$batch` whose answer never arrives in time is split, so one huge part
-                // cannot fail its neighbours round after round.
-                Err(CallError::Graph(e)) if e.kind == GraphErrorKind::Transport && pending.len() > 1 => {
+                // A `$batch` whose answer never arrives in time, or cannot be read, is split, so
+                // one huge or unreadable part cannot fail its neighbours round after round.
+                Err(CallError::Graph(e))
+                    if matches!(e.kind, GraphErrorKind::Transport | GraphErrorKind::Malformed) && pending.len() > 1 =>
+                {
                     let half = pending.len() / 2;
                     let (a, b) = pending.split_at(half);
                     out.extend(Box::pin(batch_get(ctx, a.to_vec())).await?);
                     out.extend(Box::pin(batch_get(ctx, b.to_vec())).await?);
+                    break;
+                }
+                // Alone and still unreadable: that message is given up (quarantined), not the round.
+                Err(CallError::Graph(e)) if e.kind == GraphErrorKind::Malformed => {
+                    let (id, url) = &pending[0];
+                    let path = url.split('?').next().unwrap_or(url);
+                    out.insert(
+                        id.clone(),
+                        Err(format!("GET {path}: Graph's answer is unreadable ({})", e.message)),
+                    );
                     break;
                 }
                 Err(e) => return Err(e.into()),

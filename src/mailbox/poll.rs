@@ -89,6 +89,74 @@ fn initial_url(ctx: &MailboxCtx, folder: &str, from: Option<OffsetDateTime>) -> 
     url.to_string()
 }
 
+/// The folder's messages by id (list API, not delta), received from `from` on.
+fn list_url(ctx: &MailboxCtx, folder: &str, from: Option<OffsetDateTime>) -> String {
+    let mut url = ctx.graph.base().clone();
+    url.set_path(&format!(
+        "{}users/{}/mailFolders/{}/messages",
+        ctx.graph.base().path(),
+        segment(ctx.config.address.as_str()),
+        segment(folder)
+    ));
+    url.query_pairs_mut()
+        .append_pair("$select", "id,receivedDateTime")
+        .append_pair("$top", &PAGE_SIZE.to_string());
+    if let Some(t) = from {
+        let at = t
+            .replace_nanosecond(0)
+            .unwrap_or(t)
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        url.query_pairs_mut()
+            .append_pair("$filter", &format!("receivedDateTime ge {at}"));
+    }
+    url.to_string()
+}
+
+/// Works around a delta page Graph cannot serve readably: lists the folder's message ids over
+/// the resync window (ids alone read fine), delivers each message that can be read and
+/// quarantines, with its id, each that cannot; then starts a fresh delta from now. Returns
+/// that delta's first link, where it starts, and what was delivered.
+async fn salvage(ctx: &MailboxCtx, folder: &str) -> Result<(String, OffsetDateTime, RoundStats), PollError> {
+    let mailbox = &ctx.config.address;
+    let began = OffsetDateTime::now_utc();
+    let from = ctx
+        .store
+        .delta_window(mailbox, folder)
+        .await?
+        .resync_from(RESYNC_MARGIN);
+    let mut url = list_url(ctx, folder, from);
+    let mut stats = RoundStats::default();
+    loop {
+        ctx.gate.wait_unpaused().await;
+        let _page = ctx.ingest.acquire().await.expect("ingest semaphore is never closed");
+        let call = Call::get("list", url)
+            .prefer("IdType=\"ImmutableId\"")
+            .max_retry_wait(MAX_WAIT_IN_ROUND);
+        let page = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
+        let items: Vec<Value> = page
+            .get("value")
+            .and_then(Value::as_array)
+            .ok_or_else(|| PollError::Malformed("message list without a 'value' array".into()))?
+            .iter()
+            .filter_map(|m| Some(serde_json::json!({"id": m.get("id")?.as_str()?})))
+            .collect();
+        stats.add(deliver::items(ctx, folder, items, Mode::Round).await?);
+        match page.get("@odata.nextLink").and_then(Value::as_str) {
+            Some(next) => url = next.to_string(),
+            None => break,
+        }
+    }
+    let start = began - START_MARGIN;
+    let link = initial_url(ctx, folder, Some(start));
+    ctx.store.save_delta_link(mailbox, folder, &link).await?;
+    tracing::info!(
+        mailbox = %mailbox, folder, delivered = stats.delivered, quarantined = stats.quarantined,
+        "Read the folder message by message; delta goes on from now."
+    );
+    Ok((link, start, stats))
+}
+
 /// True for a first link with a receipt-time filter (Graph caps those rounds).
 fn is_filtered(link: &str) -> bool {
     link.contains("%24filter=") || link.contains("$filter=")
@@ -150,6 +218,23 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 seen.clear();
                 // Keeps the window: a crash or another 410 resyncs from the same point.
                 ctx.store.save_delta_link(mailbox, folder, &link).await?;
+                continue;
+            }
+            // A page Graph keeps answering unreadably: read the folder message by message.
+            Err(CallError::Graph(e)) if e.kind == GraphErrorKind::Malformed => {
+                drop(_page);
+                tracing::warn!(
+                    mailbox = %mailbox, folder, request_id = e.request_id.as_deref().unwrap_or(""),
+                    client_request_id = %e.client_request_id, error = %e.message,
+                    "A delta page cannot be read; reading the folder message by message instead."
+                );
+                let (fresh_link, from, salvaged) = salvage(ctx, folder).await?;
+                stats.add(salvaged);
+                link = fresh_link;
+                filtered = true;
+                window_from = Some(from);
+                newest_seen = None;
+                seen.clear();
                 continue;
             }
             other => other?,

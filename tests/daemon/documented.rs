@@ -239,3 +239,45 @@ async fn a_filtered_delta_that_reaches_the_cap_is_split_and_skips_nothing() {
     assert_eq!(events.len(), 8, "no duplicates either");
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_that_breaks_every_page_is_quarantined_and_the_others_delivered() {
+    let env = Env::new().await;
+    let mailbox = "truncated@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let mut bad_id = String::new();
+    for (n, malformed) in [(0, false), (1, false), (2, true), (3, false), (4, false)] {
+        let mut m = message(&mailbox, &format!("message {n}"));
+        if malformed {
+            m["malformed"] = json!("truncated");
+        }
+        let created = env
+            .control(&format!("/_emulator/mailboxes/{mailbox}/messages"), m)
+            .await;
+        if malformed {
+            bad_id = created["immutable_id"].as_str().unwrap().to_string();
+        }
+    }
+    let daemon = env
+        .start(&with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s")))
+        .await;
+    let events = env.wait_for_events(4, Duration::from_secs(60)).await;
+    let subjects: HashSet<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        HashSet::from(["message 0", "message 1", "message 3", "message 4"]),
+        "every readable message arrives"
+    );
+    let entries = quarantine(&daemon).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["graph_id"], bad_id.as_str(), "quarantined with its id");
+    assert!(
+        entries[0]["reason"].as_str().unwrap().contains("unreadable"),
+        "{entries:?}"
+    );
+    // Mail goes on flowing after the detour.
+    env.deliver(&mailbox, "after").await;
+    let events = env.wait_for_events(5, Duration::from_secs(30)).await;
+    assert_eq!(events.len(), 5, "{events:?}");
+    daemon.stop().await;
+}

@@ -56,7 +56,7 @@ fn sync_state_not_found(generation: u64, highest: u64, location: String) -> Grap
 }
 
 /// `$filter=receivedDateTime ge|gt <time>`: the only filter delta takes for messages.
-fn received_filter(filter: &str) -> Result<(OffsetDateTime, bool), GraphError> {
+pub(crate) fn received_filter(filter: &str) -> Result<(OffsetDateTime, bool), GraphError> {
     let parts: Vec<&str> = filter.split_whitespace().collect();
     match parts.as_slice() {
         [prop, op, value]
