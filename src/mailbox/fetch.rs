@@ -155,11 +155,10 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String
         for (j, a) in list.iter_mut().enumerate() {
             match contents.remove(&format!("c{i}_{j}")) {
                 Some(Ok(full)) => *a = full,
-                Some(Err(e)) => {
-                    if messages[i].is_ok() {
-                        messages[i] = Err(format!("an attachment could not be read: {e}"));
-                    }
+                Some(Err(e)) if messages[i].is_ok() => {
+                    messages[i] = Err(format!("an attachment could not be read: {e}"));
                 }
+                Some(Err(_)) => {}
                 None => {}
             }
         }
