@@ -5,6 +5,8 @@ mod cli;
 mod crash;
 mod delegated;
 mod image;
+mod lock;
+mod monitoring;
 mod outbound;
 mod pipeline;
 mod reload;
