@@ -24,6 +24,8 @@ from pathlib import Path
 import yaml
 
 DEPLOY = Path("deploy")
+# Every alert's runbook_url is this file plus the anchor of a heading named like the alert.
+RUNBOOK = "docs/operations.md"
 problems: list[str] = []
 
 
@@ -67,6 +69,22 @@ def balanced(expr: str) -> str | None:
     return None
 
 
+def anchors(path: Path) -> set[str]:
+    """The GitHub-style anchors of a Markdown file's headings (lower case, spaces to '-')."""
+    if not path.exists():
+        problem(str(path), "is missing")
+        return set()
+    found = set()
+    fenced = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"#+\s+(.*)", line)):
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            found.add(text.replace(" ", "-"))
+    return found
+
+
 def check_kustomizations() -> None:
     for kfile in sorted(DEPLOY.rglob("kustomization.yaml")):
         k = load_one(kfile)
@@ -95,6 +113,7 @@ def check_rules(work: Path) -> None:
     if not isinstance(groups, list) or not groups:
         problem(str(path), "spec.groups must be a non-empty list")
         return
+    runbook_anchors = anchors(Path(RUNBOOK))
     names: set[str] = set()
     for g, group in enumerate(groups):
         where = f"{path} spec.groups[{g}]"
@@ -129,8 +148,10 @@ def check_rules(work: Path) -> None:
                 if not ann.get(key):
                     problem(at, f"annotations.{key} is missing")
             anchor = (alert or "").lower()
-            if ann.get("runbook_url") and not re.fullmatch(rf"https://\S+README\.md#{anchor}", ann["runbook_url"]):
-                problem(at, f"runbook_url must point at README.md#{anchor}")
+            if ann.get("runbook_url") and ann["runbook_url"] != f"{RUNBOOK}#{anchor}":
+                problem(at, f"runbook_url must be {RUNBOOK}#{anchor}")
+            elif anchor not in runbook_anchors:
+                problem(at, f"{RUNBOOK} has no heading '{alert}'")
     (work / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     tested = [
         {**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]} for g in groups

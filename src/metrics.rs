@@ -139,6 +139,10 @@ impl Metrics {
         for task in ["mailbox", "sender"] {
             let _ = m.task_panics.get_or_create(&vec![("task", task.to_string())]);
         }
+        // From 0, so that the first refused reload is an increase an alert can see.
+        for outcome in ["applied", "invalid"] {
+            let _ = m.config_reloads.get_or_create(&vec![("outcome", outcome.to_string())]);
+        }
         for status in ["sent", "failed"] {
             let _ = m.outbound.get_or_create(&vec![("status", status.to_string())]);
         }
