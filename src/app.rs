@@ -50,18 +50,30 @@ pub struct App {
 
 /// The HTTP client for Microsoft: rustls, the extra root of `microsoft.ca_file` if any.
 pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    Ok(http_client_builder(config.microsoft.request_timeout, config.microsoft.ca_file.as_deref())?.build()?)
+}
+
+/// The client's settings: timeouts, extra root, and no redirects.
+pub fn http_client_builder(
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("inboxd/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
-        .timeout(config.microsoft.request_timeout)
-        .pool_idle_timeout(Duration::from_secs(60));
-    if let Some(path) = &config.microsoft.ca_file {
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        // Never follow a redirect: a webhook answering 302 to a login page would turn the
+        // POST into a body-less GET whose 200 looks like an acknowledgement; Graph and the
+        // token endpoint do not redirect API calls either.
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = ca_file {
         let pem = std::fs::read(path).with_context(|| format!("microsoft.ca_file: cannot read {}", path.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem)
             .with_context(|| format!("microsoft.ca_file: {} is not a PEM certificate", path.display()))?;
         builder = builder.add_root_certificate(cert);
     }
-    Ok(builder.build()?)
+    Ok(builder)
 }
 
 impl App {
@@ -71,7 +83,7 @@ impl App {
         let http = http_client(&config)?;
         let store = store::open(&config.store.url).await.context("opening the store")?;
         let sink = Arc::new(
-            Sink::open(&config.sink, http.clone())
+            Sink::open(&config.sink, http.clone(), &metrics)
                 .await
                 .context("opening the sink")?,
         );
@@ -316,7 +328,8 @@ async fn watch_refresh_inactivity(store: Arc<dyn Store>, mailboxes: Vec<MailboxA
     }
 }
 
-/// Keeps the delivered-keys table bounded: keys older than the resync window plus a day go.
+/// Keeps the delivered-keys table bounded: keys older than the retention go, unless a resync
+/// of their mailbox could still reach them.
 async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -324,8 +337,8 @@ async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
             _ = tick.tick() => {}
             _ = cancel.cancelled() => return,
         }
-        let before = time::OffsetDateTime::now_utc() - mailbox::RESYNC_WINDOW - time::Duration::days(1);
-        match store.prune_delivered(before).await {
+        let before = time::OffsetDateTime::now_utc() - mailbox::KEY_RETENTION;
+        match store.prune_delivered(before, mailbox::RESYNC_MARGIN).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "Pruned old delivered keys."),
             Err(e) => tracing::warn!(error = %e, "Pruning delivered keys failed; will retry in an hour."),

@@ -1,6 +1,7 @@
 //! Types that carry meaning across the daemon: mailbox addresses, app names, Graph ids.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,20 @@ impl fmt::Display for AppName {
     }
 }
 
+/// Longest wait inboxd takes from a value on the wire (`Retry-After`, `expires_in`): a
+/// longer one is capped here, so a hostile or broken answer cannot park a task for ever.
+pub const MAX_WIRE_WAIT: Duration = Duration::from_secs(3600);
+
+/// Seconds read from the wire as a duration: `None` for NaN, infinity or a negative value,
+/// capped at `max`. The one place untrusted numbers become durations (`from_secs_f64` panics
+/// on NaN and overflow).
+pub fn bounded_secs(secs: f64, max: Duration) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
+}
+
 /// An immutable Graph message id (`Prefer: IdType="ImmutableId"`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GraphId(pub String);
@@ -71,7 +86,7 @@ impl fmt::Display for GraphId {
     }
 }
 
-/// A mailbox's state (DESIGN §7), as `/v1/mailboxes` and `inboxd_mailboxes{state}` show it.
+/// A mailbox's state, as `/v1/mailboxes` and `inboxd_mailboxes{state}` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MailboxState {

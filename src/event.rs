@@ -1,4 +1,5 @@
-//! The event delivered to routing: `inboxd.message.v1` (DESIGN §6).
+//! The events delivered to routing: `inboxd.message.v1` for each email, plus
+//! `inboxd.outbound.v1` and `inboxd.mailbox_state.v1`. Their field names are a public contract.
 
 use serde::{Deserialize, Serialize};
 

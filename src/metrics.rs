@@ -1,4 +1,4 @@
-//! Every metric name in one place (DESIGN §8): `inboxd_` prefix, `_total` counters, base units.
+//! Every metric name in one place: `inboxd_` prefix, `_total` counters, base units.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

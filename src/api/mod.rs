@@ -17,6 +17,7 @@ use serde_json::json;
 
 mod consent;
 mod outbound;
+mod replay;
 
 use crate::domain::MailboxAddress;
 use crate::mailbox::StatusBoard;
@@ -94,6 +95,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/mailboxes", get(mailboxes))
         .route("/v1/mailboxes/{address}", get(mailbox))
         .route("/v1/quarantine", get(quarantine))
+        .route("/v1/quarantine/{id}/replay", axum::routing::post(replay::one))
+        .route(
+            "/v1/mailboxes/{address}/quarantine/replay",
+            axum::routing::post(replay::mailbox),
+        )
         .route(
             "/v1/mailboxes/{address}/messages/{graph_id}/reply",
             axum::routing::post(outbound::reply),
@@ -181,7 +187,7 @@ async fn quarantine(State(s): State<ApiState>, Query(q): Query<HashMap<String, S
                 .iter()
                 .map(|e| {
                     json!({
-                        "mailbox": e.mailbox.as_str(), "folder": e.folder, "graph_id": e.graph_id, "reason": e.reason,
+                        "id": e.id, "mailbox": e.mailbox.as_str(), "folder": e.folder, "graph_id": e.graph_id, "reason": e.reason,
                         "at": e.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
                     })
                 })

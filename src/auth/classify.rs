@@ -1,4 +1,4 @@
-//! One table: what a token-endpoint error means for a mailbox (DESIGN §1, §2; wire facts §1.3–§1.5).
+//! One table: what a token-endpoint error means for a mailbox, so a dead grant flags it and a hiccup never does.
 //! Driven by the `error`, `suberror` and AADSTS code, never by counting failures.
 
 use crate::domain::MailboxState;

@@ -17,6 +17,8 @@ use crate::metrics::Metrics;
 
 /// Refresh this long before expiry at the latest (MSAL's rule), or half the lifetime for short tokens.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// Longest token lifetime believed (Entra issues 60–90 minutes; 24 h is far beyond any).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A bearer token and when to refresh it.
 pub struct AccessToken {
@@ -211,7 +213,8 @@ impl TokenEndpoint {
             && let (Some(token), Some(expires_in)) = (body.access_token, seconds(&body.expires_in))
         {
             self.metrics.token_request(&self.name.0, "success");
-            let lifetime = Duration::from_secs(expires_in);
+            // Capped: a huge `expires_in` must not overflow the clock or keep a token for ever.
+            let lifetime = Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME);
             let mut refresh_after = lifetime - REFRESH_MARGIN.min(lifetime / 2);
             if let Some(refresh_in) = seconds(&body.refresh_in) {
                 refresh_after = refresh_after.min(Duration::from_secs(refresh_in));

@@ -47,7 +47,19 @@ impl TokenCache {
         {
             return Ok(t);
         }
-        let mut pacing = self.refresh.lock().await;
+        let mut pacing = match self.refresh.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // A refresh is in flight: a token still valid now serves this caller at once
+                // instead of waiting (up to the request timeout) for the new one.
+                if let Some(t) = self.current.load_full()
+                    && Instant::now() < t.expires_at
+                {
+                    return Ok(t);
+                }
+                self.refresh.lock().await
+            }
+        };
         let cached = self.current.load_full();
         let now = Instant::now();
         if let Some(t) = &cached {

@@ -1,4 +1,4 @@
-//! `inboxd bench <scenario>`: the benchmarks of issue 7. The emulator and the daemon run as
+//! `inboxd bench <scenario>`: the performance benchmarks. The emulator and the daemon run as
 //! separate processes of this binary, so the daemon's CPU and memory are measured alone;
 //! one JSON report goes to stdout (and to `--out`).
 

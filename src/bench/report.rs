@@ -1,5 +1,5 @@
 //! Turns what a run observed into the JSON report: request counts as Graph counts them,
-//! lag percentiles, CPU and memory per message, the budget of issue 7 next to each figure.
+//! lag percentiles, CPU and memory per message, the budget it is held to next to each figure.
 
 use std::collections::HashMap;
 

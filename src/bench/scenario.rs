@@ -1,4 +1,4 @@
-//! The scenarios of issue 7 and their smoke versions: what is seeded, how the daemon is
+//! The benchmark scenarios and their smoke versions: what is seeded, how the daemon is
 //! configured, how long it runs, and the budget each figure is held to.
 
 use serde_json::{Value, json};

@@ -31,7 +31,7 @@ pub(super) fn settings(table: &mut Table<'_>, inherited: Option<&Settings>, erro
             inherited.map(|s| &s.poll_interval),
             str_node("30s"),
             errors,
-            |f, e| values::duration(f, e, false),
+            |f, e| values::duration(f, e, false, Duration::from_secs(24 * 3600)),
         ),
         folders: match (table.get("folders"), inherited) {
             (Some(field), _) => values::folders(&field, errors),

@@ -2,6 +2,7 @@
 //! `[sink]`, `[[apps]]`, then `[defaults]` and `[[mailboxes]]` (in `mailboxes.rs`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::mailboxes;
 use super::reader::{Errors, Table};
@@ -64,7 +65,12 @@ fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Optio
             tokens.into_iter().collect()
         }
     };
-    let shutdown_grace = duration(&t.get_or("shutdown_grace", "20s"), errors, true);
+    let shutdown_grace = duration(
+        &t.get_or("shutdown_grace", "20s"),
+        errors,
+        true,
+        Duration::from_secs(600),
+    );
     let log_level_field = t.get_or("log_level", "info");
     let log_level = log_level_field.non_empty(errors).and_then(|level| {
         if tracing_subscriber::EnvFilter::try_new(&level).is_ok() {
@@ -124,7 +130,12 @@ fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
         None => Some(None),
         Some(field) => field.non_empty(errors).map(|p| Some(PathBuf::from(p))),
     };
-    let request_timeout = duration(&t.get_or("request_timeout", "60s"), errors, false);
+    let request_timeout = duration(
+        &t.get_or("request_timeout", "60s"),
+        errors,
+        false,
+        Duration::from_secs(600),
+    );
     t.finish(errors);
     Some(MicrosoftConfig {
         authority_host: authority_host?,
@@ -165,7 +176,7 @@ fn sink(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<
             let signing_secret = t
                 .require("signing_secret", errors, why)
                 .and_then(|f| secrets.resolve(&f, errors));
-            let timeout = duration(&t.get_or("timeout", "10s"), errors, false);
+            let timeout = duration(&t.get_or("timeout", "10s"), errors, false, Duration::from_secs(600));
             for key in ["path", "max_bytes"] {
                 t.refuse(key, errors, FILE_ONLY);
             }

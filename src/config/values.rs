@@ -11,12 +11,20 @@ use url::{Host, Url};
 use super::reader::{Errors, Field};
 use super::{Access, AfterIngest, StartAt};
 
-/// A human duration: `"30s"`, `"5m"`, `"1h30m"`. Zero is refused unless `allow_zero`.
-pub(super) fn duration(field: &Field<'_>, errors: &mut Errors, allow_zero: bool) -> Option<Duration> {
+/// A human duration: `"30s"`, `"5m"`, `"1h30m"`. Zero is refused unless `allow_zero`; a value
+/// over `max` is refused too (inboxd could not honour it, and timer arithmetic must not overflow).
+pub(super) fn duration(field: &Field<'_>, errors: &mut Errors, allow_zero: bool, max: Duration) -> Option<Duration> {
     let text = field.text(errors, "a duration such as \"30s\"")?.trim();
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() && !allow_zero => {
             field.fail(errors, "must be longer than 0s");
+            None
+        }
+        Ok(d) if d > max => {
+            field.fail(
+                errors,
+                format!("'{text}' is too long; at most {}", humantime::format_duration(max)),
+            );
             None
         }
         Ok(d) => Some(d),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use poll::{PollError, RESYNC_WINDOW, RoundStats};
+pub use poll::{KEY_RETENTION, PollError, RESYNC_MARGIN, RESYNC_WINDOW, RoundStats};
 pub use status::{MailboxView, StatusBoard};
 
 use crate::auth::{TokenSource, Verdict};
@@ -136,7 +136,8 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
     let mailbox = ctx.config.address.clone();
     let interval = ctx.config.poll_interval;
     // Flagged mailboxes are re-probed slowly and resume by themselves when the cause is gone.
-    let reprobe_base = (interval * 4).clamp(interval, Duration::from_secs(300));
+    // Never `clamp` here: with an interval over 5 minutes its min would exceed its max.
+    let reprobe_base = interval.max((interval.saturating_mul(4)).min(Duration::from_secs(300)));
     let mut reprobe = reprobe_base;
     let mut backoff = interval;
     loop {

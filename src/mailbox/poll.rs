@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::MailboxCtx;
 use super::convert::{self, DELTA_SELECT};
 use crate::config::{AfterIngest, StartAt};
+use crate::domain::{MAX_WIRE_WAIT, bounded_secs};
 use crate::graph::{Call, CallError, GraphErrorKind, segment};
 use crate::sink::SinkError;
 use crate::store::{QuarantineEntry, StoreError};
@@ -27,6 +28,10 @@ const START_MARGIN: time::Duration = time::Duration::minutes(2);
 /// After an expired delta token, the fresh round looks back this far; delivered keys
 /// are kept at least as long, so nothing in the window is announced twice.
 pub const RESYNC_WINDOW: time::Duration = time::Duration::days(30);
+/// A resync reaches back to the last checkpoint less this.
+pub const RESYNC_MARGIN: time::Duration = time::Duration::days(1);
+/// Delivered keys are kept at least this long (longer while a resync could reach them).
+pub const KEY_RETENTION: time::Duration = time::Duration::days(31);
 
 /// Why a round stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +165,7 @@ async fn quarantine(ctx: &MailboxCtx, folder: &str, graph_id: &str, reason: &str
     tracing::warn!(mailbox = %ctx.config.address, folder, graph_id, reason, "Message quarantined; the mailbox goes on.");
     ctx.metrics.quarantined.inc();
     let entry = QuarantineEntry {
+        id: String::new(),
         mailbox: ctx.config.address.clone(),
         folder: folder.to_string(),
         graph_id: graph_id.to_string(),
@@ -330,7 +336,8 @@ async fn batch_get(ctx: &MailboxCtx, requests: Vec<(String, String)>) -> Result<
                                 .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
                                 .and_then(|(_, v)| v.as_str()?.trim().parse::<f64>().ok())
                         });
-                        wait = wait.max(Duration::from_secs_f64(ra.unwrap_or(1.0).clamp(0.0, 3600.0)));
+                        let part_wait = ra.and_then(|s| bounded_secs(s, MAX_WIRE_WAIT));
+                        wait = wait.max(part_wait.unwrap_or(Duration::from_secs(1)));
                         if let Some(p) = pending.iter().find(|(pid, _)| *pid == id) {
                             retry.push(p.clone());
                         }

@@ -9,50 +9,72 @@ pub use webhook::WebhookSink;
 
 use crate::config::SinkConfig;
 use crate::event::SinkEvent;
+use crate::metrics::Metrics;
 
 /// Why an event was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
-    /// Try again later (I/O error, timeout, 5xx, 408, 429): the message stays pending.
+    /// Try again later (I/O error, timeout, a redirect, 401/403/404, 408, 429, 5xx): the
+    /// message stays pending and the mailbox waits; nothing is quarantined for it.
     #[error("sink unavailable: {0}")]
     Unavailable(String),
-    /// The receiver refused this event for good (4xx other than 408/429): quarantine it.
+    /// The receiver said this very event is bad (400, 413, 422): quarantine it.
     #[error("sink rejected the event: {0}")]
     Rejected(String),
 }
 
-/// The configured sink.
-pub enum Sink {
+/// Where events go.
+enum Kind {
     /// NDJSON file.
     File(FileSink),
     /// HTTP receiver.
     Webhook(WebhookSink),
 }
 
+/// The configured sink, and whether it is answering.
+pub struct Sink {
+    /// The file or the receiver.
+    kind: Kind,
+    /// `inboxd_sink_unavailable{sink}`: 1 while the last delivery found the sink unavailable.
+    unavailable: prometheus_client::metrics::gauge::Gauge,
+}
+
 impl Sink {
     /// Opens the sink a config names (creates the file's directory).
-    pub async fn open(config: &SinkConfig, http: reqwest::Client) -> Result<Sink, SinkError> {
-        match config {
-            SinkConfig::File { path, max_bytes } => Ok(Sink::File(FileSink::open(path.clone(), *max_bytes).await?)),
+    pub async fn open(config: &SinkConfig, http: reqwest::Client, metrics: &Metrics) -> Result<Sink, SinkError> {
+        let (label, kind) = match config {
+            SinkConfig::File { path, max_bytes } => {
+                ("file", Kind::File(FileSink::open(path.clone(), *max_bytes).await?))
+            }
             SinkConfig::Webhook {
                 url,
                 signing_secret,
                 timeout,
-            } => Ok(Sink::Webhook(WebhookSink::new(
-                http,
-                url.clone(),
-                signing_secret.clone(),
-                *timeout,
-            ))),
-        }
+            } => (
+                "webhook",
+                Kind::Webhook(WebhookSink::new(http, url.clone(), signing_secret.clone(), *timeout)),
+            ),
+        };
+        let unavailable = metrics
+            .sink_unavailable
+            .get_or_create(&vec![("sink", label.to_string())])
+            .clone();
+        unavailable.set(0);
+        Ok(Sink { kind, unavailable })
     }
 
     /// Delivers events; one outcome per event, in order. `Ok` means durably acknowledged
     /// (the file sink has fsynced; the webhook answered 2xx).
     pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
-        match self {
-            Sink::File(f) => f.deliver(events).await,
-            Sink::Webhook(w) => w.deliver(events).await,
+        let outcomes = match &self.kind {
+            Kind::File(f) => f.deliver(events).await,
+            Kind::Webhook(w) => w.deliver(events).await,
+        };
+        if outcomes.iter().any(|o| matches!(o, Err(SinkError::Unavailable(_)))) {
+            self.unavailable.set(1);
+        } else if !outcomes.is_empty() {
+            self.unavailable.set(0);
         }
+        outcomes
     }
 }

@@ -7,7 +7,7 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -25,8 +25,9 @@ pub const DEDUP_KEY_HEADER: &str = "X-Inboxd-Dedup-Key";
 
 /// Events of one batch in flight at once.
 const MAX_IN_FLIGHT: usize = 8;
-/// Attempts per event before giving up as `Unavailable` (the mailbox retries the batch later).
-const MAX_ATTEMPTS: usize = 5;
+/// Attempts per event before giving up as `Unavailable`: few, because the mailbox then backs
+/// off without holding any shared permit and delivers the page again later.
+const MAX_ATTEMPTS: usize = 3;
 /// A receiver asking to wait longer than this is treated as unavailable for now, rather
 /// than holding the mailbox's batch hostage.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -51,9 +52,11 @@ const MAX_REASON_BODY: usize = 300;
 /// than 5 minutes away from its own clock, so a captured request cannot be replayed later.
 /// Deliveries are at least once: deduplicate on `dedup_key`.
 ///
-/// Answers: any 2xx acknowledges. 408, 429, 5xx, timeouts and connection errors are retried
-/// with exponential backoff and jitter (`Retry-After` honoured, in seconds or as an HTTP
-/// date), then reported `Unavailable`. Any other status is a permanent `Rejected`.
+/// Answers: any 2xx acknowledges. 400, 413 and 422 reject this event (it is quarantined with
+/// the receiver's answer). Anything else (redirects, which are never followed, 401, 403, 404,
+/// 408, 429, 5xx, timeouts and connection errors) is retried a few times with exponential
+/// backoff and jitter (`Retry-After` honoured, in seconds or as an HTTP date), then reported
+/// `Unavailable`: the mailbox waits and delivers again later.
 pub struct WebhookSink {
     /// Shared HTTP client (connection pool, TLS roots).
     http: reqwest::Client,
@@ -117,7 +120,8 @@ impl WebhookSink {
     /// POSTs every event, at most [`MAX_IN_FLIGHT`] at once; one outcome per event, in order.
     pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
         // The futures are collected first so no closure is part of the stream's type: with
-        // one, rustc cannot prove the future `Send` for `tokio::spawn` (rust-lang/rust#102211).
+        // one, rustc cannot prove the future `Send` for `tokio::spawn`
+        // (https://github.com/rust-lang/rust/issues/102211).
         let attempts: Vec<_> = events.iter().map(|event| self.deliver_one(event)).collect();
         futures_util::stream::iter(attempts)
             .buffered(MAX_IN_FLIGHT)
@@ -194,13 +198,37 @@ impl WebhookSink {
                 retry_after: None,
             })?;
         let status = response.status();
+        if response.url() != &self.url {
+            // A client that follows redirects turned the POST into a GET somewhere else: what
+            // answered is not the receiver, whatever its status.
+            return Err(Failure::Transient {
+                reason: format!(
+                    "webhook redirected to {} (redirects are never followed)",
+                    strip_query(response.url())
+                ),
+                retry_after: None,
+            });
+        }
         if status.is_success() {
             return Ok(());
         }
         let retry_after = retry_after(response.headers());
         let answer = format!("webhook answered {status}");
-        if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || !status.is_client_error()
-        {
+        if status.is_redirection() {
+            // Where it points says what is wrong (an auth proxy, a moved route); the query is
+            // left out, it may carry tokens.
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| l.split('?').next().unwrap_or_default().to_string())
+                .unwrap_or_else(|| "nowhere".into());
+            return Err(Failure::Transient {
+                reason: format!("{answer}, a redirect to {location} (redirects are never followed)"),
+                retry_after,
+            });
+        }
+        if !rejects_event(status) {
             return Err(Failure::Transient {
                 reason: answer,
                 retry_after,
@@ -213,6 +241,16 @@ impl WebhookSink {
             format!("{answer}: {excerpt}")
         }))
     }
+}
+
+/// Statuses that say this event is bad, not the receiver unavailable: 400, 413, 422. A 401,
+/// 403 or 404 is a rotated secret, a WAF or a moved route, fixed on the receiver's side, after
+/// which the same event is welcome: retried, never quarantined.
+fn rejects_event(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
+    )
 }
 
 /// How long to wait before the next attempt: the receiver's `Retry-After` when it gave
@@ -231,6 +269,13 @@ fn pause(failure: &Failure, backoff: Option<Duration>) -> Option<Duration> {
         } => Some(*wait),
         _ => Some(backoff),
     }
+}
+
+/// A URL without its query (which may carry tokens), for log lines and reasons.
+fn strip_query(url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.to_string()
 }
 
 /// `v1=` + lowercase hex HMAC-SHA256 over `<timestamp>.<body>`.
@@ -252,7 +297,7 @@ fn sign(key: &hmac::Key, timestamp: u64, body: &[u8]) -> String {
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).ok();
+        return crate::domain::bounded_secs(secs, crate::domain::MAX_WIRE_WAIT);
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())

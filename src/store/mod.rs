@@ -45,9 +45,31 @@ pub struct MailboxStatus {
     pub last_success_at: Option<OffsetDateTime>,
 }
 
+/// What a folder's resync after an expired delta token may reach back to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeltaWindow {
+    /// Where the folder began (`start_at`); `None`: all mail.
+    pub start_from: Option<OffsetDateTime>,
+    /// When the last completed round began; `None`: no round completed yet.
+    pub checkpoint: Option<OffsetDateTime>,
+}
+
+impl DeltaWindow {
+    /// The earliest receipt time a resync must cover: the later of where the folder began and
+    /// the last checkpoint less `margin`; `None` means all mail.
+    pub fn resync_from(&self, margin: time::Duration) -> Option<OffsetDateTime> {
+        match (self.start_from, self.checkpoint.map(|c| c - margin)) {
+            (Some(s), Some(c)) => Some(s.max(c)),
+            (s, c) => s.or(c),
+        }
+    }
+}
+
 /// A message that could not be turned into an event or was refused by the sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuarantineEntry {
+    /// Stable id for the replay API (assigned by the store; empty when quarantining).
+    pub id: String,
     /// Mailbox it came from.
     pub mailbox: MailboxAddress,
     /// Folder it came from.
@@ -204,6 +226,25 @@ pub trait Store: Send + Sync + 'static {
     async fn save_delta_link(&self, mailbox: &MailboxAddress, folder: &str, link: &str) -> Result<(), StoreError>;
     /// Forgets the delta link (the token expired: the next round starts fresh).
     async fn clear_delta_link(&self, mailbox: &MailboxAddress, folder: &str) -> Result<(), StoreError>;
+    /// Stores the first link of a folder that starts from scratch, and where it starts
+    /// (`None`: all mail); forgets any earlier checkpoint.
+    async fn begin_delta(
+        &self,
+        mailbox: &MailboxAddress,
+        folder: &str,
+        link: &str,
+        start_from: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError>;
+    /// Stores the delta link of a completed round and when that round began.
+    async fn save_checkpoint(
+        &self,
+        mailbox: &MailboxAddress,
+        folder: &str,
+        link: &str,
+        round_began: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Where a folder started and its last checkpoint: what a resync may reach back to.
+    async fn delta_window(&self, mailbox: &MailboxAddress, folder: &str) -> Result<DeltaWindow, StoreError>;
 
     /// Which of these dedup keys were already delivered for the mailbox.
     async fn delivered(&self, mailbox: &MailboxAddress, dedup_keys: &[String]) -> Result<HashSet<String>, StoreError>;
@@ -216,8 +257,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// How many messages of the mailbox were ever acknowledged.
     async fn delivered_total(&self, mailbox: &MailboxAddress) -> Result<u64, StoreError>;
-    /// Drops delivered keys older than `before` (bounded retention); returns how many.
-    async fn prune_delivered(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Drops delivered keys older than `before` (bounded retention), except those a resync
+    /// could reach (its window less `margin`); returns how many.
+    async fn prune_delivered(&self, before: OffsetDateTime, margin: time::Duration) -> Result<u64, StoreError>;
 
     /// Persists a mailbox's status.
     async fn save_status(&self, mailbox: &MailboxAddress, status: &MailboxStatus) -> Result<(), StoreError>;
@@ -255,6 +297,14 @@ pub trait Store: Send + Sync + 'static {
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError>;
     /// Quarantined messages, newest first, optionally of one mailbox.
     async fn quarantined(&self, mailbox: Option<&MailboxAddress>) -> Result<Vec<QuarantineEntry>, StoreError>;
+    /// Asks for one quarantined message to be delivered again; `None` when no such entry.
+    async fn request_replay(&self, id: &str) -> Result<Option<QuarantineEntry>, StoreError>;
+    /// Asks for every quarantined message of a mailbox to be delivered again; returns how many.
+    async fn request_replays(&self, mailbox: &MailboxAddress) -> Result<u64, StoreError>;
+    /// The mailbox's entries whose replay was asked for, oldest first.
+    async fn replays_due(&self, mailbox: &MailboxAddress) -> Result<Vec<QuarantineEntry>, StoreError>;
+    /// Drops an entry once its message was delivered.
+    async fn release_quarantined(&self, mailbox: &MailboxAddress, graph_id: &str) -> Result<(), StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://path`, created if missing, migrated).

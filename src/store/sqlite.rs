@@ -19,7 +19,9 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
-use super::{ConsentState, DelegatedToken, MailboxStatus, OutboundRecord, QuarantineEntry, Store, StoreError};
+use super::{
+    ConsentState, DelegatedToken, DeltaWindow, MailboxStatus, OutboundRecord, QuarantineEntry, Store, StoreError,
+};
 use crate::domain::{MailboxAddress, MailboxState};
 
 /// The schema, in version order. Embedded by hand rather than with `sqlx::migrate!()`, which
@@ -29,6 +31,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "store", include_str!("../../migrations/0001_store.sql")),
     (2, "outbox", include_str!("../../migrations/0002_outbox.sql")),
     (3, "delegated", include_str!("../../migrations/0003_delegated.sql")),
+    (
+        4,
+        "quarantine_replay",
+        include_str!("../../migrations/0004_quarantine_replay.sql"),
+    ),
+    (
+        5,
+        "resync_window",
+        include_str!("../../migrations/0005_resync_window.sql"),
+    ),
 ];
 
 /// Connections of a file-backed pool: SQLite has one writer at a time, a few readers suffice.
@@ -198,6 +210,12 @@ fn unix_millis(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// The inverse of [`unix_millis`].
+fn from_unix_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| StoreError::Database(format!("bad stored time {ms}: {e}")))
+}
+
 /// Encodes keys as one JSON array bound to a single parameter and expanded with `json_each`,
 /// so a slice of any length fits SQLite's limit on bound variables.
 fn json_keys(operation: &'static str, keys: &[String]) -> Result<String, StoreError> {
@@ -237,6 +255,73 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err(OP))?;
         Ok(())
+    }
+
+    async fn begin_delta(
+        &self,
+        mailbox: &MailboxAddress,
+        folder: &str,
+        link: &str,
+        start_from: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "save first delta link";
+        sqlx::query(
+            "INSERT INTO delta_links (mailbox, folder, link, updated_at, start_from_ms, checkpoint_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+             ON CONFLICT (mailbox, folder) DO UPDATE SET link = excluded.link, updated_at = excluded.updated_at,
+                 start_from_ms = excluded.start_from_ms, checkpoint_ms = NULL",
+        )
+        .bind(mailbox.as_str())
+        .bind(folder)
+        .bind(link)
+        .bind(to_stored(OP, OffsetDateTime::now_utc())?)
+        .bind(start_from.map(unix_millis))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        Ok(())
+    }
+
+    async fn save_checkpoint(
+        &self,
+        mailbox: &MailboxAddress,
+        folder: &str,
+        link: &str,
+        round_began: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "save delta checkpoint";
+        sqlx::query(
+            "INSERT INTO delta_links (mailbox, folder, link, updated_at, start_from_ms, checkpoint_ms)
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+             ON CONFLICT (mailbox, folder) DO UPDATE SET link = excluded.link, updated_at = excluded.updated_at,
+                 checkpoint_ms = excluded.checkpoint_ms",
+        )
+        .bind(mailbox.as_str())
+        .bind(folder)
+        .bind(link)
+        .bind(to_stored(OP, OffsetDateTime::now_utc())?)
+        .bind(unix_millis(round_began))
+        .execute(&self.checkpoints)
+        .await
+        .map_err(db_err(OP))?;
+        Ok(())
+    }
+
+    async fn delta_window(&self, mailbox: &MailboxAddress, folder: &str) -> Result<DeltaWindow, StoreError> {
+        const OP: &str = "read delta window";
+        let row = sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
+            "SELECT start_from_ms, checkpoint_ms FROM delta_links WHERE mailbox = ?1 AND folder = ?2",
+        )
+        .bind(mailbox.as_str())
+        .bind(folder)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        let (start, checkpoint) = row.unwrap_or_default();
+        Ok(DeltaWindow {
+            start_from: start.map(from_unix_millis).transpose()?,
+            checkpoint: checkpoint.map(from_unix_millis).transpose()?,
+        })
     }
 
     async fn clear_delta_link(&self, mailbox: &MailboxAddress, folder: &str) -> Result<(), StoreError> {
@@ -317,17 +402,28 @@ impl Store for SqliteStore {
         u64::try_from(total).map_err(|e| StoreError::Database(format!("{OP}: {e}")))
     }
 
-    async fn prune_delivered(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn prune_delivered(&self, before: OffsetDateTime, margin: time::Duration) -> Result<u64, StoreError> {
         const OP: &str = "prune delivered keys";
         let before = unix_millis(before);
+        let margin = i64::try_from(margin.whole_milliseconds()).unwrap_or(i64::MAX);
         let mut pruned = 0;
         loop {
+            // A key stays while any folder of its mailbox could resync back to it (see
+            // `delta_window`): a message in that window must not be announced again.
             let deleted = sqlx::query(
                 "DELETE FROM delivered_keys WHERE rowid IN
-                 (SELECT rowid FROM delivered_keys WHERE delivered_at < ?1 LIMIT ?2)",
+                 (SELECT k.rowid FROM delivered_keys k WHERE k.delivered_at < ?1 AND NOT EXISTS
+                    (SELECT 1 FROM delta_links d WHERE d.mailbox = k.mailbox
+                       -- The folder's resync lower bound; NULL (no start, no checkpoint) is all mail.
+                       AND COALESCE(CASE WHEN d.start_from_ms IS NULL THEN d.checkpoint_ms - ?3
+                                         WHEN d.checkpoint_ms IS NULL THEN d.start_from_ms
+                                         ELSE max(d.start_from_ms, d.checkpoint_ms - ?3) END,
+                                    k.delivered_at) <= k.delivered_at)
+                  LIMIT ?2)",
             )
             .bind(before)
             .bind(PRUNE_BATCH)
+            .bind(margin)
             .execute(&self.pool)
             .await
             .map_err(db_err(OP))?
@@ -453,48 +549,32 @@ impl Store for SqliteStore {
     }
 
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
-        const OP: &str = "quarantine message";
-        // The first quarantine of a message is the one kept: a replay must not move it in time.
-        sqlx::query(
-            "INSERT INTO quarantine (mailbox, graph_id, folder, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (mailbox, graph_id) DO NOTHING",
-        )
-        .bind(entry.mailbox.as_str())
-        .bind(&entry.graph_id)
-        .bind(&entry.folder)
-        .bind(&entry.reason)
-        .bind(to_stored(OP, entry.at)?)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err(OP))?;
-        Ok(())
+        quarantine::put(&self.pool, entry).await
     }
 
     async fn quarantined(&self, mailbox: Option<&MailboxAddress>) -> Result<Vec<QuarantineEntry>, StoreError> {
-        const OP: &str = "read quarantine";
-        let rows = sqlx::query_as::<_, (String, String, String, String, String)>(
-            "SELECT mailbox, folder, graph_id, reason, at FROM quarantine
-             WHERE ?1 IS NULL OR mailbox = ?1 ORDER BY at DESC, rowid DESC",
-        )
-        .bind(mailbox.map(MailboxAddress::as_str))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err(OP))?;
-        rows.into_iter()
-            .map(|(mailbox, folder, graph_id, reason, at)| {
-                Ok(QuarantineEntry {
-                    mailbox: to_address(OP, &mailbox)?,
-                    folder,
-                    graph_id,
-                    reason,
-                    at: from_stored(OP, &at)?,
-                })
-            })
-            .collect()
+        quarantine::list(&self.pool, mailbox, false).await
+    }
+
+    async fn request_replay(&self, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
+        quarantine::request_one(&self.pool, id).await
+    }
+
+    async fn request_replays(&self, mailbox: &MailboxAddress) -> Result<u64, StoreError> {
+        quarantine::request_all(&self.pool, mailbox).await
+    }
+
+    async fn replays_due(&self, mailbox: &MailboxAddress) -> Result<Vec<QuarantineEntry>, StoreError> {
+        quarantine::list(&self.pool, Some(mailbox), true).await
+    }
+
+    async fn release_quarantined(&self, mailbox: &MailboxAddress, graph_id: &str) -> Result<(), StoreError> {
+        quarantine::release(&self.pool, mailbox, graph_id).await
     }
 }
 
 mod delegated;
 mod outbox;
+mod quarantine;
 #[cfg(test)]
 mod tests;

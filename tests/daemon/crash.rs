@@ -1,6 +1,5 @@
 //! The real binary under `kill -9` and SIGTERM: nothing lost, duplicates only with the same
-//! `dedup_key`, and a graceful shutdown that leaves nothing to deliver twice (DESIGN §2,
-//! issue 3 "Tests that must exist", issue 6 item 4).
+//! `dedup_key`, and a graceful shutdown that leaves nothing to deliver twice.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

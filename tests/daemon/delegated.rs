@@ -1,4 +1,4 @@
-//! Delegated mailboxes and flags (issue 4, DESIGN §1, §2, §7): one case per class of the
+//! Delegated mailboxes and flags: one case per class of the
 //! classification table (state, reason, `aadsts`, API, metric, one state event, one WARN
 //! line), refresh-token rotation across `kill -9` and 92 emulated days, transient token
 //! failures that only back off, the consent flow without restart, an expired secret, the

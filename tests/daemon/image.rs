@@ -43,6 +43,11 @@ async fn runs_as_the_image_does_non_root_read_only_secrets_from_env() {
         .replace(
             "shutdown_grace = \"10s\"\n",
             &format!("shutdown_grace = \"10s\"\napi_tokens = [\"env:{API_TOKEN_ENV}\"]\n"),
+        )
+        // As deploy/configmap.yaml does: the expiry alert needs it.
+        .replace(
+            &format!("client_secret = \"env:{SECRET_ENV}\"\n"),
+            &format!("client_secret = \"env:{SECRET_ENV}\"\nsecret_expires_at = \"2099-01-01T00:00:00Z\"\n"),
         );
     assert!(config.contains(&layout.data.display().to_string()) && !config.contains(SECRET));
     let config_path = layout.seal(&config);

@@ -1,4 +1,4 @@
-//! Replies, forwards and new mail (issue 5, DESIGN §2 "No reply sent twice", §7): threading
+//! Replies, forwards and new mail through the API, never sent twice: threading
 //! and placement, recipients, one email per `Idempotency-Key`, attachments byte for byte,
 //! precise refusals that store nothing, `Retry-After` during a send, and exactly one email
 //! after `kill -9` of the real binary at each step of a send.
@@ -1040,7 +1040,7 @@ async fn sigkill_at_each_step_sends_once() {
 }
 
 /// Graph created the marked draft, the daemon died before recording it: the restart must
-/// find that draft by its marker (issue 5 point 4), not leave it behind in Drafts.
+/// find that draft by its marker, not leave it behind in Drafts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_after_draft_created_before_recorded_leaves_no_draft() {
     kill_at_each(&[Step::DraftCreatedUnrecorded]).await;
@@ -1111,8 +1111,8 @@ async fn wait_end(api: &Api, id: &str, limit: Duration) -> Value {
     }
 }
 
-/// Permanent refusals by Graph end in `failed` with the reason and a `failed` event (issue 5
-/// point 3), instead of being retried for ever: a reply to a message that does not exist,
+/// Permanent refusals by Graph end in `failed` with the reason and a `failed` event,
+/// instead of being retried for ever: a reply to a message that does not exist,
 /// and a `send` that Graph answers with 400 (it sent nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn permanent_failures_end_failed_with_the_reason() {

@@ -1,4 +1,4 @@
-//! Secrets stay secret (issue 6 item 5): the real binary at `RUST_LOG=trace` runs a full
+//! Secrets stay secret: the real binary at `RUST_LOG=trace` runs a full
 //! scenario (two app-only mailboxes, one with a client secret and one with a certificate, a
 //! delegated mailbox with an imported refresh token, a signed webhook sink, deliveries, replies,
 //! several token refreshes, a Graph 401, a token-endpoint 503, refused API requests) and no

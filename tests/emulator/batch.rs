@@ -1,4 +1,4 @@
-//! JSON batching (`POST /v1.0/$batch`, wire facts §3.5).
+//! JSON batching (`POST /v1.0/$batch`): up to 20 requests in one, each answered on its own.
 
 use crate::support::{CLIENT, Emu, TENANT};
 use reqwest::StatusCode;

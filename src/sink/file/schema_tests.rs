@@ -211,7 +211,7 @@ async fn the_validator_catches_missing_fields_and_wrong_types() {
     assert!(errors_of(&good).is_empty());
 
     let required = schema()["required"].as_array().unwrap().clone();
-    assert_eq!(required.len(), 18, "every field of DESIGN §6 is required");
+    assert_eq!(required.len(), 18, "every field of the v1 event is required");
     for field in required {
         let mut bad = good.clone();
         bad.as_object_mut().unwrap().remove(field.as_str().unwrap());

@@ -22,6 +22,8 @@ struct Reply {
     body: &'static str,
     /// Hold the answer this long (to trip the client's timeout).
     delay: Duration,
+    /// `Location` header (for redirects).
+    location: Option<&'static str>,
 }
 
 fn status(status: u16) -> Reply {
@@ -30,6 +32,7 @@ fn status(status: u16) -> Reply {
         retry_after: None,
         body: "",
         delay: Duration::ZERO,
+        location: None,
     }
 }
 
@@ -51,6 +54,8 @@ struct Receiver {
     gate: Option<watch::Receiver<bool>>,
     /// Requests held at the gate now, and the most ever held at once.
     in_flight: Mutex<(usize, usize)>,
+    /// Requests that reached the login page a redirect points to.
+    login_visits: std::sync::atomic::AtomicUsize,
 }
 
 impl Receiver {
@@ -103,7 +108,16 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: AxumHeaders, body: By
     if let Some(ra) = reply.retry_after {
         response.headers_mut().insert("retry-after", ra.parse().unwrap());
     }
+    if let Some(location) = reply.location {
+        response.headers_mut().insert("location", location.parse().unwrap());
+    }
     response
+}
+
+/// The login page an auth proxy redirects to: answers 200 to anything, counts its visitors.
+async fn login_page(State(rx): State<Arc<Receiver>>) -> &'static str {
+    rx.login_visits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    "<html>please sign in</html>"
 }
 
 async fn serve(rx: Receiver) -> (Arc<Receiver>, Url) {
@@ -112,6 +126,7 @@ async fn serve(rx: Receiver) -> (Arc<Receiver>, Url) {
     let url = Url::parse(&format!("http://{}/inbound", listener.local_addr().unwrap())).unwrap();
     let app = Router::new()
         .route("/inbound", axum::routing::post(receive))
+        .route("/login", axum::routing::any(login_page))
         .with_state(Arc::clone(&rx));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (rx, url)
@@ -380,4 +395,91 @@ async fn at_most_eight_requests_are_in_flight() {
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     assert_eq!(rx.in_flight().1, MAX_IN_FLIGHT);
     assert_eq!(rx.seen.lock().unwrap().len(), 2 * MAX_IN_FLIGHT);
+}
+
+#[tokio::test]
+async fn a_redirect_is_unavailable_whatever_the_client_does_with_it() {
+    let (rx, url) = serve(Receiver::default()).await;
+    let to_login = Reply {
+        location: Some("/login?next=/inbound"),
+        ..status(302)
+    };
+    rx.script(&key(0), vec![to_login.clone(), to_login.clone(), to_login]);
+
+    // reqwest's default client follows redirects (as a GET): the sink must still not take
+    // the login page's 200 for an acknowledgement.
+    let outcomes = sink(url, Duration::from_secs(5)).deliver(&[sample_event(0)]).await;
+
+    match &outcomes[0] {
+        Err(SinkError::Unavailable(reason)) => assert!(reason.contains("redirect"), "{reason}"),
+        other => panic!("a redirect must leave the event pending, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_daemons_client_never_follows_a_redirect() {
+    let (rx, url) = serve(Receiver::default()).await;
+    let to_login = Reply {
+        location: Some("/login"),
+        ..status(307)
+    };
+    rx.script(&key(0), vec![to_login.clone(), to_login.clone(), to_login]);
+    let http = crate::app::http_client_builder(Duration::from_secs(5), None)
+        .unwrap()
+        .build()
+        .unwrap();
+    let sink = WebhookSink::new(http, url, SecretString::from(SECRET), Duration::from_secs(5))
+        .with_min_delay(Duration::from_millis(1));
+
+    let outcomes = sink.deliver(&[sample_event(0)]).await;
+
+    match &outcomes[0] {
+        Err(SinkError::Unavailable(reason)) => {
+            assert!(reason.contains("307") && reason.contains("/login"), "{reason}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(
+        rx.login_visits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_refusing_access_or_route_is_unavailable_not_rejected() {
+    for refusal in [401, 403, 404, 405, 410] {
+        let (rx, url) = serve(Receiver::default()).await;
+        rx.script(&key(0), vec![status(refusal), status(refusal), status(refusal)]);
+
+        let outcomes = sink(url, Duration::from_secs(5)).deliver(&[sample_event(0)]).await;
+
+        assert!(
+            matches!(&outcomes[0], Err(SinkError::Unavailable(r)) if r.contains(&refusal.to_string())),
+            "{refusal}: {outcomes:?}"
+        );
+        assert_eq!(rx.seen_for(&key(0)).len(), MAX_ATTEMPTS, "{refusal} is retried");
+    }
+}
+
+#[tokio::test]
+async fn only_an_answer_about_the_event_itself_rejects_it() {
+    for bad in [400, 413, 422] {
+        let (rx, url) = serve(Receiver::default()).await;
+        rx.script(
+            &key(0),
+            vec![Reply {
+                body: "this event is bad",
+                ..status(bad)
+            }],
+        );
+
+        let outcomes = sink(url, Duration::from_secs(5)).deliver(&[sample_event(0)]).await;
+
+        assert!(
+            matches!(&outcomes[0], Err(SinkError::Rejected(r)) if r.contains(&bad.to_string()) && r.contains("this event is bad")),
+            "{bad}: {outcomes:?}"
+        );
+        assert_eq!(rx.seen_for(&key(0)).len(), 1, "{bad} is not retried");
+    }
 }

@@ -8,7 +8,7 @@ use time::{Duration, OffsetDateTime, UtcOffset};
 
 use super::SqliteStore;
 use crate::domain::{MailboxAddress, MailboxState};
-use crate::store::{MailboxStatus, QuarantineEntry, Store, StoreError};
+use crate::store::{DeltaWindow, MailboxStatus, QuarantineEntry, Store, StoreError};
 
 fn addr(s: &str) -> MailboxAddress {
     MailboxAddress::parse(s).unwrap()
@@ -234,8 +234,8 @@ async fn prune_drops_old_keys_and_keeps_the_total() {
         .await
         .unwrap();
 
-    assert_eq!(store.prune_delivered(cut).await.unwrap(), 12_010);
-    assert_eq!(store.prune_delivered(cut).await.unwrap(), 0);
+    assert_eq!(store.prune_delivered(cut, Duration::days(1)).await.unwrap(), 12_010);
+    assert_eq!(store.prune_delivered(cut, Duration::days(1)).await.unwrap(), 0);
 
     assert!(store.delivered(&a, &keys("old", 0..12_000)).await.unwrap().is_empty());
     assert!(store.delivered(&b, &keys("old", 0..10)).await.unwrap().is_empty());
@@ -327,6 +327,7 @@ async fn quarantine_is_idempotent_and_listed_newest_first() {
     let store = SqliteStore::open(&url_in(dir.path())).await.unwrap();
     let (a, b) = (addr("a@contoso.com"), addr("b@contoso.com"));
     let entry = |mailbox: &MailboxAddress, id: &str, reason: &str, at| QuarantineEntry {
+        id: String::new(),
         mailbox: mailbox.clone(),
         folder: "inbox".to_string(),
         graph_id: id.to_string(),
@@ -340,18 +341,28 @@ async fn quarantine_is_idempotent_and_listed_newest_first() {
     store.quarantine(&first).await.unwrap();
     store.quarantine(&earlier).await.unwrap();
     store.quarantine(&latest).await.unwrap();
-    // The same message again (a replay after restart) adds nothing and keeps the first record.
+    let first_id = store.quarantined(Some(&a)).await.unwrap()[1].id.clone();
+    // The same message again (a replay that failed) adds no row: it keeps its id and first
+    // time and takes the newest reason.
     store
         .quarantine(&entry(&a, "m1", "other", datetime!(2025-01-03 00:00:00 UTC)))
         .await
         .unwrap();
+    let first = QuarantineEntry {
+        reason: "other".into(),
+        ..first
+    };
 
     assert_eq!(
-        store.quarantined(None).await.unwrap(),
+        without_ids(store.quarantined(None).await.unwrap()),
         vec![latest.clone(), first.clone(), earlier.clone()]
     );
-    assert_eq!(store.quarantined(Some(&a)).await.unwrap(), vec![latest, first]);
-    assert_eq!(store.quarantined(Some(&b)).await.unwrap(), vec![earlier]);
+    assert_eq!(store.quarantined(Some(&a)).await.unwrap()[1].id, first_id);
+    assert_eq!(
+        without_ids(store.quarantined(Some(&a)).await.unwrap()),
+        vec![latest, first]
+    );
+    assert_eq!(without_ids(store.quarantined(Some(&b)).await.unwrap()), vec![earlier]);
     assert!(
         store
             .quarantined(Some(&addr("c@contoso.com")))
@@ -359,6 +370,75 @@ async fn quarantine_is_idempotent_and_listed_newest_first() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Entries with the store-assigned ids blanked, to compare with what was quarantined.
+fn without_ids(entries: Vec<QuarantineEntry>) -> Vec<QuarantineEntry> {
+    entries
+        .into_iter()
+        .map(|e| QuarantineEntry { id: String::new(), ..e })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replay_is_asked_for_one_entry_or_a_whole_mailbox_and_released_once_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url_in(dir.path())).await.unwrap();
+    let (a, b) = (addr("a@contoso.com"), addr("b@contoso.com"));
+    for (mailbox, id) in [(&a, "m1"), (&a, "m2"), (&b, "m3")] {
+        let entry = QuarantineEntry {
+            id: String::new(),
+            mailbox: mailbox.clone(),
+            folder: "inbox".into(),
+            graph_id: id.into(),
+            reason: "sink rejected the event: 422".into(),
+            at: OffsetDateTime::now_utc(),
+        };
+        store.quarantine(&entry).await.unwrap();
+    }
+    assert!(store.replays_due(&a).await.unwrap().is_empty(), "nothing asked yet");
+    let m1 = store
+        .quarantined(Some(&a))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.graph_id == "m1")
+        .unwrap();
+
+    let asked = store.request_replay(&m1.id).await.unwrap().expect("the entry exists");
+    assert_eq!(asked.graph_id, "m1");
+    assert!(store.request_replay("no-such-id").await.unwrap().is_none());
+    let due: Vec<_> = store
+        .replays_due(&a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.graph_id)
+        .collect();
+    assert_eq!(due, vec!["m1"]);
+
+    assert_eq!(store.request_replays(&a).await.unwrap(), 2);
+    assert_eq!(store.replays_due(&a).await.unwrap().len(), 2);
+    assert!(
+        store.replays_due(&b).await.unwrap().is_empty(),
+        "other mailboxes untouched"
+    );
+
+    // Delivered: gone. Refused again: stays, with the new reason, no longer due.
+    store.release_quarantined(&a, "m1").await.unwrap();
+    let again = QuarantineEntry {
+        id: String::new(),
+        mailbox: a.clone(),
+        folder: "inbox".into(),
+        graph_id: "m2".into(),
+        reason: "sink rejected the event: 400".into(),
+        at: OffsetDateTime::now_utc(),
+    };
+    store.quarantine(&again).await.unwrap();
+    assert!(store.replays_due(&a).await.unwrap().is_empty());
+    let left = store.quarantined(Some(&a)).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].reason, "sink rejected the event: 400");
 }
 
 /// Writes one of everything, for the restart tests.
@@ -384,7 +464,7 @@ async fn check_everything(store: &SqliteStore, mailbox: &MailboxAddress, status:
     assert_eq!(store.delivered(mailbox, &keys("k", 0..200)).await.unwrap().len(), 100);
     assert_eq!(store.delivered_total(mailbox).await.unwrap(), 100);
     assert_eq!(store.statuses().await.unwrap(), vec![(mailbox.clone(), status.clone())]);
-    assert_eq!(store.quarantined(None).await.unwrap(), vec![q.clone()]);
+    assert_eq!(without_ids(store.quarantined(None).await.unwrap()), vec![q.clone()]);
 }
 
 #[tokio::test]
@@ -400,6 +480,7 @@ async fn everything_survives_a_restart() {
         last_success_at: Some(OffsetDateTime::now_utc() - Duration::minutes(1)),
     };
     let q = QuarantineEntry {
+        id: String::new(),
         mailbox: mailbox.clone(),
         folder: "inbox".to_string(),
         graph_id: "AAMkAD=".to_string(),
@@ -512,6 +593,115 @@ async fn concurrent_writers_from_many_tasks_and_both_pools_all_succeed() {
         let link = stores[0].delta_link(&mailbox, &format!("folder-{task}")).await.unwrap();
         assert_eq!(link, Some(format!("link-{}", ROUNDS - 1)));
     }
+}
+
+#[tokio::test]
+async fn keys_a_resync_could_reach_outlive_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url_in(dir.path())).await.unwrap();
+    let (stalled, busy, fresh) = (
+        addr("stalled@contoso.com"),
+        addr("busy@contoso.com"),
+        addr("all@contoso.com"),
+    );
+    let cut = datetime!(2025-03-01 00:00:00 UTC);
+    // Stalled since mid-January: its resync reaches back to its last checkpoint less a day.
+    let stalled_checkpoint = datetime!(2025-01-15 00:00:00 UTC);
+    store
+        .save_checkpoint(&stalled, "inbox", "link", stalled_checkpoint)
+        .await
+        .unwrap();
+    store
+        .mark_delivered(
+            &stalled,
+            &keys("before-window", 0..3),
+            datetime!(2025-01-10 00:00:00 UTC),
+        )
+        .await
+        .unwrap();
+    store
+        .mark_delivered(&stalled, &keys("in-window", 0..3), datetime!(2025-01-14 12:00:00 UTC))
+        .await
+        .unwrap();
+    // Busy: checkpointed recently, its old keys can go.
+    store.save_checkpoint(&busy, "inbox", "link", cut).await.unwrap();
+    store
+        .mark_delivered(&busy, &keys("old", 0..3), datetime!(2025-01-14 12:00:00 UTC))
+        .await
+        .unwrap();
+    // Started with `start_at = "all"` and never completed a round: a resync reads everything.
+    store.begin_delta(&fresh, "inbox", "first", None).await.unwrap();
+    store
+        .mark_delivered(&fresh, &keys("old", 0..3), datetime!(2025-01-01 00:00:00 UTC))
+        .await
+        .unwrap();
+
+    assert_eq!(store.prune_delivered(cut, Duration::days(1)).await.unwrap(), 6);
+
+    assert!(
+        store
+            .delivered(&stalled, &keys("before-window", 0..3))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.delivered(&stalled, &keys("in-window", 0..3)).await.unwrap().len(),
+        3
+    );
+    assert!(store.delivered(&busy, &keys("old", 0..3)).await.unwrap().is_empty());
+    assert_eq!(store.delivered(&fresh, &keys("old", 0..3)).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_resync_window_starts_at_the_later_of_start_and_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url_in(dir.path())).await.unwrap();
+    let mailbox = addr("support@contoso.com");
+    let started = datetime!(2025-01-10 00:00:00 UTC);
+    assert_eq!(
+        store.delta_window(&mailbox, "inbox").await.unwrap(),
+        DeltaWindow::default()
+    );
+
+    store
+        .begin_delta(&mailbox, "inbox", "first", Some(started))
+        .await
+        .unwrap();
+    let window = store.delta_window(&mailbox, "inbox").await.unwrap();
+    assert_eq!(
+        window.resync_from(Duration::days(1)),
+        Some(started),
+        "first round: where it started"
+    );
+
+    // A checkpoint soon after the start: the margin must not reach before the start.
+    store
+        .save_checkpoint(&mailbox, "inbox", "delta-1", started + Duration::hours(1))
+        .await
+        .unwrap();
+    // A plain link save (a resync's first link) keeps the window.
+    store.save_delta_link(&mailbox, "inbox", "resync").await.unwrap();
+    let window = store.delta_window(&mailbox, "inbox").await.unwrap();
+    assert_eq!(window.resync_from(Duration::days(1)), Some(started));
+
+    // Weeks later: the checkpoint less the margin.
+    let later = started + Duration::days(20);
+    store
+        .save_checkpoint(&mailbox, "inbox", "delta-2", later)
+        .await
+        .unwrap();
+    let window = store.delta_window(&mailbox, "inbox").await.unwrap();
+    assert_eq!(window.resync_from(Duration::days(1)), Some(later - Duration::days(1)));
+    assert_eq!(
+        store.delta_link(&mailbox, "inbox").await.unwrap().as_deref(),
+        Some("delta-2")
+    );
+
+    // `start_at = "all"`, nothing completed: everything.
+    store.begin_delta(&mailbox, "archive", "first", None).await.unwrap();
+    let window = store.delta_window(&mailbox, "archive").await.unwrap();
+    assert_eq!(window.resync_from(Duration::days(1)), None);
 }
 
 #[tokio::test]
