@@ -11,6 +11,7 @@ mod outbound;
 mod pipeline;
 mod reload;
 mod resilience;
+mod rotation;
 mod secrets;
 mod support;
 mod tokens;
