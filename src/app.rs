@@ -178,7 +178,20 @@ impl App {
             }
         });
         let tasks = TaskTracker::new();
-        tasks.spawn(outbox.run(root.child_token()));
+        tasks.spawn({
+            let (outbox, metrics, cancel) = (outbox.clone(), self.metrics.clone(), root.child_token());
+            async move {
+                crate::task::supervise(
+                    "sender",
+                    "outbox".into(),
+                    &metrics,
+                    cancel.clone(),
+                    || outbox.clone().run(cancel.clone()),
+                    |_| async {},
+                )
+                .await
+            }
+        });
         tasks.spawn(crate::auth::watch_expiry(expiries, root.child_token()));
         tasks.spawn(prune_delivered(self.store.clone(), root.child_token()));
         let delegated: Vec<MailboxAddress> = self

@@ -21,6 +21,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod store;
 pub mod supervisor;
+pub mod task;
 pub mod telemetry;
 
 pub use shutdown::shutdown_signal;

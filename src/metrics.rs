@@ -47,6 +47,8 @@ pub struct Metrics {
     pub sink_unavailable: Family<Labels, Gauge>,
     /// Panics caught in supervised tasks, by task kind (`mailbox`, `sender`, …).
     pub task_panics: Family<Labels, Counter>,
+    /// 1 while a folder fails although its mailbox's other folders work, by mailbox and folder.
+    pub folder_failing: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -68,6 +70,7 @@ impl Metrics {
             config_reloads: Family::default(),
             sink_unavailable: Family::default(),
             task_panics: Family::default(),
+            folder_failing: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +138,11 @@ impl Metrics {
             "inboxd_task_panics",
             "Panics caught in supervised tasks, by task",
             m.task_panics.clone(),
+        );
+        registry.register(
+            "inboxd_folder_failing",
+            "1 while a folder fails although its mailbox's other folders work",
+            m.folder_failing.clone(),
         );
         for task in ["mailbox", "sender"] {
             let _ = m.task_panics.get_or_create(&vec![("task", task.to_string())]);

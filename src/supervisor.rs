@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::seal::Sealer;
 use crate::auth::{AppTokens, DelegatedTokens, TokenEndpoint, TokenSource};
 use crate::config::{Access, AppConfig, AppCredential, Config, MailboxConfig};
-use crate::domain::{AppName, MailboxAddress};
+use crate::domain::{AppName, MailboxAddress, MailboxState};
 use crate::graph::{Graph, MailboxGate};
 use crate::mailbox::{self, MailboxCtx, StatusBoard};
 use crate::metrics::Metrics;
@@ -153,21 +153,36 @@ impl Supervisor {
             board: self.deps.board.clone(),
             metrics: self.deps.metrics.clone(),
             ingest: self.deps.ingest.clone(),
+            filtered_delta_cap: self.config.microsoft.filtered_delta_cap,
         }))
     }
 
     /// Registers and starts one mailbox.
     async fn start(&mut self, mailbox: &MailboxConfig) {
-        let link = (mailbox.access == Access::Delegated)
-            .then(|| crate::app::consent_link(&self.config, self.deps.bound, &mailbox.address));
-        self.deps.board.register(mailbox, link).await;
-        let Some(ctx) = self.context(mailbox) else { return };
+        self.start_many(std::slice::from_ref(mailbox)).await;
+    }
+
+    /// Registers and starts mailboxes; the registry is swapped once for all of them (swapping
+    /// it per mailbox made starting n mailboxes cost n² copies).
+    async fn start_many(&mut self, mailboxes: &[MailboxConfig]) {
         let mut map = (**self.registry.load()).clone();
-        map.insert(mailbox.address.clone(), ctx.clone());
+        let mut started = Vec::new();
+        for mailbox in mailboxes {
+            let link = (mailbox.access == Access::Delegated)
+                .then(|| crate::app::consent_link(&self.config, self.deps.bound, &mailbox.address));
+            self.deps.board.register(mailbox, link).await;
+            if let Some(ctx) = self.context(mailbox) {
+                map.insert(mailbox.address.clone(), ctx.clone());
+                started.push(ctx);
+            }
+        }
         self.registry.store(Arc::new(map));
-        let cancel = self.root.child_token();
-        let handle = tokio::spawn(mailbox::run(ctx, cancel.clone()));
-        self.running.insert(mailbox.address.clone(), (cancel, handle));
+        for ctx in started {
+            let cancel = self.root.child_token();
+            let address = ctx.config.address.clone();
+            let handle = tokio::spawn(supervised_mailbox(ctx, self.deps.metrics.clone(), cancel.clone()));
+            self.running.insert(address, (cancel, handle));
+        }
     }
 
     /// Stops one mailbox after its current page (its checkpoints stay in the store).
@@ -183,9 +198,8 @@ impl Supervisor {
 
     /// Starts every configured mailbox.
     pub async fn start_all(&mut self) {
-        for mailbox in self.config.mailboxes.clone() {
-            self.start(&mailbox).await;
-        }
+        let mailboxes = self.config.mailboxes.clone();
+        self.start_many(&mailboxes).await;
     }
 
     /// Applies a new, valid configuration: new mailboxes start, removed ones stop, changed
@@ -280,6 +294,27 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// A mailbox task that survives its own panics: the mailbox shows `backoff` with the reason and
+/// polls again after a pause.
+async fn supervised_mailbox(ctx: Arc<MailboxCtx>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let address = ctx.config.address.clone();
+    crate::task::supervise(
+        "mailbox",
+        address.to_string(),
+        &metrics,
+        cancel.clone(),
+        || mailbox::run(ctx.clone(), cancel.clone()),
+        |panic| {
+            let (board, address) = (ctx.board.clone(), address.clone());
+            async move {
+                let reason = format!("inboxd hit an internal error ({panic}); the mailbox restarts by itself");
+                board.set(&address, MailboxState::Backoff, Some(reason), None).await;
+            }
+        },
+    )
+    .await;
 }
 
 /// The sink settings that need a restart, without secrets.

@@ -21,4 +21,21 @@ pub fn init_with(level: &str) {
     } else {
         let _ = builder.json().flatten_event(true).with_current_span(false).try_init();
     }
+    std::panic::set_hook(Box::new(log_panic));
+}
+
+/// A panic becomes one ERROR log line (JSON off a terminal) instead of a multi-line trace on
+/// stderr; supervised tasks then restart (see `task::supervise`).
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    tracing::error!(
+        panic = %crate::task::panic_text(info.payload()),
+        location,
+        thread = thread.name().unwrap_or("unnamed"),
+        "A panic occurred; this is a bug in inboxd. Supervised tasks restart by themselves."
+    );
 }

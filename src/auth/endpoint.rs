@@ -30,6 +30,15 @@ pub struct AccessToken {
 }
 
 impl AccessToken {
+    /// A token with its lifetime marks (what a grant gives; tests build them directly).
+    pub fn new(secret: SecretString, expires_at: Instant, refresh_at: Instant) -> AccessToken {
+        AccessToken {
+            secret,
+            expires_at,
+            refresh_at,
+        }
+    }
+
     /// The bearer value (for the `Authorization` header only).
     pub fn bearer(&self) -> &str {
         self.secret.expose_secret()

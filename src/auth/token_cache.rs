@@ -122,3 +122,61 @@ impl TokenCache {
         self.current.store(None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn token(value: &str, refresh_in: Duration, expires_in: Duration) -> AccessToken {
+        AccessToken::new(
+            SecretString::from(value.to_string()),
+            Instant::now() + expires_in,
+            Instant::now() + refresh_in,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_valid_token_serves_callers_while_its_refresh_is_in_flight() {
+        let cache = Arc::new(TokenCache::default());
+        let first = cache
+            .get("app", || async {
+                Ok(token("one", Duration::from_secs(60), Duration::from_secs(600)))
+            })
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+
+        // A refresh starts and hangs (a slow token endpoint) ...
+        let (release, held) = oneshot::channel::<()>();
+        let refreshing = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get("app", || async move {
+                        let _ = held.await;
+                        Ok(token("two", Duration::from_secs(60), Duration::from_secs(600)))
+                    })
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+
+        // ... and another caller is served the cached token at once, without waiting for it.
+        let served = tokio::time::timeout(
+            Duration::from_millis(1),
+            cache.get("app", || async { panic!("a second refresh must not start") }),
+        )
+        .await
+        .expect("served without waiting")
+        .unwrap();
+        assert!(Arc::ptr_eq(&served, &first));
+
+        release.send(()).unwrap();
+        assert_eq!(refreshing.await.unwrap().unwrap().bearer(), "two");
+    }
+}

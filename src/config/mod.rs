@@ -75,6 +75,9 @@ pub struct MicrosoftConfig {
     pub ca_file: Option<PathBuf>,
     /// A Graph or token request that takes longer fails (transient) and is retried.
     pub request_timeout: Duration,
+    /// Items after which Graph ends a delta filtered on receipt time (5,000 as documented; an
+    /// emulator may use fewer). A round that reaches it is split so nothing is skipped.
+    pub filtered_delta_cap: usize,
 }
 
 /// `[sink]`.

@@ -136,12 +136,17 @@ fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
         false,
         Duration::from_secs(600),
     );
+    let filtered_delta_cap = match t.get("filtered_delta_cap") {
+        None => Some(5_000),
+        Some(field) => field.int_in(errors, 1, 1_000_000).and_then(|v| usize::try_from(v).ok()),
+    };
     t.finish(errors);
     Some(MicrosoftConfig {
         authority_host: authority_host?,
         graph_url: graph_url?,
         ca_file: ca_file?,
         request_timeout: request_timeout?,
+        filtered_delta_cap: filtered_delta_cap?,
     })
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::faults::FaultRule;
 use super::model::{RefreshGrant, Secret};
 use super::seed::{self, AppSpec, MailboxSpec, MessageSpec};
-use super::util::{b64, graph_time, key, log_time, opaque};
+use super::util::{b64, graph_time, key, log_time, opaque, string_list};
 use super::{Shared, load};
 
 /// Routes under `/_emulator`.
@@ -24,6 +24,7 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/_emulator/apps/{client_id}/secret", post(secret))
         .route("/_emulator/mailboxes", post(add_mailbox))
         .route("/_emulator/mailboxes/{address}/messages", post(deliver))
+        .route("/_emulator/mailboxes/{address}/messages/{id}", patch(update_message))
         .route(
             "/_emulator/mailboxes/{address}/folders/{folder}/messages",
             get(folder_messages),
@@ -136,6 +137,89 @@ async fn deliver(State(emu): State<Shared>, Path(address): Path<String>, body: a
     }
 }
 
+/// `PATCH /_emulator/mailboxes/{address}/messages/{id}`: a change made elsewhere (another
+/// client, a rule, the user in Outlook); delta sees it like any other update.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageChange {
+    #[serde(default)]
+    is_read: Option<bool>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    body: Option<seed::BodySpec>,
+    #[serde(default, deserialize_with = "optional_string_list")]
+    categories: Option<Vec<String>>,
+    #[serde(default)]
+    importance: Option<String>,
+}
+
+fn optional_string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    string_list(d).map(Some)
+}
+
+async fn update_message(
+    State(emu): State<Shared>,
+    Path((address, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let change: MessageChange = match parse(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let now = emu.clock.now();
+    let mut world = emu.world();
+    let address = key(&address);
+    if !world.mailboxes.contains_key(&address) {
+        return error(StatusCode::NOT_FOUND, format!("no mailbox '{address}'"));
+    }
+    let Some(immutable) = world.find_message(&address, &id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("mailbox '{address}' has no message '{id}'"),
+        );
+    };
+    let body_type = match change
+        .body
+        .as_ref()
+        .map(|b| super::model::BodyType::parse(&b.content_type))
+    {
+        Some(None) => return error(StatusCode::BAD_REQUEST, "body.content_type must be text or html"),
+        Some(Some(t)) => Some(t),
+        None => None,
+    };
+    let mut changed: Vec<&'static str> = Vec::new();
+    let message = world
+        .mailboxes
+        .get_mut(&address)
+        .and_then(|m| m.messages.get_mut(&immutable))
+        .expect("found above");
+    if let Some(read) = change.is_read {
+        message.is_read = read;
+        changed.push("isRead");
+    }
+    if let Some(subject) = change.subject {
+        message.subject = subject;
+        changed.push("subject");
+    }
+    if let (Some(body), Some(kind)) = (change.body, body_type) {
+        message.body_type = kind;
+        message.body = body.content;
+        changed.extend(["body", "bodyPreview", "uniqueBody"]);
+    }
+    if let Some(categories) = change.categories {
+        message.categories = categories;
+        changed.push("categories");
+    }
+    if let Some(importance) = change.importance {
+        message.importance = importance.to_ascii_lowercase();
+        changed.push("importance");
+    }
+    world.touch(&address, &immutable, now, &changed);
+    let m = &world.mailboxes[&address].messages[&immutable];
+    Json(json!({"id": m.id, "immutable_id": m.immutable_id, "changed": changed})).into_response()
+}
+
 async fn folder_messages(State(emu): State<Shared>, Path((address, folder)): Path<(String, String)>) -> Response {
     let world = emu.world();
     let Some(mailbox) = world.mailboxes.get(&key(&address)) else {
@@ -220,7 +304,9 @@ struct RefreshTokenSpec {
     tenant_id: String,
     client_id: String,
     address: String,
-    scopes: String,
+    /// A list, or space-separated as OAuth writes scopes.
+    #[serde(deserialize_with = "string_list")]
+    scopes: Vec<String>,
 }
 
 async fn refresh_token(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
@@ -256,7 +342,7 @@ async fn refresh_token(State(emu): State<Shared>, body: axum::body::Bytes) -> Re
             tenant_id,
             client_id: key(&spec.client_id),
             address: key(&spec.address),
-            scopes: super::identity::normalize_scopes(&spec.scopes),
+            scopes: super::identity::normalize_scopes(&spec.scopes.join(" ")),
             failure: None,
             last_used: now,
         },

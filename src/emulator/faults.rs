@@ -25,6 +25,10 @@ pub(crate) struct FaultRule {
     /// `Retry-After` header value, sent verbatim (number or string).
     #[serde(default)]
     pub(crate) retry_after: Option<serde_json::Value>,
+    /// `Retry-After` value sent exactly as given, even when it is no valid value
+    /// (`"NaN"`, `"-1"`, `"99999999999999999999"`); wins over `retry_after`.
+    #[serde(default)]
+    pub(crate) retry_after_raw: Option<String>,
     /// Wait this long first (then answer normally unless another effect is set).
     #[serde(default)]
     pub(crate) delay_ms: Option<u64>,
@@ -71,6 +75,9 @@ impl Fired {
 
     /// The `Retry-After` header value, if any.
     pub(crate) fn retry_after(&self) -> Option<String> {
+        if let Some(raw) = &self.rule.retry_after_raw {
+            return Some(raw.clone());
+        }
         self.rule.retry_after.as_ref().map(|v| match v {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),

@@ -241,5 +241,6 @@ fn generated(spec: &LoadSpec, n: usize, address: &str) -> MessageSpec {
         attachments,
         received_at: None,
         is_read: false,
+        malformed: None,
     }
 }

@@ -125,6 +125,20 @@ pub(crate) struct Message {
     pub(crate) attachments: Vec<Attachment>,
     /// singleValueExtendedProperties: (id, value).
     pub(crate) extended: Vec<(String, String)>,
+    /// Graph property name → change sequence of its last change (for partial delta items).
+    pub(crate) changed: Vec<(&'static str, u64)>,
+    /// Every JSON rendering of the message is broken this way (a test aid).
+    pub(crate) malformed: Option<Malformed>,
+}
+
+/// How the JSON renderings of a message are broken on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Malformed {
+    /// Subject and body carry the escape `\ud800`, a lone surrogate strict parsers reject.
+    LoneSurrogate,
+    /// The answer stops in the middle of the subject string.
+    Truncated,
 }
 
 impl Message {
@@ -161,7 +175,24 @@ impl Message {
             importance: "normal".into(),
             attachments: Vec::new(),
             extended: Vec::new(),
+            changed: Vec::new(),
+            malformed: None,
         }
+    }
+
+    /// Records that these Graph properties changed at change sequence `seq`.
+    pub(crate) fn record_change(&mut self, properties: &[&'static str], seq: u64) {
+        for p in properties {
+            match self.changed.iter_mut().find(|(name, _)| name == p) {
+                Some(entry) => entry.1 = seq,
+                None => self.changed.push((p, seq)),
+            }
+        }
+    }
+
+    /// True when this property changed after change sequence `since`.
+    pub(crate) fn changed_since(&self, property: &str, since: u64) -> bool {
+        self.changed.iter().any(|(name, seq)| *name == property && *seq > since)
     }
 
     /// Re-derives the thread id from the threading headers (root of References).

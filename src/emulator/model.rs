@@ -8,7 +8,7 @@ use super::keys::AppCertificate;
 use super::settings::Settings;
 use super::util::{guid, item_id, key};
 
-pub(crate) use super::message::{Attachment, BodyType, Message, Recipient};
+pub(crate) use super::message::{Attachment, BodyType, Malformed, Message, Recipient};
 
 /// Well-known folders every mailbox gets, with their display names.
 pub(crate) const WELL_KNOWN_FOLDERS: &[(&str, &str)] = &[
@@ -48,6 +48,8 @@ pub(crate) struct World {
     pub(crate) uploads: HashMap<String, UploadSession>,
     /// Global change counter: every message change gets the next value (delta order).
     pub(crate) seq: u64,
+    /// Some message was delivered with `malformed`: answers need the post-processing pass.
+    pub(crate) malformed_messages: bool,
 }
 
 /// An app registration.
@@ -300,8 +302,10 @@ impl World {
         }
     }
 
-    /// Marks a message changed (delta sees it again).
-    pub(crate) fn touch(&mut self, address: &str, immutable: &str, now: OffsetDateTime) {
+    /// Marks a message changed (delta sees it again) and records which Graph properties
+    /// changed. A read-state change alone leaves `lastModifiedDateTime` as it was, like
+    /// Exchange does.
+    pub(crate) fn touch(&mut self, address: &str, immutable: &str, now: OffsetDateTime, properties: &[&'static str]) {
         let seq = self.next_seq();
         if let Some(m) = self
             .mailboxes
@@ -309,8 +313,12 @@ impl World {
             .and_then(|mb| mb.messages.get_mut(immutable))
         {
             m.seq = seq;
-            m.modified = now;
             m.change_key = item_id("CQAAAB");
+            m.record_change(properties, seq);
+            if properties.is_empty() || properties.iter().any(|p| *p != "isRead") {
+                m.modified = now;
+                m.record_change(&["lastModifiedDateTime", "changeKey"], seq);
+            }
         }
     }
 

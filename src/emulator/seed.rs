@@ -6,8 +6,8 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::keys::AppCertificate;
-use super::model::{App, Attachment, BodyType, Message, Recipient, Secret, World};
-use super::util::{guid, item_id, key, parse_time, unb64};
+use super::model::{App, Attachment, BodyType, Malformed, Message, Recipient, Secret, World};
+use super::util::{guid, item_id, key, parse_time, string_list, unb64};
 
 /// `POST /_emulator/apps`.
 #[derive(Deserialize, Clone)]
@@ -23,14 +23,15 @@ pub(crate) struct AppSpec {
     /// Certificate (PEM) for client assertions.
     #[serde(default)]
     pub(crate) certificate_pem: Option<String>,
-    /// Application permissions (`Mail.ReadWrite`, `Mail.Send`, …).
-    #[serde(default)]
+    /// Application permissions (`Mail.ReadWrite`, `Mail.Send`, …): a list or a
+    /// space-separated string.
+    #[serde(default, deserialize_with = "string_list")]
     pub(crate) roles: Vec<String>,
     /// Display name.
     #[serde(default)]
     pub(crate) display_name: Option<String>,
-    /// Allowed redirect URIs (empty: any).
-    #[serde(default)]
+    /// Allowed redirect URIs (empty: any): a list or a space-separated string.
+    #[serde(default, deserialize_with = "string_list")]
     pub(crate) redirect_uris: Vec<String>,
 }
 
@@ -128,6 +129,9 @@ pub(crate) struct MessageSpec {
     /// Already read.
     #[serde(default)]
     pub(crate) is_read: bool,
+    /// Break every JSON rendering of this message (`lone_surrogate` or `truncated`).
+    #[serde(default)]
+    pub(crate) malformed: Option<Malformed>,
 }
 
 /// Registers (or replaces) an app.
@@ -210,6 +214,10 @@ pub(crate) fn deliver(
     m.cc = spec.cc;
     m.reply_to = spec.reply_to;
     m.is_read = spec.is_read;
+    if spec.malformed.is_some() {
+        m.malformed = spec.malformed;
+        world.malformed_messages = true;
+    }
     if let Some(at) = spec.received_at {
         let t = parse_time(&at).ok_or_else(|| format!("received_at '{at}' is not an RFC 3339 time"))?;
         m.received = t;

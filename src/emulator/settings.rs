@@ -18,6 +18,13 @@ pub(crate) struct Settings {
     pub(crate) delta_page_size: usize,
     /// Repeat the last item of the previous page at the start of each next page.
     pub(crate) delta_replay: bool,
+    /// Every delta page carries its first item a second time, at its end.
+    pub(crate) delta_duplicates: bool,
+    /// A message updated after a round announced it comes back with only `id`,
+    /// `parentFolderId` and the changed properties (Graph's behaviour); false sends it whole.
+    pub(crate) delta_partial_updates: bool,
+    /// Most items a delta round with `$filter=receivedDateTime …` returns in total.
+    pub(crate) filtered_delta_cap: usize,
     /// Links older than this many newer delta links of the folder answer 410.
     pub(crate) delta_max_generations: u64,
     /// Links older than this answer 410.
@@ -53,6 +60,9 @@ impl Default for Settings {
             consent: Consent::Allow,
             delta_page_size: 10,
             delta_replay: false,
+            delta_duplicates: false,
+            delta_partial_updates: true,
+            filtered_delta_cap: 5000,
             delta_max_generations: 16,
             delta_max_age_secs: None,
             throttle_concurrency: 4,

@@ -89,3 +89,22 @@ pub(crate) fn decode_path(path: &str) -> String {
         .map(|(_, v)| v.into_owned())
         .unwrap_or_else(|| path.to_string())
 }
+
+/// A list-valued control field: a JSON list of strings, or one string with the items
+/// separated by spaces (the way OAuth writes scopes).
+pub(crate) fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Spaced(String),
+    }
+    Ok(match <Either as serde::Deserialize>::deserialize(d)? {
+        Either::List(items) => items
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Either::Spaced(s) => s.split_whitespace().map(str::to_string).collect(),
+    })
+}

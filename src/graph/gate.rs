@@ -53,6 +53,17 @@ impl MailboxGate {
         }
     }
 
+    /// Returns once no throttling pause is in force (without taking a slot).
+    pub async fn wait_unpaused(&self) {
+        loop {
+            let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+            match until {
+                Some(t) if Instant::now() < t => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
+        }
+    }
+
     /// Graph said to wait: nobody in this mailbox sends before then.
     pub fn pause_for(&self, wait: Duration) {
         let until = Instant::now() + wait + SAFETY;

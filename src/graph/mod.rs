@@ -35,6 +35,9 @@ pub struct Call {
     pub weight: u32,
     /// Retry transient failures (false for requests that must not be repeated blindly).
     pub retry: bool,
+    /// Longest `Retry-After` waited out inside the call; a longer one fails the call at once
+    /// (the caller then waits without holding what others need).
+    pub max_retry_wait: Option<Duration>,
 }
 
 impl Call {
@@ -48,6 +51,7 @@ impl Call {
             prefer: Vec::new(),
             weight: 1,
             retry: true,
+            max_retry_wait: None,
         }
     }
 
@@ -61,7 +65,14 @@ impl Call {
             prefer: Vec::new(),
             weight: 1,
             retry: true,
+            max_retry_wait: None,
         }
+    }
+
+    /// Fails at once instead of waiting out a `Retry-After` longer than `max`.
+    pub fn max_retry_wait(mut self, max: Duration) -> Call {
+        self.max_retry_wait = Some(max);
+        self
     }
 
     /// Adds a `Prefer` value.
@@ -94,6 +105,9 @@ pub struct Graph {
     /// A hung request becomes a transient failure after this long.
     timeout: Duration,
 }
+
+/// Retries of an answer that could not be read (after the first attempt).
+const MALFORMED_RETRIES: usize = 2;
 
 /// Most Graph requests in flight at once, all mailboxes together.
 const GLOBAL_CONCURRENCY: usize = 256;
@@ -137,10 +151,16 @@ impl Graph {
             .with_max_delay(Duration::from_secs(30))
             .with_max_times(if call.retry { self.retries } else { 0 })
             .with_jitter();
+        // An unreadable answer is retried only a little: the same bytes usually come back, and
+        // the caller has a way around them (the poller reads such a folder item by item).
+        let malformed = std::sync::atomic::AtomicUsize::new(0);
         attempt
             .retry(backoff)
             .notify(|e: &CallError, wait: Duration| {
                 if let CallError::Graph(g) = e {
+                    if g.kind == GraphErrorKind::Malformed {
+                        malformed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tracing::info!(
                         mailbox = gate.mailbox(), operation = call.operation, status = g.status, code = g.code.as_deref().unwrap_or(""),
                         request_id = g.request_id.as_deref().unwrap_or(""), client_request_id = %g.client_request_id,
@@ -149,7 +169,12 @@ impl Graph {
                 }
             })
             .when(|e: &CallError| match e {
-                CallError::Graph(g) => g.is_transient(),
+                CallError::Graph(g) => {
+                    g.is_transient()
+                        && !(g.retry_after.zip(call.max_retry_wait).is_some_and(|(wait, max)| wait > max))
+                        && !(g.kind == GraphErrorKind::Malformed
+                            && malformed.load(std::sync::atomic::Ordering::Relaxed) >= MALFORMED_RETRIES)
+                }
                 CallError::Token(_) => false,
             })
             .adjust(|e: &CallError, planned: Option<Duration>| match (e, planned) {
@@ -168,12 +193,22 @@ impl Graph {
 
     /// One HTTP exchange, no retry.
     async fn once(&self, gate: &MailboxGate, token: &AccessToken, call: &Call) -> Result<Value, GraphError> {
-        let url = if call.url.starts_with("http://") || call.url.starts_with("https://") {
-            call.url.clone()
-        } else {
-            format!("{}{}", self.base, call.url.trim_start_matches('/'))
-        };
         let client_request_id = uuid::Uuid::new_v4().to_string();
+        let url = match self.resolve(&call.url) {
+            Ok(url) => url,
+            Err(message) => {
+                return Err(GraphError {
+                    kind: GraphErrorKind::Rejected,
+                    operation: call.operation,
+                    status: None,
+                    code: Some("ForeignLink".into()),
+                    message,
+                    request_id: None,
+                    client_request_id,
+                    retry_after: None,
+                });
+            }
+        };
         let mut req = self
             .http
             .request(call.method.clone(), &url)
@@ -260,16 +295,26 @@ impl Graph {
             if bytes.is_empty() {
                 return Ok(Value::Null);
             }
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                fail(
+            return match lenient_json(&bytes) {
+                Ok((value, repaired)) => {
+                    if repaired {
+                        tracing::warn!(
+                            mailbox = gate.mailbox(), operation = call.operation,
+                            request_id = request_id.as_deref().unwrap_or(""), client_request_id = %client_request_id,
+                            "Graph answered JSON with invalid escapes or bytes; they were replaced with U+FFFD."
+                        );
+                    }
+                    Ok(value)
+                }
+                Err(e) => Err(fail(
                     GraphErrorKind::Malformed,
                     Some(status),
                     None,
                     format!("unreadable JSON: {e}"),
                     request_id.clone(),
                     None,
-                )
-            });
+                )),
+            };
         }
         let envelope: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let error = envelope.get("error").cloned().unwrap_or(Value::Null);
@@ -289,6 +334,95 @@ impl Graph {
             wait,
         ))
     }
+}
+
+impl Graph {
+    /// The absolute URL of a call: a path is joined to the v1.0 base; an absolute URL (a
+    /// `nextLink` or `deltaLink` from an answer) must point at the configured Graph host and
+    /// scheme, or the bearer token would go wherever an answer says.
+    fn resolve(&self, url: &str) -> Result<String, String> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Ok(format!("{}{}", self.base, url.trim_start_matches('/')));
+        }
+        let parsed = Url::parse(url).map_err(|e| format!("Graph gave a link that is not a URL: {e}"))?;
+        let same = parsed.scheme() == self.base.scheme()
+            && parsed.host_str() == self.base.host_str()
+            && parsed.port_or_known_default() == self.base.port_or_known_default();
+        if same {
+            Ok(url.to_string())
+        } else {
+            Err(format!(
+                "refusing a link to {}://{} (not the configured Graph host {}://{}): the token is not sent there",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or(""),
+                self.base.scheme(),
+                self.base.host_str().unwrap_or("")
+            ))
+        }
+    }
+}
+
+/// Parses an answer; when strict parsing fails, once more with lone UTF-16 surrogate escapes
+/// (`\ud800`, which malformed mail can carry) and invalid UTF-8 replaced by U+FFFD, so one odd
+/// message does not make a whole page unreadable. The flag says whether anything was replaced.
+fn lenient_json(bytes: &[u8]) -> Result<(Value, bool), serde_json::Error> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok((v, false)),
+        Err(strict) => {
+            let text = String::from_utf8_lossy(bytes);
+            let repaired = repair_surrogates(&text);
+            serde_json::from_str(&repaired).map(|v| (v, true)).map_err(|_| strict)
+        }
+    }
+}
+
+/// Replaces `\uXXXX` escapes of unpaired surrogates with `\ufffd`; everything else is kept.
+fn repair_surrogates(text: &str) -> String {
+    fn escape_at(b: &[u8], i: usize) -> Option<u16> {
+        if b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u') {
+            let hex = std::str::from_utf8(b.get(i + 2..i + 6)?).ok()?;
+            u16::from_str_radix(hex, 16).ok()
+        } else {
+            None
+        }
+    }
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            match escape_at(b, i) {
+                Some(0xD800..=0xDBFF) => {
+                    if matches!(escape_at(b, i + 6), Some(0xDC00..=0xDFFF)) {
+                        i += 12;
+                    } else {
+                        out.push_str(&text[last..i]);
+                        out.push_str("\\ufffd");
+                        i += 6;
+                        last = i;
+                    }
+                    continue;
+                }
+                Some(0xDC00..=0xDFFF) => {
+                    out.push_str(&text[last..i]);
+                    out.push_str("\\ufffd");
+                    i += 6;
+                    last = i;
+                    continue;
+                }
+                // Any other escape (`\\`, `\"`, …) is two bytes: skip both so an escaped
+                // backslash followed by `u` is not read as an escape.
+                _ => {
+                    i += 2;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&text[last..]);
+    out
 }
 
 /// Percent-encodes one URL path segment (mailbox addresses, message ids) for Graph paths.
@@ -311,4 +445,61 @@ fn inner_request_id(error: &Value) -> Option<String> {
         .find(|(k, _)| k.eq_ignore_ascii_case("request-id") || k.eq_ignore_ascii_case("requestId"))?
         .1;
     id.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(base: &str) -> Graph {
+        Graph::new(
+            reqwest::Client::new(),
+            &Url::parse(base).unwrap(),
+            Duration::from_secs(5),
+            Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn links_are_followed_only_on_the_configured_host_and_scheme() {
+        let g = graph("https://graph.microsoft.com");
+        assert_eq!(
+            g.resolve("users/a%40b.test/messages").unwrap(),
+            "https://graph.microsoft.com/v1.0/users/a%40b.test/messages"
+        );
+        let next = "https://graph.microsoft.com/v1.0/users/x/mailFolders/inbox/messages/delta?$skiptoken=1";
+        assert_eq!(g.resolve(next).unwrap(), next);
+        for foreign in [
+            "http://graph.microsoft.com/v1.0/users/x/messages/delta?$skiptoken=1",
+            "https://evil.example/v1.0/users/x/messages/delta?$skiptoken=1",
+            "https://graph.microsoft.com:8443/v1.0/users/x/messages",
+            "https://graph.microsoft.com.evil.example/v1.0/x",
+        ] {
+            let err = g.resolve(foreign).unwrap_err();
+            assert!(err.contains("not the configured Graph host"), "{foreign}: {err}");
+        }
+    }
+
+    #[test]
+    fn lone_surrogates_are_replaced_and_pairs_and_escapes_kept() {
+        let page = br#"{"value":[{"id":"1","subject":"bad \ud800 here"},{"id":"2","subject":"pair \ud83d\ude00 and \\u not an escape \udc00"}]}"#;
+        assert!(
+            serde_json::from_slice::<Value>(page).is_err(),
+            "serde_json must refuse it"
+        );
+        let (value, repaired) = lenient_json(page).unwrap();
+        assert!(repaired);
+        assert_eq!(value["value"][0]["subject"], "bad \u{fffd} here");
+        assert_eq!(
+            value["value"][1]["subject"],
+            "pair \u{1f600} and \\u not an escape \u{fffd}"
+        );
+        let (clean, repaired) = lenient_json(br#"{"a":"\u00e9"}"#).unwrap();
+        assert!(!repaired);
+        assert_eq!(clean["a"], "\u{e9}");
+        assert!(
+            lenient_json(br#"{"value":[{"id":"1","subj"#).is_err(),
+            "truncated stays an error"
+        );
+    }
 }

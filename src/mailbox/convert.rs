@@ -101,9 +101,15 @@ pub fn attachments(list: &[Value], cap: u64) -> Vec<EventAttachment> {
                 .and_then(Value::as_u64)
                 .or(bytes.as_ref().map(|b| b.len() as u64))
                 .unwrap_or(0);
+            // Over the inline cap the content was hashed while fetched and not kept.
             let sha256 = bytes
                 .as_ref()
                 .map(|b| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref()))
+                .or_else(|| {
+                    a.get(super::fetch::SHA256_FIELD)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .unwrap_or_default();
             EventAttachment {
                 name: a

@@ -2,16 +2,20 @@
 //! ever affects itself.
 
 pub mod convert;
+mod deliver;
+mod fetch;
 mod poll;
+mod replay;
 mod status;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use poll::{KEY_RETENTION, PollError, RESYNC_MARGIN, RESYNC_WINDOW, RoundStats};
-pub use status::{MailboxView, StatusBoard};
+pub use poll::{KEY_RETENTION, PollError, RESYNC_MARGIN, RoundStats};
+pub use status::{FolderTrouble, MailboxView, StatusBoard};
 
 use crate::auth::{TokenSource, Verdict};
 use crate::config::MailboxConfig;
@@ -54,6 +58,8 @@ pub struct MailboxCtx {
     pub metrics: Arc<Metrics>,
     /// Pages held in memory at once, all mailboxes together (bounds memory on a backlog).
     pub ingest: Arc<tokio::sync::Semaphore>,
+    /// Where Graph ends a delta filtered on receipt time (`microsoft.filtered_delta_cap`).
+    pub filtered_delta_cap: usize,
 }
 
 impl MailboxCtx {
@@ -131,46 +137,104 @@ fn verdict(err: &PollError) -> (MailboxState, String, Option<u32>) {
     }
 }
 
+/// True for failures of one folder only (a missing folder, a page Graph cannot serve); the
+/// mailbox's other folders keep flowing. Tokens, access, the store and the sink concern all.
+fn folder_scoped(e: &PollError) -> bool {
+    match e {
+        PollError::Call(CallError::Graph(g)) => !matches!(
+            g.kind,
+            GraphErrorKind::AccessDenied | GraphErrorKind::MailboxNotFound | GraphErrorKind::Unauthorized
+        ),
+        PollError::Malformed(_) => true,
+        _ => false,
+    }
+}
+
+/// When each failing folder may be tried again, and its current backoff.
+type FolderBackoff = HashMap<String, (tokio::time::Instant, Duration)>;
+
+/// Replays asked for, then every folder due on its own. `Ok` when at least one folder (or the
+/// replay) got through or only folder-scoped trouble happened; the mailbox-wide error otherwise.
+async fn poll_folders(
+    ctx: &MailboxCtx,
+    cancel: &CancellationToken,
+    backoff: &mut FolderBackoff,
+) -> Result<u64, PollError> {
+    let mailbox = &ctx.config.address;
+    let interval = ctx.config.poll_interval;
+    let mut delivered = match Box::pin(replay::run(ctx)).await {
+        Ok(stats) => stats.delivered,
+        Err(e) if folder_scoped(&e) => {
+            tracing::warn!(mailbox = %mailbox, error = %e, "Replaying quarantined messages failed; retrying next round.");
+            0
+        }
+        Err(e) => return Err(e),
+    };
+    let mut folder_failures = Vec::new();
+    let mut succeeded = 0;
+    for folder in &ctx.config.folders {
+        if backoff
+            .get(folder)
+            .is_some_and(|(at, _)| tokio::time::Instant::now() < *at)
+        {
+            continue;
+        }
+        // Boxed: a sleeping mailbox task then holds a pointer, not the whole round's state machine
+        // (10,000 idle mailboxes stay small).
+        match Box::pin(poll::round(ctx, folder, cancel)).await {
+            Ok(stats) => {
+                delivered += stats.delivered;
+                succeeded += 1;
+                backoff.remove(folder);
+                ctx.board.folder_result(mailbox, folder, None);
+            }
+            Err(PollError::Cancelled) => return Err(PollError::Cancelled),
+            Err(e) if folder_scoped(&e) => {
+                let (_, previous) = backoff
+                    .get(folder)
+                    .copied()
+                    .unwrap_or((tokio::time::Instant::now(), interval / 2));
+                let next = previous.saturating_mul(2).max(interval).min(MAX_BACKOFF.max(interval));
+                backoff.insert(folder.clone(), (tokio::time::Instant::now() + next, next));
+                let (_, reason, _) = verdict(&e);
+                ctx.board.folder_result(mailbox, folder, Some(reason));
+                folder_failures.push(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match folder_failures.into_iter().next() {
+        Some(e) if succeeded == 0 && delivered == 0 => Err(e),
+        _ => Ok(delivered),
+    }
+}
+
 /// Polls until cancelled.
 pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
     let mailbox = ctx.config.address.clone();
     let interval = ctx.config.poll_interval;
     // Flagged mailboxes are re-probed slowly and resume by themselves when the cause is gone.
     // Never `clamp` here: with an interval over 5 minutes its min would exceed its max.
-    let reprobe_base = interval.max((interval.saturating_mul(4)).min(Duration::from_secs(300)));
+    let reprobe_base = interval.max(interval.saturating_mul(4).min(Duration::from_secs(300)));
     let mut reprobe = reprobe_base;
     let mut backoff = interval;
+    let mut folder_backoff = FolderBackoff::new();
     loop {
         let primary_failure = Box::pin(ctx.choose_tokens()).await;
-        let mut outcome = Ok(0u64);
-        for folder in &ctx.config.folders {
-            // Boxed: a sleeping mailbox task then holds a pointer, not the whole round's state machine
-            // (10,000 idle mailboxes stay small).
-            match Box::pin(poll::round(&ctx, folder, &cancel)).await {
-                Ok(stats) => outcome = outcome.map(|n| n + stats.delivered),
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-            }
-        }
+        let outcome = Box::pin(poll_folders(&ctx, &cancel, &mut folder_backoff)).await;
         let wait = match outcome {
             Ok(delivered) => {
                 reprobe = reprobe_base;
+                backoff = interval;
                 ctx.board.succeeded(&mailbox, delivered);
                 match (&primary_failure, &ctx.fallback) {
                     (Some(e), Some((name, _))) => {
                         let reason = format!("{}; mail keeps flowing through fallback app '{name}'", reason_for(e));
                         Box::pin(ctx.board.set(&mailbox, e.verdict.state(), Some(reason), e.aadsts)).await;
-                        backoff = interval;
-                        interval
                     }
-                    _ => {
-                        Box::pin(ctx.board.set(&mailbox, MailboxState::Active, None, None)).await;
-                        backoff = interval;
-                        interval
-                    }
+                    _ => Box::pin(ctx.board.set(&mailbox, MailboxState::Active, None, None)).await,
                 }
+                interval
             }
             Err(PollError::Cancelled) => break,
             Err(e) => {
@@ -180,12 +244,12 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
                 }
                 Box::pin(ctx.board.set(&mailbox, state, Some(reason), aadsts)).await;
                 if state == MailboxState::Backoff {
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF.max(interval));
                     let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
                     backoff + jitter
                 } else {
                     let wait = reprobe;
-                    reprobe = (reprobe * 2).min(MAX_REPROBE);
+                    reprobe = reprobe.saturating_mul(2).min(MAX_REPROBE);
                     wait
                 }
             }

@@ -39,9 +39,23 @@ pub struct MailboxView {
     pub last_success_at: Option<OffsetDateTime>,
     /// Messages acknowledged by the sink, ever.
     pub delivered_total: u64,
+    /// Folders in trouble (the others are fine): each is retried on its own.
+    pub failing_folders: Vec<FolderTrouble>,
     /// Where a human consents (delegated mailboxes); shown as `consent_url` when needed.
     #[serde(skip)]
     pub consent_link: Option<String>,
+}
+
+/// A folder that failed while its mailbox's other folders kept flowing.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FolderTrouble {
+    /// The folder as configured.
+    pub folder: String,
+    /// What failed and what to do.
+    pub reason: String,
+    /// Since when it fails (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
 }
 
 /// Shared by mailbox tasks (writers) and the API (reader).
@@ -87,6 +101,7 @@ impl StatusBoard {
             since: OffsetDateTime::now_utc(),
             last_success_at: None,
             delivered_total,
+            failing_folders: Vec::new(),
             consent_link,
         };
         let old = self
@@ -225,9 +240,63 @@ impl StatusBoard {
             .poll_succeeded(mailbox.as_str(), now.unix_timestamp() as f64);
     }
 
+    /// Records one folder's round: `None` when it went through, else why it failed. A folder
+    /// that starts or stops failing is logged once.
+    pub fn folder_result(&self, mailbox: &MailboxAddress, folder: &str, failure: Option<String>) {
+        let changed = {
+            let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(view) = views.get_mut(mailbox) else { return };
+            let position = view.failing_folders.iter().position(|f| f.folder == folder);
+            match (position, failure.clone()) {
+                (None, None) => false,
+                (Some(i), None) => {
+                    view.failing_folders.remove(i);
+                    true
+                }
+                (Some(i), Some(reason)) => {
+                    view.failing_folders[i].reason = reason;
+                    false
+                }
+                (None, Some(reason)) => {
+                    view.failing_folders.push(FolderTrouble {
+                        folder: folder.to_string(),
+                        reason,
+                        since: OffsetDateTime::now_utc(),
+                    });
+                    true
+                }
+            }
+        };
+        if !changed {
+            return;
+        }
+        let gauge = self
+            .metrics
+            .folder_failing
+            .get_or_create(&vec![("mailbox", mailbox.to_string()), ("folder", folder.to_string())]);
+        match failure {
+            Some(reason) => {
+                gauge.set(1);
+                tracing::warn!(mailbox = %mailbox, folder, reason, "A folder of this mailbox fails; its other folders keep flowing and this one is retried with backoff.");
+            }
+            None => {
+                gauge.set(0);
+                tracing::info!(mailbox = %mailbox, folder, "The folder is polled again.");
+            }
+        }
+    }
+
     /// Forgets a mailbox removed from the configuration.
     pub fn remove(&self, mailbox: &MailboxAddress) {
         let old = self.views.lock().unwrap_or_else(|p| p.into_inner()).remove(mailbox);
+        if let Some(old) = &old {
+            for trouble in &old.failing_folders {
+                self.metrics.folder_failing.remove(&vec![
+                    ("mailbox", mailbox.to_string()),
+                    ("folder", trouble.folder.clone()),
+                ]);
+            }
+        }
         if let Some(old) = old {
             self.metrics
                 .mailboxes

@@ -4,6 +4,8 @@ mod bench_smoke;
 mod cli;
 mod crash;
 mod delegated;
+mod documented;
+mod hostile;
 mod image;
 mod lock;
 mod monitoring;

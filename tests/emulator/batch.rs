@@ -1,4 +1,4 @@
-//! JSON batching (`POST /v1.0/$batch`): up to 20 requests in one, each answered on its own.
+//! JSON batching (`POST /v1.0/$batch`, as Microsoft's JSON batching page describes it).
 
 use crate::support::{CLIENT, Emu, TENANT};
 use reqwest::StatusCode;

@@ -1,5 +1,5 @@
 //! The real binary: `inboxd emulate --listen … [--tls --tls-cert-out FILE] [--scenario FILE]`
-//! (see docs/emulator.md), plus the in-process TLS and scenario options.
+//! (docs/emulator.md), plus the in-process TLS and scenario options.
 
 use crate::control::load;
 use crate::support::{CLIENT, Emu, GRAPH_SCOPE, SECRET, TENANT, status_json};

@@ -1,4 +1,4 @@
-//! The control API (`/_emulator/…`, documented in docs/emulator.md).
+//! The control API (`/_emulator/…`, docs/emulator.md).
 
 use crate::support::{CLIENT, Emu, GRAPH_SCOPE, SECRET, TENANT, status_json};
 use reqwest::StatusCode;
@@ -280,7 +280,7 @@ async fn refresh_tokens_redeem_for_delegated_access() {
     let (status, _, inbox) = emu.graph_get(&access, "/v1.0/me/mailFolders/inbox").await;
     assert_eq!(status, StatusCode::OK, "delegated token reads /me: {inbox}");
 
-    // Rotation keeps the old one valid, as Entra does, and the new one works.
+    // Rotation keeps the old one valid (Entra keeps it until it expires), and the new one works.
     for token in [&refresh_token, &rotated] {
         let (status, body) = refresh_request(&emu, token).await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -1,6 +1,6 @@
-//! Injected faults (`POST /_emulator/faults`, with Dev Proxy's semantics): status + Retry-After,
-//! method and path filters, delay, connection reset, malformed bodies, times and rate, listing
-//! and clearing, identity-style errors.
+//! Injected faults (`POST /_emulator/faults`, in the spirit of Microsoft Dev Proxy):
+//! status + Retry-After, method and path filters, delay, connection reset,
+//! malformed bodies, times and rate, listing and clearing, identity-style errors.
 
 use crate::support::{CLIENT, Emu, GRAPH_SCOPE, SECRET, TENANT, status_json};
 use reqwest::StatusCode;
@@ -69,7 +69,7 @@ async fn get_with_id(emu: &Emu, token: &str, path: &str, client_request_id: &str
     (status, headers, body)
 }
 
-/// Checks the Graph error envelope (`error.code`, `innerError`, request ids) of an injected failure.
+/// Checks the Graph error envelope of an injected failure.
 fn assert_graph_envelope(headers: &HeaderMap, body: &Value, client_request_id: &str) {
     let error = &body["error"];
     assert!(

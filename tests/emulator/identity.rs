@@ -1,4 +1,4 @@
-//! Identity platform v2.0: the token endpoint and its error bodies,
+//! Identity platform v2.0 (issue 2, section 1): the token endpoint and its error bodies,
 //! certificate assertions, refresh and authorization-code grants, consent, discovery and
 //! the emulator clock. Every test drives its own emulator over real HTTP.
 
@@ -188,7 +188,7 @@ fn assert_aad_timestamp(text: &str) {
         .unwrap_or_else(|e| panic!("timestamp {text:?} is not YYYY-MM-DD hh:mm:ssZ: {e}"));
 }
 
-/// Checks the documented token-endpoint error body. With `code` None any
+/// Checks the documented token-endpoint error body (Entra's error reference). With `code` None any
 /// AADSTS code is accepted (the first of `error_codes` is checked against the text).
 fn assert_token_error(status: StatusCode, body: &Value, want_status: u16, want_error: &str, code: Option<u64>) {
     assert_eq!(status.as_u16(), want_status, "HTTP status; body: {body}");
@@ -539,7 +539,7 @@ async fn client_credentials_secret_via_http_basic() {
     emu.default_app().await;
     let url = emu.at(&format!("/{TENANT}/oauth2/v2.0/token"));
 
-    // RFC 6749, section 2.3.1: credentials only in the Authorization header.
+    // RFC 6749 §2.3.1: credentials only in the Authorization header.
     let resp = emu
         .http
         .post(&url)

@@ -1,4 +1,4 @@
-//! Per app + mailbox throttling, as Exchange Online applies it (and Dev Proxy's RetryAfterPlugin mimics):
+//! Per app + mailbox throttling (Outlook limits; the Dev Proxy RetryAfterPlugin idea):
 //! four concurrent requests, a request budget per window, a decimal `Retry-After`,
 //! and a second 429 for a client that retries before `Retry-After` has elapsed.
 

@@ -3,9 +3,11 @@
 mod batch;
 mod cli;
 mod control;
+mod documented;
 mod faults;
 mod graph_compose;
 mod graph_read;
 mod identity;
 mod limits;
+mod python_sdk;
 mod support;

@@ -67,7 +67,7 @@ pub(crate) fn delete(ctx: &Ctx<'_>, id: &str, attachment: &str) -> Result<Respon
     if m.attachments.len() == before {
         return Err(GraphError::item_not_found());
     }
-    world.touch(&ctx.address, &immutable, ctx.now);
+    world.touch(&ctx.address, &immutable, ctx.now, &["hasAttachments"]);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -86,7 +86,7 @@ pub(crate) fn add(ctx: &Ctx<'_>, id: &str, body: &Bytes) -> Result<Response, Gra
         ));
     }
     m.attachments.push(attachment.clone());
-    world.touch(&ctx.address, &immutable, ctx.now);
+    world.touch(&ctx.address, &immutable, ctx.now, &["hasAttachments"]);
     Ok(ctx.answer(StatusCode::CREATED, render::attachment(&attachment, true)))
 }
 
@@ -282,7 +282,7 @@ fn chunk(
         return Err(GraphError::item_not_found());
     };
     message.attachments.push(attachment);
-    world.touch(&session.address, &session.message, now);
+    world.touch(&session.address, &session.message, now, &["hasAttachments"]);
     let location = format!(
         "{}/v1.0/users('{}')/messages('{}')/attachments('{attachment_id}')",
         emu.base(),

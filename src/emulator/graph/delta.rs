@@ -56,7 +56,7 @@ fn sync_state_not_found(generation: u64, highest: u64, location: String) -> Grap
 }
 
 /// `$filter=receivedDateTime ge|gt <time>`: the only filter delta takes for messages.
-fn received_filter(filter: &str) -> Result<(OffsetDateTime, bool), GraphError> {
+pub(crate) fn received_filter(filter: &str) -> Result<(OffsetDateTime, bool), GraphError> {
     let parts: Vec<&str> = filter.split_whitespace().collect();
     match parts.as_slice() {
         [prop, op, value]
@@ -77,8 +77,9 @@ fn received_filter(filter: &str) -> Result<(OffsetDateTime, bool), GraphError> {
 
 /// One entry of a delta page.
 enum Item {
-    /// A message currently in the folder (immutable id).
-    Present(String),
+    /// A message currently in the folder (immutable id); true when it is an update of a
+    /// message an earlier round announced.
+    Present(String, bool),
     /// A message that left: (regular id, immutable id).
     Removed(String, String),
 }
@@ -159,7 +160,11 @@ pub(crate) fn delta(ctx: &Ctx<'_>, folder: &str) -> Result<Response, GraphError>
         }
         let created = cursor.initial || m.entered_seq > cursor.since;
         if (created && wants("created")) || (!created && wants("updated")) {
-            items.push((m.seq, m.immutable_id.clone(), Item::Present(m.immutable_id.clone())));
+            items.push((
+                m.seq,
+                m.immutable_id.clone(),
+                Item::Present(m.immutable_id.clone(), !created),
+            ));
         }
     }
     if !cursor.initial && wants("deleted") {
@@ -176,6 +181,11 @@ pub(crate) fn delta(ctx: &Ctx<'_>, folder: &str) -> Result<Response, GraphError>
         }
     }
     items.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    if cursor.initial && cursor.received_from.is_some() {
+        // A round filtered on receivedDateTime returns a limited number of items in total;
+        // past that it simply ends.
+        items.truncate(settings.filtered_delta_cap);
+    }
     if let Some((seq, id)) = &cursor.after {
         items.retain(|(s, i, _)| (*s, i) > (*seq, id));
     }
@@ -194,7 +204,17 @@ pub(crate) fn delta(ctx: &Ctx<'_>, folder: &str) -> Result<Response, GraphError>
         allow_unsafe_html: ctx.prefer.allow_unsafe_html,
         expand_extended: None,
     };
-    let mut value = Vec::with_capacity(items.len() + 1);
+    let since = cursor.since;
+    let partial = settings.delta_partial_updates;
+    let present = |m: &crate::emulator::model::Message, updated: bool| {
+        let full = render::message(m, mailbox, &view);
+        delta_item(if updated && partial {
+            partial_item(full, m, since)
+        } else {
+            full
+        })
+    };
+    let mut value = Vec::with_capacity(items.len() + 2);
     if settings.delta_replay
         && let Some(m) = cursor
             .replay
@@ -202,11 +222,11 @@ pub(crate) fn delta(ctx: &Ctx<'_>, folder: &str) -> Result<Response, GraphError>
             .and_then(|id| mailbox.messages.get(id))
             .filter(|m| m.folder_id == folder_id)
     {
-        value.push(delta_item(render::message(m, mailbox, &view)));
+        value.push(present(m, !cursor.initial && m.entered_seq <= since));
     }
     for (_, _, item) in &items {
         value.push(match item {
-            Item::Present(id) => delta_item(render::message(&mailbox.messages[id], mailbox, &view)),
+            Item::Present(id, updated) => present(&mailbox.messages[id], *updated),
             Item::Removed(id, immutable) => json!({
                 "@odata.type": "#microsoft.graph.message",
                 "id": if view.immutable { immutable } else { id },
@@ -214,13 +234,19 @@ pub(crate) fn delta(ctx: &Ctx<'_>, folder: &str) -> Result<Response, GraphError>
             }),
         });
     }
+    if settings.delta_duplicates
+        && let Some(first) = value.first().cloned()
+    {
+        // Graph may announce one item more than once in a round; clients must cope.
+        value.push(first);
+    }
     let mut body =
         json!({"@odata.context": format!("{}/v1.0/$metadata#Collection(message)", ctx.emu.base()), "value": value});
     let new_token = opaque(48);
     if more {
         let last = items.last().map(|(s, i, _)| (*s, i.clone()));
         let last_present = items.iter().rev().find_map(|(_, _, it)| {
-            if let Item::Present(id) = it {
+            if let Item::Present(id, _) = it {
                 Some(id.clone())
             } else {
                 None
@@ -261,6 +287,22 @@ pub(crate) fn delta(ctx: &Ctx<'_>, folder: &str) -> Result<Response, GraphError>
         resp.headers_mut().insert("preference-applied", applied);
     }
     Ok(resp)
+}
+
+/// An updated item as Graph sends it: `id`, `parentFolderId`, the etag and only the
+/// properties (among those rendered) that changed after the previous round.
+fn partial_item(full: Value, m: &crate::emulator::model::Message, since: u64) -> Value {
+    let Value::Object(all) = full else {
+        return full;
+    };
+    let mut out = serde_json::Map::new();
+    for (k, v) in all {
+        if k == "@odata.etag" || k == "id" || m.changed_since(&k, since) {
+            out.insert(k, v);
+        }
+    }
+    out.insert("parentFolderId".into(), json!(m.folder_id));
+    Value::Object(out)
 }
 
 /// Delta items carry their type.

@@ -184,6 +184,39 @@ pub(crate) fn apply(m: &mut Message, props: &Map<String, Value>, now: OffsetDate
     Ok(())
 }
 
+/// The Graph properties of the rendered message that a write of `props` changes.
+pub(crate) fn changed_properties(props: &Map<String, Value>) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for key in props.keys() {
+        let names: &[&'static str] = match key.to_ascii_lowercase().as_str() {
+            "subject" => &["subject"],
+            "body" => &["body", "bodyPreview", "uniqueBody"],
+            "torecipients" => &["toRecipients"],
+            "ccrecipients" => &["ccRecipients"],
+            "bccrecipients" => &["bccRecipients"],
+            "replyto" => &["replyTo"],
+            "from" | "sender" => &["from", "sender"],
+            "importance" => &["importance"],
+            "categories" => &["categories"],
+            "isread" => &["isRead"],
+            "internetmessageheaders" => &["internetMessageHeaders"],
+            "internetmessageid" => &["internetMessageId"],
+            "attachments" => &["hasAttachments"],
+            "flag" => &["flag"],
+            "inferenceclassification" => &["inferenceClassification"],
+            "isdeliveryreceiptrequested" => &["isDeliveryReceiptRequested"],
+            "isreadreceiptrequested" => &["isReadReceiptRequested"],
+            _ => &[],
+        };
+        for n in names {
+            if !out.contains(n) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
 /// Custom internet headers: names must start with `x-`.
 fn headers(v: &Value) -> Result<Vec<(String, String)>, GraphError> {
     v.as_array()

@@ -96,10 +96,14 @@ pub(crate) fn list(ctx: &Ctx<'_>, folder: Option<&str>) -> Result<Response, Grap
         let f = f.to_ascii_lowercase().replace(' ', "");
         f.strip_prefix("isreadeq").map(|v| v == "true")
     });
-    if filter.is_some() && extended.is_none() && is_read.is_none() {
+    let received_from = filter
+        .filter(|f| f.trim_start().to_ascii_lowercase().starts_with("receiveddatetime"))
+        .map(super::delta::received_filter)
+        .transpose()?;
+    if filter.is_some() && extended.is_none() && is_read.is_none() && received_from.is_none() {
         return Err(GraphError::bad_request(
             "ErrorInvalidUrlQueryFilter",
-            "The emulator supports $filter on singleValueExtendedProperties/Any(…) and isRead eq true|false.",
+            "The emulator supports $filter on singleValueExtendedProperties/Any(…), isRead eq true|false and receivedDateTime ge|gt {value}.",
         ));
     }
     let mut selected: Vec<&Message> = mailbox
@@ -107,6 +111,9 @@ pub(crate) fn list(ctx: &Ctx<'_>, folder: Option<&str>) -> Result<Response, Grap
         .values()
         .filter(|m| folder_id.as_ref().is_none_or(|f| &m.folder_id == f))
         .filter(|m| is_read.is_none_or(|r| m.is_read == r))
+        .filter(|m| {
+            received_from.is_none_or(|(from, inclusive)| m.received > from || (inclusive && m.received == from))
+        })
         .filter(|m| {
             extended.as_ref().is_none_or(|(id, value)| {
                 m.extended
@@ -189,7 +196,7 @@ pub(crate) fn patch(ctx: &Ctx<'_>, id: &str, body: &Bytes) -> Result<Response, G
     let mut updated = mailbox.messages[&immutable].clone();
     input::apply(&mut updated, &props, ctx.now)?;
     mailbox.messages.insert(immutable.clone(), updated);
-    world.touch(&ctx.address, &immutable, ctx.now);
+    world.touch(&ctx.address, &immutable, ctx.now, &input::changed_properties(&props));
     let mailbox = &world.mailboxes[&ctx.address];
     Ok(ctx.answer(
         StatusCode::OK,

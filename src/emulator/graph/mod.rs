@@ -167,15 +167,42 @@ pub(crate) async fn entry(
         headers,
         body,
     };
-    if request.path.eq_ignore_ascii_case("/$batch") {
+    let resp = if request.path.eq_ignore_ascii_case("/$batch") {
         if request.method != Method::POST {
             return GraphError::new(StatusCode::METHOD_NOT_ALLOWED, "BadRequest", "$batch takes POST.")
                 .render(emu.clock.now(), "", "")
                 .into_response();
         }
-        return batch::handle_batch(&emu, request, seq.map(|Extension(RequestSeq(s))| s)).await;
+        batch::handle_batch(&emu, request, seq.map(|Extension(RequestSeq(s))| s)).await
+    } else {
+        handle(&emu, request).await
+    };
+    if emu.world().malformed_messages {
+        break_marked(resp).await
+    } else {
+        resp
     }
-    handle(&emu, request).await
+}
+
+/// Turns the marks left by messages delivered with `malformed` into what they stand for:
+/// a lone surrogate escape, or the end of the answer.
+async fn break_marked(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    if !text.contains(render::LONE_SURROGATE_MARK) && !text.contains(render::TRUNCATE_MARK) {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let mut out = text.replace(render::LONE_SURROGATE_MARK, "\\ud800");
+    if let Some(cut) = out.find(render::TRUNCATE_MARK) {
+        out.truncate(cut);
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(out))
 }
 
 /// Runs one Graph request: authenticate, resolve, authorize, throttle, dispatch.

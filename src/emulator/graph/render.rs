@@ -2,8 +2,15 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::emulator::model::{Attachment, BodyType, Folder, Mailbox, Message, Recipient};
+use crate::emulator::model::{Attachment, BodyType, Folder, Mailbox, Malformed, Message, Recipient};
 use crate::emulator::util::{b64, graph_time};
+
+/// Stands in a rendered string for the escape `\ud800`; the answer is patched on its way
+/// out, since no JSON serializer writes a lone surrogate. Private-use characters, so no
+/// real mail contains it.
+pub(crate) const LONE_SURROGATE_MARK: &str = "\u{F8FF}emulator:lone-surrogate\u{F8FF}";
+/// The answer is cut at this mark on its way out.
+pub(crate) const TRUNCATE_MARK: &str = "\u{F8FF}emulator:truncate\u{F8FF}";
 
 /// How to render a message for one request.
 #[derive(Default)]
@@ -50,6 +57,13 @@ pub(crate) fn message(m: &Message, mailbox: &Mailbox, view: &View) -> Value {
         .chars()
         .take(255)
         .collect();
+    let mark = match m.malformed {
+        Some(Malformed::LoneSurrogate) => LONE_SURROGATE_MARK,
+        Some(Malformed::Truncated) => TRUNCATE_MARK,
+        None => "",
+    };
+    content.push_str(mark);
+    let subject = format!("{}{mark}", m.subject);
     let id = visible_id(m, view.immutable);
     let mut all = Map::new();
     let mut put = |k: &str, v: Value| {
@@ -65,7 +79,7 @@ pub(crate) fn message(m: &Message, mailbox: &Mailbox, view: &View) -> Value {
     put("sentDateTime", json!(m.sent.map(graph_time)));
     put("hasAttachments", json!(m.has_attachments()));
     put("internetMessageId", json!(m.internet_message_id));
-    put("subject", json!(m.subject));
+    put("subject", json!(subject));
     put("bodyPreview", json!(preview));
     put("importance", json!(m.importance));
     put("parentFolderId", json!(m.folder_id));

@@ -6,11 +6,21 @@ use axum::response::Response;
 use super::{Ctx, GraphError, GraphRequest, Need, attachments, compose, delta, messages};
 
 /// Path segments, percent-decoded, with OData key syntax split: `mailFolders('inbox')` →
-/// `mailFolders`, `inbox`.
+/// `mailFolders`, `inbox`. Function calls lose their empty parentheses and a namespace
+/// prefix: `delta()` and `microsoft.graph.delta()` are `delta`.
 pub(crate) fn segments(path: &str) -> Vec<String> {
     let mut out = Vec::new();
     for raw in path.split('/').filter(|s| !s.is_empty()) {
-        let decoded = percent_decode(raw);
+        let mut decoded = percent_decode(raw);
+        if decoded.len() > "microsoft.graph.".len()
+            && decoded[.."microsoft.graph.".len()].eq_ignore_ascii_case("microsoft.graph.")
+        {
+            decoded = decoded["microsoft.graph.".len()..].to_string();
+        }
+        if let Some(name) = decoded.strip_suffix("()") {
+            out.push(name.to_string());
+            continue;
+        }
         match decoded.split_once('(') {
             Some((name, rest)) if rest.ends_with(')') => {
                 out.push(name.to_string());

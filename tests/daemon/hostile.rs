@@ -1,0 +1,383 @@
+//! Ingest against receivers and Graph answers that are hostile but documented: a receiver that
+//! redirects or refuses for a while, a long poll interval, an expired delta token soon after
+//! start, a folder that fails, quarantined messages replayed through the API.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::support::{API_TOKEN, Env, eventually, metric, with_api_token, with_defaults};
+
+/// What the test receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// 302 to a login page (an auth proxy in front of routing).
+    Redirect,
+    /// 401 (a rotated signing secret).
+    Refuse,
+    /// 200.
+    Accept,
+    /// 422 for subjects containing "poison", 200 for the rest.
+    RejectPoison,
+}
+
+/// A routing receiver whose behaviour the test switches; it records what it accepted.
+struct Receiver {
+    mode: Mutex<Mode>,
+    /// Dedup keys of accepted events, in order.
+    accepted: Mutex<Vec<String>>,
+    /// POSTs answered with something other than 2xx.
+    refused: Mutex<usize>,
+    /// GETs that reached the login page (a followed redirect).
+    login_visits: Mutex<usize>,
+    /// Signals every request.
+    seen: Notify,
+}
+
+async fn inbound(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mode = *rx.mode.lock().unwrap();
+    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let is_message = event["schema"] == "inboxd.message.v1";
+    let answer = match mode {
+        _ if !is_message => StatusCode::OK.into_response(),
+        Mode::Redirect => (StatusCode::FOUND, [("location", "/login?next=/inbound")]).into_response(),
+        Mode::Refuse => (StatusCode::UNAUTHORIZED, "bad signature").into_response(),
+        Mode::RejectPoison if event["subject"].as_str().unwrap_or("").contains("poison") => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "subject not allowed").into_response()
+        }
+        Mode::Accept | Mode::RejectPoison => {
+            let key = headers["x-inboxd-dedup-key"].to_str().unwrap().to_string();
+            rx.accepted.lock().unwrap().push(key);
+            StatusCode::OK.into_response()
+        }
+    };
+    if is_message && !answer.status().is_success() {
+        *rx.refused.lock().unwrap() += 1;
+    }
+    rx.seen.notify_waiters();
+    answer
+}
+
+async fn login(State(rx): State<Arc<Receiver>>) -> &'static str {
+    *rx.login_visits.lock().unwrap() += 1;
+    "<html>sign in</html>"
+}
+
+impl Receiver {
+    async fn serve(mode: Mode) -> (Arc<Receiver>, String) {
+        let rx = Arc::new(Receiver {
+            mode: Mutex::new(mode),
+            accepted: Mutex::default(),
+            refused: Mutex::default(),
+            login_visits: Mutex::default(),
+            seen: Notify::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/inbound", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route("/inbound", axum::routing::post(inbound))
+            .route("/login", axum::routing::any(login))
+            .with_state(rx.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (rx, url)
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn refused(&self) -> usize {
+        *self.refused.lock().unwrap()
+    }
+
+    fn accepted(&self) -> Vec<String> {
+        self.accepted.lock().unwrap().clone()
+    }
+
+    /// Waits until the receiver refused at least `n` POSTs in all.
+    async fn wait_refused(&self, n: usize) {
+        let limit = Duration::from_secs(60);
+        let done = tokio::time::timeout(limit, async {
+            while self.refused() < n {
+                let seen = self.seen.notified();
+                if self.refused() >= n {
+                    break;
+                }
+                seen.await;
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "the receiver saw only {} refused POSTs", self.refused());
+    }
+}
+
+/// A config whose sink is the test receiver.
+fn webhook_config(env: &Env, mailboxes: &[String], url: &str) -> String {
+    let toml = with_api_token(&env.config(mailboxes, "1s"));
+    let file_sink = format!("[sink]\ntype = \"file\"\npath = \"{}\"\n", env.events_path().display());
+    assert!(toml.contains(&file_sink));
+    toml.replace(
+        &file_sink,
+        &format!("[sink]\ntype = \"webhook\"\nurl = \"{url}\"\nsigning_secret = \"dev:whsec-hostile-test\"\n"),
+    )
+}
+
+async fn quarantine(daemon: &crate::support::Daemon) -> Vec<Value> {
+    let (status, body) = daemon.get("/v1/quarantine", Some(API_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["quarantine"]
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+async fn post(daemon: &crate::support::Daemon, path: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}{path}", daemon.addr))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_receiver_that_redirects_then_refuses_then_accepts_gets_every_message() {
+    let env = Env::new().await;
+    let mailbox = "hostile-sink@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let (rx, url) = Receiver::serve(Mode::Redirect).await;
+    let daemon = env
+        .start(&webhook_config(&env, std::slice::from_ref(&mailbox), &url))
+        .await;
+    for n in 0..3 {
+        env.deliver(&mailbox, &format!("during redirects {n}")).await;
+    }
+    // Several delivery attempts redirected (an auth proxy in front of routing)...
+    rx.wait_refused(4).await;
+    let flagged = eventually(Duration::from_secs(10), || async {
+        let (_, metrics) = daemon.get("/metrics", None).await;
+        metric(&metrics, "inboxd_sink_unavailable", "sink=\"webhook\"") == Some(1.0)
+    })
+    .await;
+    assert!(flagged, "inboxd_sink_unavailable rises while the receiver redirects");
+    // ... then refused with 401 (a rotated signing secret) while more mail arrives ...
+    rx.set(Mode::Refuse);
+    let before = rx.refused();
+    for n in 0..3 {
+        env.deliver(&mailbox, &format!("during refusal {n}")).await;
+    }
+    rx.wait_refused(before + 4).await;
+    assert!(rx.accepted().is_empty(), "nothing can have been accepted yet");
+    let waiting = eventually(Duration::from_secs(10), || async {
+        daemon.state(&mailbox).await == "backoff"
+    })
+    .await;
+    assert!(waiting, "the mailbox waits for the sink");
+    // ... then accepted: every message arrives, none quarantined, nothing followed the redirect.
+    rx.set(Mode::Accept);
+    let all = eventually(Duration::from_secs(90), || async {
+        rx.accepted().into_iter().collect::<HashSet<_>>().len() == 6
+    })
+    .await;
+    assert!(all, "accepted {:?}", rx.accepted());
+    assert!(
+        quarantine(&daemon).await.is_empty(),
+        "a refusing receiver quarantines nothing"
+    );
+    assert_eq!(*rx.login_visits.lock().unwrap(), 0, "a redirect was followed");
+    let recovered = eventually(Duration::from_secs(10), || async {
+        let (_, metrics) = daemon.get("/metrics", None).await;
+        metric(&metrics, "inboxd_sink_unavailable", "sink=\"webhook\"") == Some(0.0)
+    })
+    .await;
+    assert!(recovered, "the sink gauge drops back to 0");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejected_event_is_quarantined_and_replayed_with_its_dedup_key() {
+    let env = Env::new().await;
+    let mailbox = "replay@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let (rx, url) = Receiver::serve(Mode::RejectPoison).await;
+    let daemon = env
+        .start(&webhook_config(&env, std::slice::from_ref(&mailbox), &url))
+        .await;
+    env.deliver(&mailbox, "a poison subject").await;
+    env.deliver(&mailbox, "another poison subject").await;
+    env.deliver(&mailbox, "fine").await;
+    let quarantined = eventually(Duration::from_secs(30), || async {
+        quarantine(&daemon).await.len() == 2
+    })
+    .await;
+    assert!(quarantined, "quarantine: {:?}", quarantine(&daemon).await);
+    assert!(eventually(Duration::from_secs(30), || async { rx.accepted().len() == 1 }).await);
+    let entries = quarantine(&daemon).await;
+    assert!(
+        entries.iter().all(|e| e["reason"].as_str().unwrap().contains("422")
+            && e["reason"].as_str().unwrap().contains("subject not allowed")),
+        "{entries:?}"
+    );
+
+    // Routing fixed its side; one entry is replayed by id, the other with the whole mailbox.
+    rx.set(Mode::Accept);
+    let first = entries[0]["id"].as_str().unwrap().to_string();
+    let (status, answer) = post(&daemon, &format!("/v1/quarantine/{first}/replay")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "replay_requested");
+    assert!(eventually(Duration::from_secs(30), || async { rx.accepted().len() == 2 }).await);
+    let (status, answer) = post(&daemon, &format!("/v1/mailboxes/{mailbox}/quarantine/replay")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["requested"], 1);
+    assert!(eventually(Duration::from_secs(30), || async { rx.accepted().len() == 3 }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            quarantine(&daemon).await.is_empty()
+        })
+        .await,
+        "replayed messages leave the quarantine"
+    );
+    // Same keys as a first delivery would have had: routing deduplicates across replays.
+    let keys: HashSet<String> = rx.accepted().into_iter().collect();
+    let expected: HashSet<String> = entries
+        .iter()
+        .map(|e| dedup_key(&mailbox, e["graph_id"].as_str().unwrap()))
+        .collect();
+    assert!(expected.is_subset(&keys), "{expected:?} ⊄ {keys:?}");
+    let (status, _) = post(&daemon, "/v1/quarantine/no-such-entry/replay").await;
+    assert_eq!(status, 404);
+    daemon.stop().await;
+}
+
+fn dedup_key(mailbox: &str, graph_id: &str) -> String {
+    inboxd::mailbox::convert::dedup_key(&inboxd::domain::MailboxAddress::parse(mailbox).unwrap(), graph_id)
+}
+
+#[tokio::test]
+async fn a_poll_interval_longer_than_five_minutes_polls() {
+    let env = Env::new().await;
+    let mailbox = "slow-poll@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    env.deliver(&mailbox, "waiting since before start").await;
+    let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "10m"));
+    let daemon = env.start(&toml).await;
+    let events = env.wait_for_events(1, Duration::from_secs(30)).await;
+    assert_eq!(events.len(), 1, "the first round runs at once, whatever the interval");
+    assert_eq!(daemon.state(&mailbox).await, "active");
+    daemon.stop().await;
+}
+
+#[test]
+fn durations_inboxd_cannot_honour_are_refused_with_their_key() {
+    let toml = r#"
+[store]
+url = "sqlite://./x.db"
+[sink]
+type = "file"
+path = "./x.ndjson"
+[defaults]
+poll_interval = "400days"
+[[apps]]
+name = "a"
+tenant_id = "00000000-0000-0000-0000-000000000000"
+client_id = "11111111-1111-1111-1111-111111111111"
+client_secret = "dev:x"
+[[mailboxes]]
+address = "a@contoso.test"
+app = "a"
+poll_interval = "100000000000000000000s"
+"#;
+    let errors = inboxd::config::from_sources(toml, &Default::default(), std::path::Path::new("."))
+        .expect_err("refused")
+        .to_string();
+    assert!(errors.contains("defaults.poll_interval"), "{errors}");
+    assert!(errors.contains("too long"), "{errors}");
+    assert!(errors.contains("mailboxes[0].poll_interval"), "{errors}");
+}
+
+#[tokio::test]
+async fn a_410_soon_after_start_does_not_deliver_older_mail() {
+    let env = Env::new().await;
+    let mailbox = "resync@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let now = env.control("/_emulator/clock", json!({"advance_secs": 0})).await["now"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let now = time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339).unwrap();
+    for (n, days) in [(0, 5), (1, 5), (2, 2), (3, 1)] {
+        let at = (now - time::Duration::days(days))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        env.control(
+            &format!("/_emulator/mailboxes/{mailbox}/messages"),
+            json!({
+                "from": {"name": "Old", "address": "old@example.net"}, "to": [{"name": "", "address": mailbox}],
+                "subject": format!("old {n}"), "body": {"content_type": "text", "content": "old"}, "received_at": at,
+            }),
+        )
+        .await;
+    }
+    // start_at = "now" (the default), not the test harness's "all".
+    let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s")).replace("start_at = \"all\"\n", "");
+    let daemon = env.start(&toml).await;
+    env.deliver(&mailbox, "new 1").await;
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(30)).await.len(), 1);
+    env.control(&format!("/_emulator/mailboxes/{mailbox}/expire-delta"), json!({}))
+        .await;
+    env.deliver(&mailbox, "new 2").await;
+    let events = env.wait_for_events(2, Duration::from_secs(30)).await;
+    let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(subjects, vec!["new 1", "new 2"], "old mail announced after the resync");
+    // The resync was a fresh round filtered at (about) the start, not 30 days back.
+    let requests = env.requests().await;
+    let resync = requests
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap_or("").ends_with("/messages/delta"))
+        .filter(|r| r["query"].as_str().unwrap_or("").contains("receivedDateTime"))
+        .count();
+    assert!(resync >= 2, "a first round and a filtered resync: {resync}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_folder_does_not_stop_the_others() {
+    let env = Env::new().await;
+    let mailbox = "folders@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let toml = with_defaults(
+        &with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s")),
+        "folders = [\"no-such-folder\", \"inbox\"]",
+    );
+    let daemon = env.start(&toml).await;
+    env.deliver(&mailbox, "first").await;
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(30)).await.len(), 1);
+    env.deliver(&mailbox, "second").await;
+    assert_eq!(
+        env.wait_for_events(2, Duration::from_secs(30)).await.len(),
+        2,
+        "the inbox keeps flowing"
+    );
+    let views = daemon.mailbox_views().await;
+    let view = &views[&mailbox];
+    assert_eq!(view["state"], "active", "{view}");
+    let failing = view["failing_folders"].as_array().unwrap();
+    assert_eq!(failing.len(), 1, "{view}");
+    assert_eq!(failing[0]["folder"], "no-such-folder");
+    let (_, metrics) = daemon.get("/metrics", None).await;
+    assert_eq!(
+        metric(&metrics, "inboxd_folder_failing", "folder=\"no-such-folder\""),
+        Some(1.0),
+        "{metrics}"
+    );
+    daemon.stop().await;
+}
