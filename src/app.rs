@@ -132,6 +132,13 @@ impl App {
         let ready = Arc::new(AtomicBool::new(false));
         let bound = self.local_addr();
         let expiries = expiries(&self.config, &self.apps);
+        let notifications = crate::notify::Notifications::new(
+            &self.config,
+            bound,
+            self.store.clone(),
+            self.sealer.clone(),
+            self.metrics.clone(),
+        );
         let deps = Deps {
             graph: self.graph.clone(),
             store: self.store.clone(),
@@ -142,6 +149,7 @@ impl App {
             http: self.http.clone(),
             bound,
             ingest: Arc::new(tokio::sync::Semaphore::new(crate::supervisor::INGEST_PAGES)),
+            notifications: notifications.clone(),
         };
         let mut supervisor = Supervisor::new(deps, self.config.clone(), self.apps, root.clone());
         supervisor.start_all().await;
@@ -169,7 +177,11 @@ impl App {
         let server_stop = CancellationToken::new();
         let server = tokio::spawn({
             let stop = server_stop.clone();
-            let router = api::router(state);
+            let mut router = api::router(state);
+            if let Some(n) = &notifications {
+                // Open like `/oauth/*`: Graph sends no bearer token; clientState authenticates.
+                router = router.merge(crate::notify::router(n.clone()));
+            }
             let listener = self.listener;
             async move {
                 axum::serve(listener, router)

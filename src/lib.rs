@@ -16,6 +16,7 @@ pub mod event;
 pub mod graph;
 pub mod mailbox;
 pub mod metrics;
+pub mod notify;
 pub mod outbound;
 pub mod shutdown;
 pub mod sink;

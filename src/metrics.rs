@@ -49,6 +49,13 @@ pub struct Metrics {
     pub task_panics: Family<Labels, Counter>,
     /// 1 while a folder fails although its mailbox's other folders work, by mailbox and folder.
     pub folder_failing: Family<Labels, Gauge>,
+    /// Change-notification subscriptions (one per mailbox folder) by state: `active`,
+    /// `pending`, `fallback` (none could be created or kept; the folder is polled).
+    pub subscriptions: Family<Labels, Gauge>,
+    /// Requests to the notification endpoints by outcome: `accepted`, `lifecycle`,
+    /// `validation`, `unknown` (no such subscription), `forged` (wrong clientState),
+    /// `invalid`, `rate_limited`.
+    pub notifications: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +78,8 @@ impl Metrics {
             sink_unavailable: Family::default(),
             task_panics: Family::default(),
             folder_failing: Family::default(),
+            subscriptions: Family::default(),
+            notifications: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -144,6 +153,22 @@ impl Metrics {
             "1 while a folder fails although its mailbox's other folders work",
             m.folder_failing.clone(),
         );
+        registry.register(
+            "inboxd_subscriptions",
+            "Change-notification subscriptions by state",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "inboxd_notifications",
+            "Change notifications received, by outcome",
+            m.notifications.clone(),
+        );
+        for state in ["active", "pending", "fallback"] {
+            let _ = m.subscriptions.get_or_create(&vec![("state", state.to_string())]);
+        }
+        for outcome in ["accepted", "forged"] {
+            let _ = m.notifications.get_or_create(&vec![("outcome", outcome.to_string())]);
+        }
         for task in ["mailbox", "sender"] {
             let _ = m.task_panics.get_or_create(&vec![("task", task.to_string())]);
         }

@@ -44,6 +44,8 @@ pub struct Deps {
     pub bound: SocketAddr,
     /// Pages in memory at once across mailboxes.
     pub ingest: Arc<tokio::sync::Semaphore>,
+    /// Change-notification subscriptions (None while `[notifications]` is off).
+    pub notifications: Option<Arc<crate::notify::Notifications>>,
 }
 
 /// Delta pages processed at once, all mailboxes together: enough to keep Graph and the sink
@@ -147,6 +149,7 @@ impl Supervisor {
             fallback,
             on_fallback: Default::default(),
             wake: Default::default(),
+            poll_override: Default::default(),
             gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
             store: self.deps.store.clone(),
             sink: self.deps.sink.clone(),
@@ -180,6 +183,9 @@ impl Supervisor {
         for ctx in started {
             let cancel = self.root.child_token();
             let address = ctx.config.address.clone();
+            if let Some(notifications) = &self.deps.notifications {
+                notifications.start(ctx.clone(), cancel.child_token());
+            }
             let handle = tokio::spawn(supervised_mailbox(ctx, self.deps.metrics.clone(), cancel.clone()));
             self.running.insert(address, (cancel, handle));
         }
@@ -260,6 +266,9 @@ impl Supervisor {
             tracing::info!(mailbox = %address, "Mailbox removed from the configuration; stopping it (its checkpoints are kept).");
             self.stop(address).await;
             self.deps.board.remove(address);
+            if let Some(notifications) = &self.deps.notifications {
+                notifications.remove(address);
+            }
         }
         self.apps = apps;
         self.api_tokens.store(Arc::new(new.server.api_tokens.clone()));

@@ -3,6 +3,7 @@
 
 mod load;
 mod mailboxes;
+mod notifications;
 mod reader;
 mod secrets;
 mod sections;
@@ -38,6 +39,36 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Mailboxes, with `[defaults]` already applied.
     pub mailboxes: Vec<MailboxConfig>,
+    /// Graph change notifications (off unless enabled).
+    pub notifications: NotificationsConfig,
+}
+
+/// `[notifications]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationsConfig {
+    /// Subscribe to changes and poll only every `safety_poll_interval` while subscribed.
+    pub enabled: bool,
+    /// Base URL where Graph reaches `/graph/notifications` (default: `server.public_url`, then
+    /// the bound address).
+    pub public_url: Option<Url>,
+    /// The poll interval while every folder of a mailbox has a healthy subscription.
+    pub safety_poll_interval: Duration,
+    /// The subscription lifetime asked for (Graph may answer with a lower cap, which is used).
+    pub subscription_lifetime: Duration,
+    /// Requests per second the notification endpoints accept (twice as many in a burst).
+    pub rate_limit: u32,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            enabled: false,
+            public_url: None,
+            safety_poll_interval: Duration::from_secs(300),
+            subscription_lifetime: Duration::from_secs(4230 * 60),
+            rate_limit: 200,
+        }
+    }
 }
 
 /// `[server]`.

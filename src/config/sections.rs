@@ -22,6 +22,10 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
     };
     let microsoft = root.section("microsoft", errors).and_then(|t| microsoft(t, errors));
     let sink = root.section("sink", errors).and_then(|t| sink(t, secrets, errors));
+    let notifications = {
+        let table = root.section("notifications", errors);
+        super::notifications::notifications(table, encryption_key_given, errors)
+    };
     let defaults = {
         let mut table = root
             .section("defaults", errors)
@@ -48,6 +52,7 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         sink: sink?,
         apps: apps?,
         mailboxes: mailboxes?,
+        notifications: notifications?,
     })
 }
 

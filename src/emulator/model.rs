@@ -49,7 +49,8 @@ pub(crate) struct World {
     /// Global change counter: every message change gets the next value (delta order).
     pub(crate) seq: u64,
     /// Some message was delivered with `malformed`: answers need the post-processing pass.
-    pub(crate) malformed_messages: bool,
+    pub(crate) malformed_messages: bool,    /// Change-notification subscriptions and their delivery queue.
+    pub(crate) subscriptions: super::graph::subscriptions::Subscriptions,
 }
 
 /// An app registration.
@@ -290,6 +291,9 @@ impl World {
             .insert(message.immutable_id.clone(), (k.clone(), message.immutable_id.clone()));
         if let Some(mailbox) = self.mailboxes.get_mut(&k) {
             mailbox.messages.insert(message.immutable_id.clone(), message.clone());
+            let user_id = mailbox.id.clone();
+            self.subscriptions
+                .message_created(&k, &user_id, &message.folder_id, &message.id);
         }
         message
     }

@@ -52,6 +52,7 @@ impl RunningEmulator {
 fn router(emu: Shared) -> Router {
     Router::new()
         .merge(control::routes())
+        .merge(graph::subscription_routes())
         .merge(identity::routes())
         .route("/v1.0/{*rest}", any(graph::entry))
         .route("/_upload/{token}", put(graph::upload_chunk))
@@ -80,6 +81,7 @@ pub async fn spawn(addr: SocketAddr, options: EmulatorOptions) -> std::io::Resul
     let shutdown = CancellationToken::new();
     let cert_pem = tls.as_ref().map(|t| t.cert_pem.clone());
     let acceptor = tls.map(|t| t.acceptor);
+    graph::spawn_dispatcher(emu.clone(), shutdown.clone());
     let app = router(emu);
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use poll::{KEY_RETENTION, PollError, RESYNC_MARGIN, RoundStats};
-pub use status::{FolderTrouble, MailboxView, StatusBoard};
+pub use status::{FolderTrouble, MailboxView, NotificationsView, StatusBoard};
 
 use crate::auth::{TokenSource, Verdict};
 use crate::config::MailboxConfig;
@@ -44,8 +44,11 @@ pub struct MailboxCtx {
     pub current: arc_swap::ArcSwap<TokenSource>,
     /// True while mail flows through the fallback app (the mailbox stays flagged).
     pub on_fallback: std::sync::atomic::AtomicBool,
-    /// Wakes a sleeping mailbox (consent completed): re-probe now.
+    /// Wakes a sleeping mailbox (consent completed, a change notification): poll now.
     pub wake: tokio::sync::Notify,
+    /// Milliseconds between successful rounds while change notifications are healthy (the
+    /// safety poll); 0: `config.poll_interval`.
+    pub poll_override: std::sync::atomic::AtomicU64,
     /// Its request governor.
     pub gate: MailboxGate,
     /// Persistence.
@@ -63,6 +66,14 @@ pub struct MailboxCtx {
 }
 
 impl MailboxCtx {
+    /// The wait after a successful round: the safety poll while notifications are healthy.
+    pub fn poll_wait(&self) -> Duration {
+        match self.poll_override.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => self.config.poll_interval,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
     /// The tokens to use now.
     pub fn active(&self) -> TokenSource {
         (**self.current.load()).clone()
@@ -234,7 +245,7 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
                     }
                     _ => Box::pin(ctx.board.set(&mailbox, MailboxState::Active, None, None)).await,
                 }
-                interval
+                ctx.poll_wait()
             }
             Err(PollError::Cancelled) => break,
             Err(e) => {

@@ -44,6 +44,21 @@ pub struct MailboxView {
     /// Where a human consents (delegated mailboxes); shown as `consent_url` when needed.
     #[serde(skip)]
     pub consent_link: Option<String>,
+    /// Change notifications of this mailbox (absent while `[notifications]` is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<NotificationsView>,
+}
+
+/// How a mailbox learns of new mail while `[notifications]` is on.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NotificationsView {
+    /// `active` (Graph wakes it; safety poll only), `pending` (subscribing) or `fallback`
+    /// (no subscription could be created or kept: polled at its `poll_interval`).
+    pub state: &'static str,
+    /// Why it falls back, and what to do.
+    pub reason: Option<String>,
+    /// The interval between polls in force, seconds.
+    pub poll_interval_seconds: f64,
 }
 
 /// A folder that failed while its mailbox's other folders kept flowing.
@@ -103,6 +118,7 @@ impl StatusBoard {
             delivered_total,
             failing_folders: Vec::new(),
             consent_link,
+            notifications: None,
         };
         let old = self
             .views
@@ -284,6 +300,15 @@ impl StatusBoard {
                 tracing::info!(mailbox = %mailbox, folder, "The folder is polled again.");
             }
         }
+    }
+
+    /// Records how the mailbox learns of new mail; true when that changed.
+    pub fn set_notifications(&self, mailbox: &MailboxAddress, view: NotificationsView) -> bool {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(v) = views.get_mut(mailbox) else { return false };
+        let changed = v.notifications.as_ref() != Some(&view);
+        v.notifications = Some(view);
+        changed
     }
 
     /// Forgets a mailbox removed from the configuration.

@@ -3,6 +3,7 @@
 //! A trait, so a Postgres store can follow the SQLite one.
 
 mod sqlite;
+mod subscriptions;
 
 use std::collections::HashSet;
 
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 pub use sqlite::SqliteStore;
+pub use subscriptions::{SubscriptionRecord, SubscriptionStore};
 
 use crate::domain::{MailboxAddress, MailboxState};
 
@@ -216,7 +218,7 @@ pub struct OutboundRecord {
 
 /// What the daemon needs to remember across restarts.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: SubscriptionStore + Send + Sync + 'static {
     /// Checks the database answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "resync_window",
         include_str!("../../migrations/0005_resync_window.sql"),
     ),
+    (
+        7,
+        "subscriptions",
+        include_str!("../../migrations/0007_subscriptions.sql"),
+    ),
 ];
 
 /// Connections of a file-backed pool: SQLite has one writer at a time, a few readers suffice.
@@ -576,5 +581,6 @@ impl Store for SqliteStore {
 mod delegated;
 mod outbox;
 mod quarantine;
+mod subscriptions;
 #[cfg(test)]
 mod tests;

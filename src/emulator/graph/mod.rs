@@ -9,6 +9,7 @@ mod input;
 mod messages;
 mod render;
 mod routes;
+pub(crate) mod subscriptions;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use time::OffsetDateTime;
 
 pub(crate) use attachments::upload_chunk;
 pub(crate) use errors::{GraphError, RequestIds};
+pub(crate) use subscriptions::{control_routes as subscription_routes, spawn_dispatcher};
 
 use super::log::Facts;
 use super::middleware::RequestSeq;
@@ -229,6 +231,9 @@ async fn run(
     let caller = authenticate(emu, &request.headers, facts, now)?;
     let segments = routes::segments(&request.path);
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    if lower.first().is_some_and(|s| s == "subscriptions") {
+        return subscriptions::handle(emu, &caller, request, &segments, now).await;
+    }
     let (user_segment, rest) = match lower.first().map(String::as_str) {
         Some("me") => ("me".to_string(), 1),
         Some("users") if segments.len() >= 2 => (segments[1].clone(), 2),

@@ -1,0 +1,97 @@
+//! The subscriptions table: one Graph change-notification subscription per mailbox folder.
+
+use async_trait::async_trait;
+
+use super::{SqliteStore, db_err, from_stored, to_stored};
+use crate::domain::MailboxAddress;
+use crate::store::{StoreError, SubscriptionRecord, SubscriptionStore};
+
+#[async_trait]
+impl SubscriptionStore for SqliteStore {
+    async fn subscriptions(&self, mailbox: &MailboxAddress) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        const OP: &str = "read subscriptions";
+        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT folder, id, expires_at, sealed_client_state, notification_url FROM subscriptions
+             WHERE mailbox = ?1 ORDER BY folder",
+        )
+        .bind(mailbox.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        rows.into_iter()
+            .map(|(folder, id, expires_at, sealed_client_state, notification_url)| {
+                Ok(SubscriptionRecord {
+                    mailbox: mailbox.clone(),
+                    folder,
+                    id,
+                    expires_at: from_stored(OP, &expires_at)?,
+                    sealed_client_state,
+                    notification_url,
+                })
+            })
+            .collect()
+    }
+
+    async fn save_subscription(&self, r: &SubscriptionRecord) -> Result<(), StoreError> {
+        const OP: &str = "save subscription";
+        sqlx::query(
+            "INSERT INTO subscriptions (mailbox, folder, id, expires_at, sealed_client_state, notification_url, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (mailbox, folder) DO UPDATE SET id = excluded.id, expires_at = excluded.expires_at,
+                 sealed_client_state = excluded.sealed_client_state, notification_url = excluded.notification_url,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(r.mailbox.as_str())
+        .bind(&r.folder)
+        .bind(&r.id)
+        .bind(to_stored(OP, r.expires_at)?)
+        .bind(&r.sealed_client_state)
+        .bind(&r.notification_url)
+        .bind(to_stored(OP, time::OffsetDateTime::now_utc())?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        Ok(())
+    }
+
+    async fn delete_subscription(&self, mailbox: &MailboxAddress, folder: &str) -> Result<(), StoreError> {
+        const OP: &str = "delete subscription";
+        sqlx::query("DELETE FROM subscriptions WHERE mailbox = ?1 AND folder = ?2")
+            .bind(mailbox.as_str())
+            .bind(folder)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn a_subscription_is_saved_replaced_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let mailbox = MailboxAddress::parse("a@b.test").unwrap();
+        let at = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        let mut record = SubscriptionRecord {
+            mailbox: mailbox.clone(),
+            folder: "inbox".into(),
+            id: "sub-1".into(),
+            expires_at: at,
+            sealed_client_state: vec![1, 2, 3],
+            notification_url: "https://x.test/graph/notifications".into(),
+        };
+        store.save_subscription(&record).await.unwrap();
+        record.id = "sub-2".into();
+        store.save_subscription(&record).await.unwrap();
+        assert_eq!(store.subscriptions(&mailbox).await.unwrap(), vec![record.clone()]);
+        store.delete_subscription(&mailbox, "inbox").await.unwrap();
+        assert!(store.subscriptions(&mailbox).await.unwrap().is_empty());
+        store.ping().await.unwrap();
+    }
+}
