@@ -9,6 +9,7 @@ mod hostile;
 mod image;
 mod lock;
 mod monitoring;
+mod notifications;
 mod outbound;
 mod pipeline;
 mod reload;

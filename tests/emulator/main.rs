@@ -10,4 +10,5 @@ mod graph_read;
 mod identity;
 mod limits;
 mod python_sdk;
+mod subscriptions;
 mod support;

@@ -69,7 +69,6 @@ impl SubscriptionStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
 
     #[tokio::test]
     async fn a_subscription_is_saved_replaced_and_deleted() {
