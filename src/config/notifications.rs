@@ -19,7 +19,10 @@ pub(super) fn notifications(
     let Some(mut t) = t else {
         return Some(NotificationsConfig::default());
     };
-    let enabled = t.get_or("enabled", "false").bool(errors);
+    let enabled = match t.get("enabled") {
+        None => Some(false),
+        Some(field) => field.bool(errors),
+    };
     let public_url = match t.get("public_url") {
         None => Some(None),
         Some(field) => https_url(&field, errors).map(Some),

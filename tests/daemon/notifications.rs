@@ -416,3 +416,33 @@ async fn a_restart_reuses_the_stored_subscription() {
     assert_eq!(env.wait_for_events(1, LIMIT).await.len(), 1);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_mailbox_removed_from_the_config_loses_its_subscription() {
+    let env = Env::new().await;
+    let (kept, removed) = (addr("kept"), addr("removed"));
+    env.mailboxes(&[kept.clone(), removed.clone()]).await;
+    let file = |mailboxes: &[String]| {
+        config(&env, mailboxes, "1h", "").replace(
+            &format!("client_secret = \"env:{}\"", crate::support::SECRET_ENV),
+            &format!("client_secret = \"dev:{}\"", crate::support::SECRET),
+        )
+    };
+    let path = env.write_config(&file(&[kept.clone(), removed.clone()]));
+    let daemon = env.start_with_reload(&path).await;
+    subscribed(&env, &daemon, &kept).await;
+    let gone = subscribed(&env, &daemon, &removed).await;
+
+    std::fs::write(&path, file(std::slice::from_ref(&kept))).unwrap();
+    let id = gone["id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(LIMIT, || async {
+            calls(&env, "DELETE", &format!("/v1.0/subscriptions/{id}")).await.contains(&204)
+        })
+        .await,
+        "the removed mailbox's subscription was not deleted"
+    );
+    assert!(subscriptions(&env, &removed).await.is_empty());
+    assert_eq!(subscriptions(&env, &kept).await.len(), 1, "the other mailbox keeps its subscription");
+    daemon.stop().await;
+}

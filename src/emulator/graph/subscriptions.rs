@@ -8,23 +8,27 @@
 //! resources) and a longer request is refused with "Subscription expiration can only be N
 //! minutes in the future"; shorter lifetimes are raised to 45 minutes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::Json;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 use super::{Caller, GraphError, GraphRequest, Need};
-use crate::emulator::util::{graph_time, guid, log_time, opaque, parse_time};
+use crate::emulator::util::{graph_time, guid, opaque, parse_time};
 use crate::emulator::{Emulator, Shared};
+
+mod control;
+mod delivery;
+
+pub(crate) use control::control_routes;
+pub(crate) use delivery::spawn_dispatcher;
+use delivery::validate;
 
 /// Outlook's limit of active subscriptions per mailbox, all applications together.
 const PER_MAILBOX: usize = 1000;
@@ -453,250 +457,5 @@ async fn renew(emu: &Shared, caller: &Caller, id: &str, body: &[u8], now: Offset
     stored.expiration = expiration;
     let rendered = render(stored, emu.base());
     Ok(Json(rendered).into_response())
-}
-
-/// Client for handshakes and notifications.
-static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("a plain client builds")
-});
-
-/// The handshake: `POST {url}?validationToken=…` must come back 200, `text/plain`, with the
-/// decoded token, within the validation timeout.
-async fn validate(url: &str, settings: &SubscriptionSettings) -> Result<(), GraphError> {
-    let token = format!(
-        "Validation: Testing client application reachability for subscription Request-Id: {}",
-        guid()
-    );
-    let mut target = url::Url::parse(url).map_err(|_| GraphError::bad_request("InvalidRequest", "Bad notificationUrl."))?;
-    target.query_pairs_mut().append_pair("validationToken", &token);
-    let failed = |why: &str| {
-        GraphError::bad_request(
-            "ValidationError",
-            format!("Subscription validation request failed. {why}"),
-        )
-    };
-    let answer = CLIENT
-        .post(target)
-        .header("content-type", "text/plain; charset=utf-8")
-        .timeout(Duration::from_millis(settings.validation_timeout_ms))
-        .send()
-        .await;
-    let resp = match answer {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => {
-            return Err(GraphError::bad_request(
-                "ValidationError",
-                "Subscription validation request timeout.",
-            ));
-        }
-        Err(_) => return Err(failed("Notification endpoint must respond with 200 OK to validation request.")),
-    };
-    if resp.status() != reqwest::StatusCode::OK {
-        return Err(failed("Notification endpoint must respond with 200 OK to validation request."));
-    }
-    let plain = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/plain"));
-    let body = resp.text().await.unwrap_or_default();
-    if !plain || body != token {
-        return Err(failed("Response must exactly match validationToken query parameter."));
-    }
-    Ok(())
-}
-
-// ------------------------------------------------------------------------------------------
-// Delivery.
-// ------------------------------------------------------------------------------------------
-
-/// Delivers queued notifications until `stop`: due items are grouped per URL, one POST per
-/// group; a failure or an answer slower than the timeout is retried with doubling delays.
-pub(crate) fn spawn_dispatcher(emu: Shared, stop: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            let notified = QUEUED.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let now = tokio::time::Instant::now();
-            let (due, next, settings) = {
-                let mut world = emu.world();
-                let subs = &mut world.subscriptions;
-                let (due, later): (Vec<Pending>, Vec<Pending>) = subs.queue.drain(..).partition(|p| p.due <= now);
-                subs.queue = later;
-                // A change for a subscription deleted or expired meanwhile is never sent.
-                let clock = emu.clock.now();
-                let due: Vec<Pending> = due
-                    .into_iter()
-                    .filter(|p| p.kind != "change" || subs.items.get(&p.subscription).is_some_and(|s| s.expiration > clock))
-                    .collect();
-                (due, subs.queue.iter().map(|p| p.due).min(), subs.settings.clone())
-            };
-            let mut groups: HashMap<(String, u32), Vec<Pending>> = HashMap::new();
-            for p in due {
-                groups.entry((p.url.clone(), p.attempt)).or_default().push(p);
-            }
-            for (_, group) in groups {
-                for chunk in group.chunks(BATCH) {
-                    tokio::spawn(send_batch(emu.clone(), chunk.to_vec(), settings.clone()));
-                }
-            }
-            let wait = next.unwrap_or(now + Duration::from_secs(3600));
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(wait) => {}
-            }
-        }
-    });
-}
-
-async fn send_batch(emu: Shared, batch: Vec<Pending>, settings: SubscriptionSettings) {
-    let url = batch[0].url.clone();
-    let attempt = batch[0].attempt;
-    let started = std::time::Instant::now();
-    let body = json!({"value": batch.iter().map(|p| p.item.clone()).collect::<Vec<_>>()});
-    let answer = CLIENT
-        .post(&url)
-        .json(&body)
-        .timeout(Duration::from_millis(settings.notification_timeout_ms))
-        .send()
-        .await;
-    let outcome = match &answer {
-        Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
-        Ok(r) => Err(r.status().as_u16().to_string()),
-        Err(e) if e.is_timeout() => Err("timeout".to_string()),
-        Err(_) => Err("unreachable".to_string()),
-    };
-    let mut world = emu.world();
-    let at = log_time(emu.clock.now());
-    let subs = &mut world.subscriptions;
-    for p in &batch {
-        subs.log.push(json!({
-            "subscription_id": p.subscription, "kind": p.kind, "url": url, "attempt": attempt + 1,
-            "status": outcome.as_ref().ok(), "error": outcome.as_ref().err(),
-            "elapsed_ms": started.elapsed().as_millis() as u64, "time": at,
-        }));
-    }
-    if subs.log.len() > LOG_CAP {
-        let excess = subs.log.len() - LOG_CAP;
-        subs.log.drain(..excess);
-    }
-    if outcome.is_err() && attempt < settings.retries {
-        let delay = Duration::from_millis(settings.retry_delay_ms.saturating_mul(1 << attempt.min(16)));
-        for mut p in batch {
-            p.attempt += 1;
-            p.due = tokio::time::Instant::now() + delay;
-            subs.queue.push(p);
-        }
-        QUEUED.notify_waiters();
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Control API.
-// ------------------------------------------------------------------------------------------
-
-/// `/_emulator/subscriptions…`.
-pub(crate) fn control_routes() -> Router<Shared> {
-    Router::new()
-        .route("/_emulator/subscriptions", get(list))
-        .route("/_emulator/subscriptions/settings", get(get_settings).post(set_settings))
-        .route("/_emulator/subscriptions/{id}", delete(vanish))
-        .route("/_emulator/subscriptions/{id}/lifecycle", post(lifecycle))
-        .route("/_emulator/notifications", get(deliveries))
-}
-
-fn control_error(status: StatusCode, message: impl Into<String>) -> Response {
-    crate::emulator::control::error(status, message)
-}
-
-async fn list(State(emu): State<Shared>) -> Response {
-    let world = emu.world();
-    let now = emu.clock.now();
-    let items: Vec<Value> = world
-        .subscriptions
-        .items
-        .values()
-        .map(|s| {
-            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-            v["expired"] = json!(s.expiration <= now);
-            v
-        })
-        .collect();
-    Json(json!({"subscriptions": items})).into_response()
-}
-
-async fn get_settings(State(emu): State<Shared>) -> Response {
-    Json(emu.world().subscriptions.settings.clone()).into_response()
-}
-
-async fn set_settings(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
-    let patch: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return control_error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
-    };
-    let mut world = emu.world();
-    let mut current = serde_json::to_value(&world.subscriptions.settings).unwrap_or(Value::Null);
-    let (Some(target), Some(changes)) = (current.as_object_mut(), patch.as_object()) else {
-        return control_error(StatusCode::BAD_REQUEST, "settings must be a JSON object");
-    };
-    for (k, v) in changes {
-        if !target.contains_key(k) {
-            return control_error(StatusCode::BAD_REQUEST, format!("unknown setting `{k}`"));
-        }
-        target.insert(k.clone(), v.clone());
-    }
-    match serde_json::from_value::<SubscriptionSettings>(current) {
-        Ok(s) if s.max_minutes > 0 && s.min_minutes >= 0 => {
-            world.subscriptions.settings = s.clone();
-            Json(s).into_response()
-        }
-        Ok(_) => control_error(StatusCode::BAD_REQUEST, "max_minutes must be positive, min_minutes not negative"),
-        Err(e) => control_error(StatusCode::BAD_REQUEST, format!("invalid settings: {e}")),
-    }
-}
-
-/// The subscription disappears without any lifecycle event.
-async fn vanish(State(emu): State<Shared>, Path(id): Path<String>) -> Response {
-    match emu.world().subscriptions.items.remove(&id) {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => control_error(StatusCode::NOT_FOUND, format!("no subscription '{id}'")),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LifecycleRequest {
-    event: String,
-}
-
-/// `{"event": "reauthorizationRequired" | "subscriptionRemoved" | "missed"}`.
-async fn lifecycle(State(emu): State<Shared>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
-    let request: LifecycleRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return control_error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
-    };
-    if !matches!(
-        request.event.as_str(),
-        "reauthorizationRequired" | "subscriptionRemoved" | "missed"
-    ) {
-        return control_error(
-            StatusCode::BAD_REQUEST,
-            "event must be reauthorizationRequired, subscriptionRemoved or missed",
-        );
-    }
-    match emu.world().subscriptions.lifecycle(&id, &request.event) {
-        Ok(()) => (StatusCode::ACCEPTED, Json(json!({"queued": request.event}))).into_response(),
-        Err(e) if e.starts_with("no subscription") => control_error(StatusCode::NOT_FOUND, e),
-        Err(e) => control_error(StatusCode::CONFLICT, e),
-    }
-}
-
-async fn deliveries(State(emu): State<Shared>) -> Response {
-    Json(json!({"notifications": emu.world().subscriptions.log})).into_response()
 }
 
