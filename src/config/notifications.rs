@@ -33,12 +33,7 @@ pub(super) fn notifications(
         false,
         Duration::from_secs(24 * 3600),
     );
-    let subscription_lifetime = duration(
-        &t.get_or("subscription_lifetime", "4230m"),
-        errors,
-        false,
-        MAX_LIFETIME,
-    );
+    let subscription_lifetime = duration(&t.get_or("subscription_lifetime", "4230m"), errors, false, MAX_LIFETIME);
     let rate_limit = match t.get("rate_limit") {
         None => Some(200),
         Some(field) => field.int_in(errors, 1, 100_000).and_then(|v| u32::try_from(v).ok()),

@@ -49,7 +49,8 @@ pub(crate) struct World {
     /// Global change counter: every message change gets the next value (delta order).
     pub(crate) seq: u64,
     /// Some message was delivered with `malformed`: answers need the post-processing pass.
-    pub(crate) malformed_messages: bool,    /// Change-notification subscriptions and their delivery queue.
+    pub(crate) malformed_messages: bool,
+    /// Change-notification subscriptions and their delivery queue.
     pub(crate) subscriptions: super::graph::subscriptions::Subscriptions,
 }
 

@@ -28,7 +28,10 @@ fn resource(ctx: &MailboxCtx, folder: &str) -> String {
 
 /// RFC 3339 without fractions, as Graph's examples write it.
 fn wire_time(t: OffsetDateTime) -> String {
-    t.replace_nanosecond(0).unwrap_or(t).format(&Rfc3339).unwrap_or_default()
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 /// The N of "Subscription expiration can only be N minutes in the future".
@@ -55,8 +58,7 @@ where
         Err(e) => match announced_cap(&e) {
             Some(cap) if cap > 0 => {
                 tracing::info!(mailbox = %ctx.config.address, minutes = cap, "Graph caps subscription lifetimes; asking for that instead.");
-                hub.learned_cap_minutes
-                    .store(cap, std::sync::atomic::Ordering::Relaxed);
+                hub.learned_cap_minutes.store(cap, std::sync::atomic::Ordering::Relaxed);
                 let again = build(OffsetDateTime::now_utc() + hub.lifetime());
                 ctx.graph.call(&ctx.gate, &ctx.active(), &again).await
             }
@@ -169,7 +171,9 @@ mod tests {
     #[test]
     fn the_announced_cap_is_read_from_the_message_whatever_its_value() {
         for n in [4230u64, 10070, 60, 1] {
-            let e = refused(&format!("Subscription expiration can only be {n} minutes in the future."));
+            let e = refused(&format!(
+                "Subscription expiration can only be {n} minutes in the future."
+            ));
             assert_eq!(announced_cap(&e), Some(n));
         }
         assert_eq!(announced_cap(&refused("Subscription validation request failed.")), None);

@@ -104,11 +104,9 @@ fn dispatch(hub: &Notifications, items: &[Value]) -> Tally {
             continue;
         };
         let presented = item["clientState"].as_str().unwrap_or_default().as_bytes();
-        let genuine = aws_lc_rs::constant_time::verify_slices_are_equal(
-            route.client_state.expose_secret().as_bytes(),
-            presented,
-        )
-        .is_ok();
+        let genuine =
+            aws_lc_rs::constant_time::verify_slices_are_equal(route.client_state.expose_secret().as_bytes(), presented)
+                .is_ok();
         let mailbox = &route.ctx.config.address;
         if !genuine {
             tally.forged += 1;

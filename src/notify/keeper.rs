@@ -114,7 +114,11 @@ pub(super) async fn keep(
         healthy: false,
     };
     for f in &k.folders {
-        k.hub.metrics.subscriptions.get_or_create(&vec![("state", f.state.to_string())]).inc();
+        k.hub
+            .metrics
+            .subscriptions
+            .get_or_create(&vec![("state", f.state.to_string())])
+            .inc();
     }
     k.publish();
     tokio::select! {
@@ -122,7 +126,11 @@ pub(super) async fn keep(
         _ = k.run(&mut rx) => {}
     }
     for f in &k.folders {
-        k.hub.metrics.subscriptions.get_or_create(&vec![("state", f.state.to_string())]).dec();
+        k.hub
+            .metrics
+            .subscriptions
+            .get_or_create(&vec![("state", f.state.to_string())])
+            .dec();
         if let Some((id, _, _)) = &f.live {
             k.hub.unroute(id);
         }

@@ -125,12 +125,7 @@ impl Notifications {
 
     /// The mailbox left the configuration: its subscriptions are deleted at Graph and forgotten.
     pub fn remove(self: &Arc<Self>, address: &MailboxAddress) {
-        let Some(keeper) = self
-            .keepers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(address)
-        else {
+        let Some(keeper) = self.keepers.lock().unwrap_or_else(|p| p.into_inner()).remove(address) else {
             return;
         };
         keeper.task.abort();

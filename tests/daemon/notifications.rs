@@ -187,10 +187,17 @@ async fn the_endpoint_is_open_answers_the_handshake_and_refuses_forged_notificat
         assert_eq!(resp.status(), 200, "{path}");
         let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
         assert!(ct.starts_with("text/plain"), "{ct}");
-        assert_eq!(resp.text().await.unwrap(), "Validation: a b+c&d", "{path}: token not decoded");
+        assert_eq!(
+            resp.text().await.unwrap(),
+            "Validation: a b+c&d",
+            "{path}: token not decoded"
+        );
     }
 
-    assert_eq!(post(&daemon, "/graph/notifications", change(&sub, "forged-state")).await, 403);
+    assert_eq!(
+        post(&daemon, "/graph/notifications", change(&sub, "forged-state")).await,
+        403
+    );
     assert_eq!(post(&daemon, "/graph/notifications", change(&sub, "")).await, 403);
     let unknown = json!({"value": [{"subscriptionId": "no-such-subscription", "clientState": "x"}]});
     assert_eq!(post(&daemon, "/graph/notifications", unknown).await, 202);
@@ -204,8 +211,14 @@ async fn the_endpoint_is_open_answers_the_handshake_and_refuses_forged_notificat
         .unwrap();
     assert_eq!(resp.status(), 413, "the endpoint has its own small body limit");
     let text = metrics(&daemon).await;
-    assert_eq!(metric(&text, "inboxd_notifications_total", "outcome=\"forged\""), Some(2.0));
-    assert_eq!(metric(&text, "inboxd_notifications_total", "outcome=\"unknown\""), Some(1.0));
+    assert_eq!(
+        metric(&text, "inboxd_notifications_total", "outcome=\"forged\""),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, "inboxd_notifications_total", "outcome=\"unknown\""),
+        Some(1.0)
+    );
     assert!(!text.contains(sub["client_state"].as_str().unwrap()));
     // The rest of the API still wants a bearer token.
     assert_eq!(daemon.get("/v1/mailboxes", None).await.0, 401);
@@ -220,10 +233,9 @@ async fn the_endpoint_has_a_rate_limit() {
     let daemon = env
         .start(&config(&env, std::slice::from_ref(&mailbox), "1h", "rate_limit = 1"))
         .await;
-    let answers = futures_util::future::join_all(
-        (0..20).map(|_| post(&daemon, "/graph/notifications", json!({"value": []}))),
-    )
-    .await;
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| post(&daemon, "/graph/notifications", json!({"value": []}))))
+            .await;
     assert!(answers.contains(&429), "{answers:?}");
     daemon.stop().await;
 }
@@ -272,7 +284,9 @@ async fn subscriptions_are_renewed_before_expiry_and_one_that_vanishes_is_create
     let first_expiry = sub["expiration"].as_str().unwrap().to_string();
     assert!(
         eventually(LIMIT, || async {
-            calls(&env, "PATCH", &format!("/v1.0/subscriptions/{id}")).await.contains(&200)
+            calls(&env, "PATCH", &format!("/v1.0/subscriptions/{id}"))
+                .await
+                .contains(&200)
         })
         .await,
         "never renewed"
@@ -280,7 +294,10 @@ async fn subscriptions_are_renewed_before_expiry_and_one_that_vanishes_is_create
     // Well past the first expiry, the same subscription is still alive.
     let later = |s: Value| s["id"] == id.as_str() && s["expiration"].as_str().unwrap() > first_expiry.as_str();
     assert!(
-        eventually(LIMIT, || async { subscriptions(&env, &mailbox).await.into_iter().any(later) }).await,
+        eventually(LIMIT, || async {
+            subscriptions(&env, &mailbox).await.into_iter().any(later)
+        })
+        .await,
         "{:?}",
         subscriptions(&env, &mailbox).await
     );
@@ -295,12 +312,19 @@ async fn subscriptions_are_renewed_before_expiry_and_one_that_vanishes_is_create
     assert_eq!(resp.status(), 204);
     assert!(
         eventually(LIMIT, || async {
-            subscriptions(&env, &mailbox).await.iter().any(|s| s["id"] != id.as_str())
+            subscriptions(&env, &mailbox)
+                .await
+                .iter()
+                .any(|s| s["id"] != id.as_str())
         })
         .await,
         "no new subscription after the old one vanished"
     );
-    assert!(calls(&env, "PATCH", &format!("/v1.0/subscriptions/{id}")).await.contains(&404));
+    assert!(
+        calls(&env, "PATCH", &format!("/v1.0/subscriptions/{id}"))
+            .await
+            .contains(&404)
+    );
     daemon.stop().await;
 }
 
@@ -393,8 +417,7 @@ async fn a_restart_reuses_the_stored_subscription() {
     let mailbox = addr("restart");
     env.mailboxes(std::slice::from_ref(&mailbox)).await;
     let listen = format!("listen = \"127.0.0.1:{}\"", free_port());
-    let toml = config(&env, std::slice::from_ref(&mailbox), "1h", "")
-        .replacen("listen = \"127.0.0.1:0\"", &listen, 1);
+    let toml = config(&env, std::slice::from_ref(&mailbox), "1h", "").replacen("listen = \"127.0.0.1:0\"", &listen, 1);
     let daemon = env.start(&toml).await;
     let sub = subscribed(&env, &daemon, &mailbox).await;
     daemon.stop().await;
@@ -408,9 +431,17 @@ async fn a_restart_reuses_the_stored_subscription() {
     let daemon = env.start(&toml).await;
     let again = subscribed(&env, &daemon, &mailbox).await;
     assert_eq!(again["id"], sub["id"]);
-    assert_eq!(calls(&env, "POST", "/v1.0/subscriptions").await, vec![201], "created again");
+    assert_eq!(
+        calls(&env, "POST", "/v1.0/subscriptions").await,
+        vec![201],
+        "created again"
+    );
     let id = sub["id"].as_str().unwrap();
-    assert!(calls(&env, "GET", &format!("/v1.0/subscriptions/{id}")).await.contains(&200));
+    assert!(
+        calls(&env, "GET", &format!("/v1.0/subscriptions/{id}"))
+            .await
+            .contains(&200)
+    );
     // The reused subscription still wakes the mailbox (its clientState was unsealed).
     env.deliver(&mailbox, "after restart").await;
     assert_eq!(env.wait_for_events(1, LIMIT).await.len(), 1);
@@ -437,12 +468,18 @@ async fn a_mailbox_removed_from_the_config_loses_its_subscription() {
     let id = gone["id"].as_str().unwrap().to_string();
     assert!(
         eventually(LIMIT, || async {
-            calls(&env, "DELETE", &format!("/v1.0/subscriptions/{id}")).await.contains(&204)
+            calls(&env, "DELETE", &format!("/v1.0/subscriptions/{id}"))
+                .await
+                .contains(&204)
         })
         .await,
         "the removed mailbox's subscription was not deleted"
     );
     assert!(subscriptions(&env, &removed).await.is_empty());
-    assert_eq!(subscriptions(&env, &kept).await.len(), 1, "the other mailbox keeps its subscription");
+    assert_eq!(
+        subscriptions(&env, &kept).await.len(),
+        1,
+        "the other mailbox keeps its subscription"
+    );
     daemon.stop().await;
 }

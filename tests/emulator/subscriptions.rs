@@ -43,7 +43,10 @@ async fn endpoint(
             tokio::time::sleep(SLOW).await;
         }
         let answer = if r.mode == Mode::Encoded {
-            uri.query().unwrap_or_default().trim_start_matches("validationToken=").to_string()
+            uri.query()
+                .unwrap_or_default()
+                .trim_start_matches("validationToken=")
+                .to_string()
         } else {
             token.clone()
         };
@@ -109,24 +112,32 @@ async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 async fn a_subscription_needs_a_handshake_and_a_lifetime_within_the_cap() {
     let (emu, token) = setup().await;
     let (encoded, _) = receiver(Mode::Encoded).await;
-    let (status, _, body) = emu.graph_post(&token, "/v1.0/subscriptions", request(&encoded, 60)).await;
+    let (status, _, body) = emu
+        .graph_post(&token, "/v1.0/subscriptions", request(&encoded, 60))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "ValidationError");
 
     let (slow, _) = receiver(Mode::Slow).await;
-    emu.post("/_emulator/subscriptions/settings", json!({"validation_timeout_ms": 300}))
-        .await;
+    emu.post(
+        "/_emulator/subscriptions/settings",
+        json!({"validation_timeout_ms": 300}),
+    )
+    .await;
     let (status, _, body) = emu.graph_post(&token, "/v1.0/subscriptions", request(&slow, 60)).await;
     assert_eq!(status, 400, "a slow handshake fails the create: {body}");
 
     let (good, _) = receiver(Mode::Good).await;
-    let (status, _, body) = emu.graph_post(&token, "/v1.0/subscriptions", request(&good, 5000)).await;
+    let (status, _, body) = emu
+        .graph_post(&token, "/v1.0/subscriptions", request(&good, 5000))
+        .await;
     assert_eq!(status, 400);
     assert_eq!(
         body["error"]["message"],
         "Subscription expiration can only be 4230 minutes in the future."
     );
-    emu.post("/_emulator/subscriptions/settings", json!({"max_minutes": 100})).await;
+    emu.post("/_emulator/subscriptions/settings", json!({"max_minutes": 100}))
+        .await;
     let (_, _, body) = emu.graph_post(&token, "/v1.0/subscriptions", request(&good, 101)).await;
     assert_eq!(
         body["error"]["message"],
@@ -181,7 +192,10 @@ async fn new_mail_is_notified_and_a_slow_endpoint_gets_it_again() {
     let (_, log) = emu.get("/_emulator/notifications").await;
     let attempts: Vec<Value> = log["notifications"].as_array().unwrap().clone();
     assert_eq!(attempts[0]["error"], "timeout", "{log}");
-    assert!(attempts.iter().any(|a| a["attempt"] == 2 && a["status"] == 202), "{log}");
+    assert!(
+        attempts.iter().any(|a| a["attempt"] == 2 && a["status"] == 202),
+        "{log}"
+    );
 
     // A lifecycle event on demand; subscriptionRemoved takes the subscription away.
     let id = sub["id"].as_str().unwrap();
@@ -194,7 +208,10 @@ async fn new_mail_is_notified_and_a_slow_endpoint_gets_it_again() {
     assert_eq!(status, 202);
     assert!(
         wait_until(Duration::from_secs(20), || {
-            got.lock().unwrap().iter().any(|b| b["value"][0]["lifecycleEvent"] == "subscriptionRemoved")
+            got.lock()
+                .unwrap()
+                .iter()
+                .any(|b| b["value"][0]["lifecycleEvent"] == "subscriptionRemoved")
         })
         .await
     );

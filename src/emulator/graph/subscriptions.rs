@@ -141,7 +141,9 @@ impl Subscriptions {
         for s in self.items.values() {
             let matches = s.mailbox == mailbox
                 && s.folder_id.as_deref().is_none_or(|f| f == folder_id)
-                && s.change_type.split(',').any(|c| c.trim().eq_ignore_ascii_case("created"));
+                && s.change_type
+                    .split(',')
+                    .any(|c| c.trim().eq_ignore_ascii_case("created"));
             if !matches {
                 continue;
             }
@@ -177,7 +179,11 @@ impl Subscriptions {
 
     /// Queues a lifecycle event; `subscriptionRemoved` also removes the subscription.
     fn lifecycle(&mut self, id: &str, event: &str) -> Result<(), String> {
-        let s = self.items.get(id).ok_or_else(|| format!("no subscription '{id}'"))?.clone();
+        let s = self
+            .items
+            .get(id)
+            .ok_or_else(|| format!("no subscription '{id}'"))?
+            .clone();
         let url = s
             .lifecycle_notification_url
             .clone()
@@ -236,8 +242,10 @@ pub(crate) async fn handle(
                 .filter(|s| s.application_id == caller.app && s.expiration > now)
                 .map(|s| render(s, emu.base()))
                 .collect();
-            Ok(Json(json!({"@odata.context": format!("{}/v1.0/$metadata#subscriptions", emu.base()), "value": list}))
-                .into_response())
+            Ok(
+                Json(json!({"@odata.context": format!("{}/v1.0/$metadata#subscriptions", emu.base()), "value": list}))
+                    .into_response(),
+            )
         }
         [_, id] if m == Method::GET => {
             let s = owned(emu, caller, id, now)?;
@@ -380,8 +388,7 @@ fn invalid_resource(resource: &str) -> GraphError {
 fn acceptable_url(text: &str) -> bool {
     url::Url::parse(text).is_ok_and(|u| {
         u.scheme() == "https"
-            || (u.scheme() == "http"
-                && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]" | "::1")))
+            || (u.scheme() == "http" && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]" | "::1")))
     })
 }
 
@@ -390,8 +397,12 @@ async fn create(emu: &Shared, caller: &Caller, body: &[u8], now: OffsetDateTime)
     let text = |name: &str| body[name].as_str().map(str::to_string);
     let change_type = text("changeType")
         .filter(|c| {
-            c.split(',')
-                .all(|t| matches!(t.trim().to_ascii_lowercase().as_str(), "created" | "updated" | "deleted"))
+            c.split(',').all(|t| {
+                matches!(
+                    t.trim().to_ascii_lowercase().as_str(),
+                    "created" | "updated" | "deleted"
+                )
+            })
         })
         .ok_or_else(|| GraphError::bad_request("InvalidRequest", "changeType must be created, updated or deleted."))?;
     let notification_url = text("notificationUrl")
@@ -411,7 +422,8 @@ async fn create(emu: &Shared, caller: &Caller, body: &[u8], now: OffsetDateTime)
             "clientState must be at most 128 characters.",
         ));
     }
-    let resource = text("resource").ok_or_else(|| GraphError::bad_request("InvalidRequest", "resource is required."))?;
+    let resource =
+        text("resource").ok_or_else(|| GraphError::bad_request("InvalidRequest", "resource is required."))?;
     let settings = emu.world().subscriptions.settings.clone();
     let expiration = expiry(&settings, &body, now)?;
     let (mailbox, folder_id) = resolve(emu, caller, &resource)?;
@@ -444,7 +456,13 @@ async fn create(emu: &Shared, caller: &Caller, body: &[u8], now: OffsetDateTime)
     Ok((StatusCode::CREATED, Json(rendered)).into_response())
 }
 
-async fn renew(emu: &Shared, caller: &Caller, id: &str, body: &[u8], now: OffsetDateTime) -> Result<Response, GraphError> {
+async fn renew(
+    emu: &Shared,
+    caller: &Caller,
+    id: &str,
+    body: &[u8],
+    now: OffsetDateTime,
+) -> Result<Response, GraphError> {
     let body: Value = serde_json::from_slice(body).map_err(|_| GraphError::bad_body("Invalid JSON body."))?;
     let s = owned(emu, caller, id, now)?;
     let settings = emu.world().subscriptions.settings.clone();
@@ -458,4 +476,3 @@ async fn renew(emu: &Shared, caller: &Caller, id: &str, body: &[u8], now: Offset
     let rendered = render(stored, emu.base());
     Ok(Json(rendered).into_response())
 }
-

@@ -12,12 +12,14 @@ use serde_json::{Value, json};
 use super::SubscriptionSettings;
 use crate::emulator::Shared;
 
-
 /// `/_emulator/subscriptions…`.
 pub(crate) fn control_routes() -> Router<Shared> {
     Router::new()
         .route("/_emulator/subscriptions", get(list))
-        .route("/_emulator/subscriptions/settings", get(get_settings).post(set_settings))
+        .route(
+            "/_emulator/subscriptions/settings",
+            get(get_settings).post(set_settings),
+        )
         .route("/_emulator/subscriptions/{id}", delete(vanish))
         .route("/_emulator/subscriptions/{id}/lifecycle", post(lifecycle))
         .route("/_emulator/notifications", get(deliveries))
@@ -68,7 +70,10 @@ async fn set_settings(State(emu): State<Shared>, body: axum::body::Bytes) -> Res
             world.subscriptions.settings = s.clone();
             Json(s).into_response()
         }
-        Ok(_) => control_error(StatusCode::BAD_REQUEST, "max_minutes must be positive, min_minutes not negative"),
+        Ok(_) => control_error(
+            StatusCode::BAD_REQUEST,
+            "max_minutes must be positive, min_minutes not negative",
+        ),
         Err(e) => control_error(StatusCode::BAD_REQUEST, format!("invalid settings: {e}")),
     }
 }
@@ -112,4 +117,3 @@ async fn lifecycle(State(emu): State<Shared>, Path(id): Path<String>, body: axum
 async fn deliveries(State(emu): State<Shared>) -> Response {
     Json(json!({"notifications": emu.world().subscriptions.log})).into_response()
 }
-

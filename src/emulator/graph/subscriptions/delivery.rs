@@ -11,11 +11,10 @@ use tokio_util::sync::CancellationToken;
 use std::sync::LazyLock;
 
 use super::{BATCH, LOG_CAP, Pending, QUEUED, SubscriptionSettings};
+use crate::emulator::Shared;
 use crate::emulator::graph::GraphError;
 use crate::emulator::util::guid;
-use crate::emulator::Shared;
 use crate::emulator::util::log_time;
-
 
 /// Delivers queued notifications until `stop`: due items are grouped per URL, one POST per
 /// group; a failure or an answer slower than the timeout is retried with doubling delays.
@@ -35,7 +34,9 @@ pub(crate) fn spawn_dispatcher(emu: Shared, stop: CancellationToken) {
                 let clock = emu.clock.now();
                 let due: Vec<Pending> = due
                     .into_iter()
-                    .filter(|p| p.kind != "change" || subs.items.get(&p.subscription).is_some_and(|s| s.expiration > clock))
+                    .filter(|p| {
+                        p.kind != "change" || subs.items.get(&p.subscription).is_some_and(|s| s.expiration > clock)
+                    })
                     .collect();
                 (due, subs.queue.iter().map(|p| p.due).min(), subs.settings.clone())
             };
@@ -115,7 +116,8 @@ pub(super) async fn validate(url: &str, settings: &SubscriptionSettings) -> Resu
         "Validation: Testing client application reachability for subscription Request-Id: {}",
         guid()
     );
-    let mut target = url::Url::parse(url).map_err(|_| GraphError::bad_request("InvalidRequest", "Bad notificationUrl."))?;
+    let mut target =
+        url::Url::parse(url).map_err(|_| GraphError::bad_request("InvalidRequest", "Bad notificationUrl."))?;
     target.query_pairs_mut().append_pair("validationToken", &token);
     let failed = |why: &str| {
         GraphError::bad_request(
@@ -137,10 +139,16 @@ pub(super) async fn validate(url: &str, settings: &SubscriptionSettings) -> Resu
                 "Subscription validation request timeout.",
             ));
         }
-        Err(_) => return Err(failed("Notification endpoint must respond with 200 OK to validation request.")),
+        Err(_) => {
+            return Err(failed(
+                "Notification endpoint must respond with 200 OK to validation request.",
+            ));
+        }
     };
     if resp.status() != reqwest::StatusCode::OK {
-        return Err(failed("Notification endpoint must respond with 200 OK to validation request."));
+        return Err(failed(
+            "Notification endpoint must respond with 200 OK to validation request.",
+        ));
     }
     let plain = resp
         .headers()
