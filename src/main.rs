@@ -60,9 +60,9 @@ enum Command {
         #[arg(long)]
         tls_cert_out: Option<PathBuf>,
     },
-    /// Runs a benchmark scenario (backlog, idle, steady, reference or all) and prints a JSON report.
+    /// Runs a benchmark scenario (backlog, idle, steady, reference, notify or all) and prints a JSON report.
     Bench {
-        /// backlog, idle, steady, reference or all.
+        /// backlog, idle, steady, reference, notify or all (all leaves notify out).
         scenario: String,
         /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
         #[arg(long)]

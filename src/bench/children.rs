@@ -158,6 +158,8 @@ pub struct DaemonSpec<'a> {
     pub poll_secs: u64,
     /// `start_at`: `"all"` for mail seeded before start, `"now"` otherwise.
     pub start_at: &'a str,
+    /// `notifications.safety_poll_interval` in seconds; `None`: notifications off.
+    pub safety_poll_secs: Option<u64>,
 }
 
 /// The daemon under test.
@@ -185,6 +187,12 @@ impl Daemon {
             poll = spec.poll_secs,
             start = spec.start_at,
         );
+        if let Some(safety) = spec.safety_poll_secs {
+            toml = toml.replacen("[store]\n", "[store]\nencryption_key = \"dev:bench-store-key\"\n", 1);
+            toml.push_str(&format!(
+                "\n[notifications]\nenabled = true\nsafety_poll_interval = \"{safety}s\"\nrate_limit = 5000\n"
+            ));
+        }
         for address in spec.mailboxes {
             toml.push_str(&format!("\n[[mailboxes]]\naddress = \"{address}\"\napp = \"bench\"\n"));
         }

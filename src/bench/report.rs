@@ -26,7 +26,7 @@ pub struct RequestCounts {
     pub per_mailbox: HashMap<String, (u64, f64, f64)>,
 }
 
-fn unix(time: &str) -> Option<f64> {
+pub fn unix(time: &str) -> Option<f64> {
     OffsetDateTime::parse(time, &Rfc3339)
         .ok()
         .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
@@ -151,6 +151,14 @@ fn scenario_fields(scenario: &str) -> &'static [&'static str] {
             "daemon_cpu_percent_of_one_core",
         ],
         "steady" => &["messages_seeded", "messages_lost", "poll_interval_s"],
+        "notify" => &[
+            "messages_seeded",
+            "messages_lost",
+            "poll_interval_s",
+            "safety_poll_interval_s",
+            "subscriptions_active",
+            "graph_calls_per_idle_mailbox_per_hour",
+        ],
         "reference" => &[
             "reference_messages",
             "reference_messages_per_s",

@@ -60,6 +60,41 @@ async fn wait_active(daemon: &Daemon, mailboxes: usize, deadline: f64) -> bool {
     }
 }
 
+/// Emulated Graph latency from a new message to its change notification.
+const NOTIFICATION_DELAY_MS: u64 = 1000;
+
+/// Waits until every mailbox's subscription is active.
+async fn wait_subscribed(daemon: &Daemon, mailboxes: usize, deadline: f64) -> bool {
+    loop {
+        if let Ok(text) = daemon.metrics().await
+            && metric(&text, "inboxd_subscriptions{state=\"active\"}").is_some_and(|n| n as usize >= mailboxes)
+        {
+            return true;
+        }
+        if unix_now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Graph requests (`/v1.0/…`) naming one of `idle` between `from` and `to` (Unix seconds),
+/// per mailbox and hour.
+fn idle_calls_per_hour(log: &[Value], idle: &[String], from: f64, to: f64) -> f64 {
+    let calls = log
+        .iter()
+        .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with("/v1.0/")))
+        .filter(|e| e["mailbox"].as_str().is_some_and(|m| idle.iter().any(|i| i == m)))
+        .filter(|e| {
+            e["time"]
+                .as_str()
+                .and_then(report::unix)
+                .is_some_and(|t| t >= from && t <= to)
+        })
+        .count();
+    calls as f64 * 3600.0 / ((to - from).max(1.0) * idle.len().max(1) as f64)
+}
+
 /// The message number the load generator put in `<gen-{n}-{address}>`.
 fn generated_number(internet_message_id: &str) -> Option<f64> {
     internet_message_id
@@ -81,7 +116,20 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     let ticks = clock_ticks();
     let started = unix_now();
     let deadline = started + plan.deadline_secs;
-    let start_at = if plan.kind == Kind::Steady { "now" } else { "all" };
+    let start_at = if matches!(plan.kind, Kind::Steady | Kind::Notify) {
+        "now"
+    } else {
+        "all"
+    };
+    if plan.safety_poll_secs.is_some() {
+        // Graph delivers notifications in under a minute, usually seconds; a second here.
+        emulator
+            .post(
+                "/_emulator/subscriptions/settings",
+                &json!({"delivery_delay_ms": NOTIFICATION_DELAY_MS}),
+            )
+            .await?;
+    }
     let daemon = Daemon::start(
         exe,
         &dir.path,
@@ -90,6 +138,7 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
             mailboxes: &plan.mailboxes,
             poll_secs: plan.poll_secs,
             start_at,
+            safety_poll_secs: plan.safety_poll_secs,
         },
     )
     .await?;
@@ -98,10 +147,15 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     let watch = EventWatch::start(daemon.events.clone());
     let mut live_start = None;
     let mut after_start = None;
+    let mut idle_window_start = None;
     let complete = match plan.kind {
         Kind::Backlog | Kind::Reference => wait_until(deadline, || watch.unique() >= plan.messages).await,
-        Kind::Idle | Kind::Steady => {
-            let active = wait_active(&daemon, plan.mailboxes.len(), deadline).await;
+        Kind::Idle | Kind::Steady | Kind::Notify => {
+            let mut active = wait_active(&daemon, plan.mailboxes.len(), deadline).await;
+            if plan.safety_poll_secs.is_some() {
+                active = active && wait_subscribed(&daemon, plan.mailboxes.len(), deadline).await;
+                idle_window_start = Some(unix_now());
+            }
             after_start = Some((unix_now(), cpu_seconds(pid, ticks).unwrap_or(f64::NAN)));
             if let Some(live) = &plan.live {
                 live_start = Some(unix_now());
@@ -255,6 +309,66 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
                     &per,
                     per.as_f64()
                         .map(|x| x <= 1.0 && x > 0.95 && polled == plan.mailboxes.len()),
+                ),
+            );
+        }
+        Kind::Notify => {
+            let window = idle_window_start.map(|t| (t, ended));
+            let idle_calls = window.map(|(from, to)| idle_calls_per_hour(&log, &plan.idle, from, to));
+            let per_hour = idle_calls.map_or(Value::Null, num);
+            r.insert(
+                "safety_poll_interval_s".into(),
+                json!(plan.safety_poll_secs.unwrap_or(0)),
+            );
+            r.insert(
+                "subscriptions_active".into(),
+                metric(&metrics, "inboxd_subscriptions{state=\"active\"}").map_or(Value::Null, num),
+            );
+            r.insert(
+                "subscription_create_requests".into(),
+                json!(
+                    log.iter()
+                        .filter(|e| e["method"] == "POST" && e["path"] == "/v1.0/subscriptions")
+                        .count()
+                ),
+            );
+            r.insert("notification_delay_emulated_ms".into(), json!(NOTIFICATION_DELAY_MS));
+            r.insert("idle_mailboxes".into(), json!(plan.idle.len()));
+            r.insert(
+                "idle_window_s".into(),
+                window.map_or(Value::Null, |(from, to)| num(to - from)),
+            );
+            r.insert("graph_calls_per_idle_mailbox_per_hour".into(), per_hour.clone());
+            let polling = 3600.0 / plan.poll_secs as f64;
+            r.insert("polling_graph_calls_per_idle_mailbox_per_hour".into(), num(polling));
+            budgets.insert(
+                "delivery_lag_p99_s".into(),
+                budget(
+                    "<= 5 (notification latency + one round)",
+                    &p99,
+                    p99.as_f64().map(|x| x <= 5.0),
+                ),
+            );
+            // One safety poll per interval; the window may catch two, whatever their phase.
+            let safety = 3600.0 / plan.safety_poll_secs.unwrap_or(1).max(1) as f64;
+            budgets.insert(
+                "graph_calls_per_idle_mailbox_per_hour".into(),
+                budget(
+                    &format!(
+                        "<= {} (two safety polls per interval; polling every {} s makes {polling})",
+                        2.0 * safety,
+                        plan.poll_secs
+                    ),
+                    &per_hour,
+                    per_hour.as_f64().map(|x| x <= 2.0 * safety),
+                ),
+            );
+            budgets.insert(
+                "messages_lost".into(),
+                budget(
+                    "== 0",
+                    &json!(plan.messages.saturating_sub(delivered)),
+                    Some(delivered >= plan.messages),
                 ),
             );
         }

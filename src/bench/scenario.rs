@@ -14,6 +14,8 @@ pub enum Kind {
     Steady,
     /// A minimal client doing the backlog's Graph requests, compared with the daemon.
     Reference,
+    /// The steady load with change notifications on (safety poll 5 minutes), plus idle mailboxes.
+    Notify,
 }
 
 impl Kind {
@@ -24,6 +26,7 @@ impl Kind {
             "idle" => Some(Kind::Idle),
             "steady" => Some(Kind::Steady),
             "reference" => Some(Kind::Reference),
+            "notify" => Some(Kind::Notify),
             _ => None,
         }
     }
@@ -35,6 +38,7 @@ impl Kind {
             Kind::Idle => "idle",
             Kind::Steady => "steady",
             Kind::Reference => "reference",
+            Kind::Notify => "notify",
         }
     }
 }
@@ -62,6 +66,10 @@ pub struct Plan {
     pub rate_per_sec: Option<f64>,
     /// Hard stop: the run is abandoned (and reported incomplete) after this long.
     pub deadline_secs: f64,
+    /// `notifications.safety_poll_interval` in seconds when change notifications are on.
+    pub safety_poll_secs: Option<u64>,
+    /// Mailboxes that get no mail (their Graph calls are counted per hour).
+    pub idle: Vec<String>,
 }
 
 /// Load generator domain of every bench mailbox.
@@ -113,6 +121,8 @@ impl Plan {
                     run_secs: None,
                     rate_per_sec: None,
                     deadline_secs: if smoke { 60.0 } else { 1800.0 },
+                    safety_poll_secs: None,
+                    idle: Vec::new(),
                 }
             }
             Kind::Idle => {
@@ -129,6 +139,8 @@ impl Plan {
                     run_secs: Some(secs),
                     rate_per_sec: None,
                     deadline_secs: secs + 120.0,
+                    safety_poll_secs: None,
+                    idle: Vec::new(),
                 }
             }
             Kind::Steady => {
@@ -149,6 +161,37 @@ impl Plan {
                     run_secs: Some(generate),
                     rate_per_sec: Some(rate),
                     deadline_secs: generate + 3.0 * poll as f64 + 60.0,
+                    safety_poll_secs: None,
+                    idle: Vec::new(),
+                }
+            }
+            Kind::Notify => {
+                // The steady load (20 messages/s over 1,000 mailboxes, poll_interval 10 s as the
+                // fallback) with notifications on and a 5-minute safety poll, plus 100 mailboxes
+                // without mail. The run outlasts one safety interval, so idle mailboxes poll.
+                let (n, idle_n, per_mailbox, rate, poll, safety, run) = if smoke {
+                    (10, 5, 2, 4.0, 1, 4, 9.0)
+                } else {
+                    (1_000, 100, 4, 20.0, 10, 300, 330.0)
+                };
+                let (mailboxes_spec, mut mailboxes) = load("notify-", n, 0, 0, None);
+                let (idle_spec, idle) = load("notify-idle-", idle_n, 0, 0, None);
+                mailboxes.extend(idle.iter().cloned());
+                let (live, _) = load("notify-", n, per_mailbox, 10_000, Some(rate));
+                let messages = n * per_mailbox;
+                Plan {
+                    kind,
+                    smoke,
+                    seed: vec![mailboxes_spec, idle_spec],
+                    live: Some(live),
+                    mailboxes,
+                    poll_secs: poll,
+                    messages,
+                    run_secs: Some(run),
+                    rate_per_sec: Some(rate),
+                    deadline_secs: run + 3.0 * poll as f64 + 240.0,
+                    safety_poll_secs: Some(safety),
+                    idle,
                 }
             }
         }
