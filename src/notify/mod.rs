@@ -128,7 +128,7 @@ impl Notifications {
         let Some(keeper) = self.keepers.lock().unwrap_or_else(|p| p.into_inner()).remove(address) else {
             return;
         };
-        keeper.task.abort();
+        // Its task was cancelled with the mailbox; the subscriptions outlive it until deleted here.
         let hub = self.clone();
         tokio::spawn(async move { keeper::unsubscribe_all(&hub, &keeper.ctx).await });
     }
