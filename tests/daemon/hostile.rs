@@ -548,3 +548,47 @@ async fn throttled_mailboxes_hold_no_permit_the_others_need() {
     assert_eq!(events[0].mailbox, healthy);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_restart_remembers_when_each_mailbox_last_worked() {
+    let env = Env::new().await;
+    let mailbox = "remembered@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s"));
+    let daemon = env.start(&toml).await;
+    let polled = eventually(Duration::from_secs(30), || async {
+        daemon.mailbox_views().await[&mailbox]["last_success_at"].is_string()
+    })
+    .await;
+    assert!(polled);
+    daemon.stop().await;
+    let stopped = time::OffsetDateTime::now_utc();
+    let before = {
+        let db = format!("sqlite://{}", env.dir.path().join("inboxd.db").display());
+        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+        let at: String = sqlx::query_scalar("SELECT last_success_at FROM mailbox_statuses WHERE mailbox = ?1")
+            .bind(&mailbox)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+
+    // After the restart Graph fails for this mailbox: it cannot succeed again, yet its view
+    // still says when it last worked.
+    env.fault_for_mailbox(&mailbox, json!({"status": 503, "times": 100_000}))
+        .await;
+    let daemon = env.start(&toml).await;
+    let view = daemon.mailbox_views().await[&mailbox].clone();
+    let shown = time::OffsetDateTime::parse(
+        view["last_success_at"]
+            .as_str()
+            .expect("last success kept across the restart"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    // The last success known, or the last checkpoint if later; never "never", never after the stop.
+    assert!(shown >= before && shown <= stopped, "{view}");
+    daemon.stop().await;
+}
