@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, is_graph_request, is_token_request, log_time, metric,
+    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, is_graph_request, is_token_request, log_path, log_time, metric,
     with_api_token,
 };
 
@@ -63,45 +63,158 @@ async fn a_thousand_mailboxes_of_one_app_share_one_token_request() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn short_lived_tokens_are_refreshed_before_they_expire() {
-    let env = Env::new().await;
-    let lifetime = 4;
-    env.settings(json!({"token_lifetime_secs": lifetime})).await;
-    let boxes = [addr("short-a"), addr("short-b")];
-    env.mailboxes(&boxes).await;
-    let daemon = env.start(&env.config(&boxes, "250ms")).await;
+/// Successful delta requests of each of `mailboxes` after `since` (a sequence number).
+fn polls_since(log: &[Value], mailboxes: &[String], since: u64) -> Vec<usize> {
+    mailboxes
+        .iter()
+        .map(|m| {
+            let prefix = format!("/v1.0/users/{m}/mailFolders");
+            log.iter()
+                .filter(|e| e["seq"].as_u64().is_some_and(|s| s > since) && e["status"] == 200)
+                .filter(|e| log_path(e).starts_with(&prefix) && log_path(e).ends_with("/delta"))
+                .count()
+        })
+        .collect()
+}
 
-    // About ten seconds of polling, with mail arriving throughout.
-    for i in 0..5 {
-        let started = tokio::time::Instant::now();
-        env.deliver(&boxes[i % 2], &format!("tick {i}")).await;
-        let events = env.wait_for_events(i + 1, Duration::from_secs(4)).await;
-        assert_eq!(
-            events.len(),
-            i + 1,
-            "tick {i} not delivered: polling stalled around a refresh"
-        );
-        let spent = started.elapsed();
-        if spent < Duration::from_secs(2) {
-            tokio::time::sleep(Duration::from_secs(2) - spent).await; // pacing the scenario, not a correctness wait
-        }
+/// Waits (bounded) until every mailbox has polled at least `n` times after `since`.
+async fn wait_polls(env: &Env, mailboxes: &[String], since: u64, n: usize) {
+    let polled = eventually(Duration::from_secs(60), || async {
+        polls_since(&env.requests().await, mailboxes, since)
+            .iter()
+            .all(|p| *p >= n)
+    })
+    .await;
+    assert!(
+        polled,
+        "not every mailbox polled {n} times: {:?}",
+        polls_since(&env.requests().await, mailboxes, since)
+    );
+}
+
+/// Highest sequence number in the request log.
+async fn last_seq(env: &Env) -> u64 {
+    env.requests()
+        .await
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_token_request_per_lifetime_however_many_mailboxes_and_polls_then_exactly_one_more() {
+    let env = Env::new().await;
+    // Graph-like latency: when the token expires, many requests are in flight with it at once.
+    env.settings(json!({"token_lifetime_secs": 3600, "latency_ms": 100}))
+        .await;
+    let boxes: Vec<String> = (0..30).map(|i| addr(&format!("lifetime-{i:02}"))).collect();
+    env.mailboxes(&boxes).await;
+    let daemon = env.start(&with_api_token(&env.config(&boxes, "100ms"))).await;
+
+    // Many polls of every mailbox within one token lifetime: one token request in all.
+    wait_polls(&env, &boxes, 0, 10).await;
+    let log = env.requests().await;
+    let tokens: Vec<&Value> = log.iter().filter(|e| is_token_request(e)).collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one app, one lifetime, {} mailboxes × 10+ polls: expected one token request, got {tokens:?}",
+        boxes.len()
+    );
+    assert!(
+        log.iter()
+            .filter(|e| is_graph_request(e))
+            .all(|e| e["token"] == "valid")
+    );
+
+    // The emulator's clock passes the token's expiry (the daemon's clock does not: its token is
+    // still fresh to it). Every mailbox meets a 401 at about the same time: one refresh for all.
+    let mark = last_seq(&env).await;
+    env.control("/_emulator/clock", json!({"advance_secs": 3700})).await;
+    wait_polls(&env, &boxes, mark, 10).await;
+    let log = env.requests().await;
+    let tokens: Vec<&Value> = log.iter().filter(|e| is_token_request(e)).collect();
+    let expired: Vec<&Value> = log
+        .iter()
+        .filter(|e| is_graph_request(e) && e["token"] == "expired")
+        .collect();
+    assert!(
+        expired.len() > 1,
+        "the clock advance expired the token of {} request(s): too few to test the single flight",
+        expired.len()
+    );
+    assert_eq!(
+        tokens.len(),
+        2,
+        "a second lifetime must bring exactly one more token request, got {tokens:?}"
+    );
+    assert!(tokens.iter().all(|t| t["status"] == 200), "{tokens:?}");
+    let first_expired = expired.iter().filter_map(|e| e["seq"].as_u64()).min().unwrap();
+    assert!(
+        tokens[1]["seq"].as_u64() > Some(first_expired),
+        "the second token was fetched before any request was refused"
+    );
+    let (_, metrics) = daemon.get("/metrics", None).await;
+    assert_eq!(
+        metric(&metrics, "inboxd_token_requests_total", "outcome=\"success\""),
+        Some(2.0),
+        "{metrics}"
+    );
+    // A refused token is no credential problem.
+    for m in &boxes {
+        let states: Vec<Value> = env.state_events(m).iter().map(|e| e["state"].clone()).collect();
+        assert!(states.iter().all(|s| s == "active"), "{m}: {states:?}");
     }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_lived_tokens_are_refreshed_once_per_lifetime_before_they_expire() {
+    let env = Env::new().await;
+    // Refreshed half-way through: every 3 s.
+    let lifetime = 6;
+    env.settings(json!({"token_lifetime_secs": lifetime})).await;
+    let boxes: Vec<String> = (0..10).map(|i| addr(&format!("short-{i}"))).collect();
+    env.mailboxes(&boxes).await;
+    let daemon = env.start(&env.config(&boxes, "100ms")).await;
+
+    // Into the fourth token, with mail arriving throughout.
+    let mut delivered = 0;
+    let fourth = eventually(Duration::from_secs(60), || {
+        let (env, boxes) = (&env, &boxes);
+        let tick = delivered;
+        delivered += 1;
+        async move {
+            env.deliver(&boxes[tick % boxes.len()], &format!("tick {tick}")).await;
+            tokio::time::sleep(Duration::from_millis(200)).await; // pacing the mail, not a correctness wait
+            env.requests().await.iter().filter(|e| is_token_request(e)).count() >= 4
+        }
+    })
+    .await;
+    assert!(
+        fourth,
+        "fewer than four token requests within 60 s of {lifetime}-second tokens"
+    );
+    let events = env.wait_for_events(delivered, Duration::from_secs(30)).await;
+    assert_eq!(events.len(), delivered, "polling stalled around a refresh");
 
     let log = env.requests().await;
     let tokens: Vec<&Value> = log.iter().filter(|e| is_token_request(e)).collect();
-    assert!(
-        tokens.len() >= 3,
-        "{}-second tokens over ~10 s, yet only {} token request(s)",
-        lifetime,
-        tokens.len()
-    );
     assert!(
         tokens.iter().all(|t| t["status"] == 200),
         "a token request failed: {tokens:?}"
     );
     for pair in tokens.windows(2) {
         let gap = log_time(pair[1]) - log_time(pair[0]);
+        // Once per lifetime: never sooner than the refresh point (3 s, less a second for a slow
+        // send of the earlier request), always before the expiry.
+        assert!(
+            gap >= time::Duration::seconds(2),
+            "token requested at {} again at {}: more than one request per lifetime",
+            pair[0]["time"],
+            pair[1]["time"]
+        );
         assert!(
             gap < time::Duration::seconds(lifetime),
             "token requested at {} was only refreshed at {} (lifetime {lifetime}s)",
@@ -109,13 +222,21 @@ async fn short_lived_tokens_are_refreshed_before_they_expire() {
             pair[1]["time"]
         );
     }
-    let graph: Vec<&Value> = log.iter().filter(|e| is_graph_request(e)).collect();
+    // Each lifetime served many polls of every mailbox.
+    let (second, third) = (tokens[1]["seq"].as_u64().unwrap(), tokens[2]["seq"].as_u64().unwrap());
+    let within: Vec<usize> = polls_since(&log, &boxes, second)
+        .iter()
+        .zip(polls_since(&log, &boxes, third))
+        .map(|(after_second, after_third)| after_second - after_third)
+        .collect();
     assert!(
-        graph.len() > 20,
-        "too little polling to judge: {} Graph requests",
-        graph.len()
+        within.iter().all(|p| *p >= 3),
+        "too little polling within one lifetime to judge: {within:?}"
     );
-    let bad: Vec<&&Value> = graph.iter().filter(|e| e["token"] != "valid").collect();
+    let bad: Vec<&Value> = log
+        .iter()
+        .filter(|e| is_graph_request(e) && e["token"] != "valid")
+        .collect();
     assert!(bad.is_empty(), "Graph requests sent without a valid token: {bad:?}");
     daemon.stop().await;
 }
