@@ -20,6 +20,8 @@ const EXTRA_PER_RESTART: usize = 3;
 const LATENCY_MS: u64 = 150;
 /// Bound on any wait for the daemon to make progress.
 const PROGRESS_LIMIT: Duration = Duration::from_secs(30);
+/// How long the readiness test holds the daemon's first delta request (inside the grace).
+const HOLD: Duration = Duration::from_secs(8);
 /// `server.shutdown_grace` of `Env::config`, plus a margin for process exit.
 const GRACE_AND_MARGIN: Duration = Duration::from_secs(10 + 5);
 
@@ -444,10 +446,10 @@ async fn sigterm_fails_readiness_and_finishes_the_page_in_flight() {
     let env = Env::new().await;
     let mailboxes = env.load("ready", 1, 5).await;
     let expected = seeded(&env, &mailboxes).await;
-    // The daemon's first delta request is held for 3 s: the drain has something to wait for.
+    // The daemon's first delta request is held: the drain has something to wait for.
     env.control(
         "/_emulator/faults",
-        json!({"path_prefix": "/v1.0/users/", "method": "GET", "delay_ms": 3000, "times": 1}),
+        json!({"path_prefix": "/v1.0/users/", "method": "GET", "delay_ms": HOLD.as_millis() as u64, "times": 1}),
     )
     .await;
     let config = env.write_config(&env.config(&mailboxes, "200ms"));
@@ -477,8 +479,9 @@ async fn sigterm_fails_readiness_and_finishes_the_page_in_flight() {
     let asked = Instant::now();
     daemon.sigterm();
     // Until the signal is handled /readyz may still say 200; the held request keeps the drain
-    // going for about 3 s, so the first other answer comes while the mailbox is draining.
-    let deadline = Instant::now() + Duration::from_secs(2);
+    // going until its hold ends, so the first other answer comes while the mailbox is draining
+    // (this loop is bounded well inside the hold).
+    let deadline = Instant::now() + HOLD - Duration::from_secs(1);
     let answer = loop {
         let answer = daemon.get("/readyz").await;
         if !matches!(answer, Ok((200, _))) || Instant::now() > deadline {

@@ -14,6 +14,9 @@ use crate::support::{
     API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, log_path, metric, with_api_token, with_defaults, with_microsoft,
 };
 
+/// Bound on every wait for the daemon (a hang guard on a loaded machine, not what is measured).
+const LIMIT: Duration = Duration::from_secs(30);
+
 fn addr(name: &str) -> String {
     format!("{name}@contoso.test")
 }
@@ -198,7 +201,7 @@ async fn events_of_a_realistic_run_match_the_schema_with_threading_and_attachmen
     let toml = with_defaults(&env.config(&all, "500ms"), "max_inline_attachment_bytes = 1000");
     let daemon = env.start(&toml).await;
     let expected = 3 + 12;
-    let typed = env.wait_for_events(expected, Duration::from_secs(10)).await;
+    let typed = env.wait_for_events(expected, LIMIT).await;
     assert_eq!(typed.len(), expected, "{typed:?}");
     daemon.stop().await;
 
@@ -343,7 +346,7 @@ async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file()
 
     // Without the extra root the certificate is not trusted: nothing gets through.
     let daemon = env.start(&base).await;
-    let refused = eventually(Duration::from_secs(5), || async { daemon.state(&a).await == "backoff" }).await;
+    let refused = eventually(LIMIT, || async { daemon.state(&a).await == "backoff" }).await;
     assert!(
         refused,
         "an untrusted certificate was accepted? {:?}",
@@ -357,10 +360,10 @@ async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file()
     let daemon = env
         .start(&with_microsoft(&base, &format!("ca_file = \"{}\"", ca.display())))
         .await;
-    let events = env.wait_for_events(1, Duration::from_secs(8)).await;
+    let events = env.wait_for_events(1, LIMIT).await;
     assert_eq!(events.len(), 1, "nothing delivered over HTTPS");
     assert_eq!(events[0].subject, "over TLS");
-    let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
+    let active = eventually(LIMIT, || async { daemon.state(&a).await == "active" }).await;
     assert!(active);
     let log = env.requests().await;
     assert!(
@@ -398,7 +401,7 @@ async fn after_ingest_marks_read_and_moves_every_delivered_message_keeping_its_i
 
     // Snapshot the mailbox first, the file second: whatever was already acted on must
     // already be in the file.
-    let done = eventually(Duration::from_secs(8), || async {
+    let done = eventually(LIMIT, || async {
         let read: Vec<String> = env
             .folder_messages(&reader, "inbox")
             .await
@@ -558,7 +561,7 @@ async fn after_ingest_actions_wait_for_the_receivers_acknowledgement() {
     let daemon = env.start(&toml).await;
 
     // Every event of both mailboxes reached the receiver, which holds its answers.
-    let all_held = eventually(Duration::from_secs(30), || async { rx.waiting().len() == 6 }).await;
+    let all_held = eventually(LIMIT, || async { rx.waiting().len() == 6 }).await;
     assert!(all_held, "held: {:?}", rx.waiting());
     // The daemon goes on meanwhile: new mail of another mailbox is delivered and acknowledged,
     // and that mailbox polls several more times.
@@ -566,10 +569,10 @@ async fn after_ingest_actions_wait_for_the_receivers_acknowledgement() {
         .as_str()
         .unwrap()
         .to_string();
-    let paced = eventually(Duration::from_secs(30), || async { rx.acked().contains(&first) }).await;
+    let paced = eventually(LIMIT, || async { rx.acked().contains(&first) }).await;
     assert!(paced, "the other mailbox stalled while the receiver held events");
     let mark = log_marker(&env, "pacing").await;
-    let polled = eventually(Duration::from_secs(30), || async {
+    let polled = eventually(LIMIT, || async {
         let prefix = format!("/v1.0/users/{pacer}/");
         env.requests()
             .await
@@ -612,7 +615,7 @@ async fn after_ingest_actions_wait_for_the_receivers_acknowledgement() {
         released_after.insert(id.clone(), marker);
         rx.release(id);
     }
-    let done = eventually(Duration::from_secs(30), || async {
+    let done = eventually(LIMIT, || async {
         env.folder_messages(&reader, "inbox")
             .await
             .iter()
@@ -658,13 +661,10 @@ async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
         .start(&with_api_token(&env.config(std::slice::from_ref(&a), "300ms")))
         .await;
     assert_eq!(daemon.get("/livez", None).await.0, 200);
-    let ready = eventually(Duration::from_secs(3), || async {
-        daemon.get("/readyz", None).await.0 == 200
-    })
-    .await;
+    let ready = eventually(LIMIT, || async { daemon.get("/readyz", None).await.0 == 200 }).await;
     assert!(ready, "/readyz never 200");
-    assert_eq!(env.wait_for_events(1, Duration::from_secs(5)).await.len(), 1);
-    let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
+    assert_eq!(env.wait_for_events(1, LIMIT).await.len(), 1);
+    let active = eventually(LIMIT, || async { daemon.state(&a).await == "active" }).await;
     assert!(active);
 
     let (status, metrics) = daemon.get("/metrics", None).await;
