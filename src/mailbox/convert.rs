@@ -252,4 +252,65 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
     }
+
+    /// Arbitrary JSON values, nested a little.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+            Just(Value::from("2026-01-02T03:04:05Z")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::hash_map(
+                    prop_oneof![
+                        Just("id".to_string()),
+                        Just("receivedDateTime".to_string()),
+                        Just("body".to_string()),
+                        Just("content".to_string()),
+                        Just("contentType".to_string()),
+                        Just("emailAddress".to_string()),
+                        Just("address".to_string()),
+                        Just("from".to_string()),
+                        Just("toRecipients".to_string()),
+                        Just("contentBytes".to_string()),
+                        Just("size".to_string()),
+                        Just("name".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_graph_message_becomes_an_event_or_a_named_reason(
+            m in json_value(),
+            headers in proptest::collection::vec(json_value(), 0..3),
+            attachments in proptest::collection::vec(json_value(), 0..3),
+            cap in 0u64..10,
+        ) {
+            let mb = MailboxAddress::parse("a@b.test").unwrap();
+            match event(&mb, "inbox", &m, &headers, &attachments, cap) {
+                Ok(e) => {
+                    proptest::prop_assert_eq!(&e.dedup_key, &dedup_key(&mb, m["id"].as_str().unwrap()));
+                    for a in &e.attachments {
+                        proptest::prop_assert!(a.content_base64.as_ref().is_none_or(|b| (b.len() as u64) <= cap * 4 / 3 + 4));
+                    }
+                }
+                Err(reason) => proptest::prop_assert!(
+                    ["id", "receivedDateTime", "body", "RFC 3339"].iter().any(|f| reason.contains(f)),
+                    "reason names nothing: {}", reason
+                ),
+            }
+        }
+    }
 }
