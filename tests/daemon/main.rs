@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod delegated;
 mod documented;
+mod guarantees;
 mod hostile;
 mod image;
 mod lock;
