@@ -1,5 +1,6 @@
 //! Tests of the daemon against the emulator, over real HTTP, with real SQLite files.
 
+#[cfg(feature = "bench")]
 mod bench_smoke;
 mod cli;
 mod crash;
