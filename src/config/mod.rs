@@ -1,6 +1,7 @@
 //! Configuration: the schema (this file), loading from TOML + environment, and validation
 //! that reports every problem with its key path.
 
+mod error;
 mod load;
 mod mailboxes;
 mod reader;
@@ -19,7 +20,8 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 use url::Url;
 
-pub use load::{ConfigError, ConfigErrors, from_sources, load_file};
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{from_sources, load_file};
 
 use crate::domain::{AppName, MailboxAddress};
 
