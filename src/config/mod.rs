@@ -57,6 +57,27 @@ pub struct ServerConfig {
     pub log_level: String,
 }
 
+impl ServerConfig {
+    /// Where the sign-in service sends the browser back: `{public_url}/oauth/callback`
+    /// (without a public URL, the bound address, which only works on the daemon's own host).
+    pub fn redirect_uri(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => format!("{}/oauth/callback", u.as_str().trim_end_matches('/')),
+            None => format!("http://{bound}/oauth/callback"),
+        }
+    }
+
+    /// The stable consent link shown for a mailbox: it starts a fresh flow each time it is opened.
+    pub fn consent_link(&self, bound: SocketAddr, mailbox: &crate::domain::MailboxAddress) -> String {
+        let base = self.redirect_uri(bound);
+        let base = base.trim_end_matches("/oauth/callback");
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("mailbox", mailbox.as_str())
+            .finish();
+        format!("{base}/oauth/start?{query}")
+    }
+}
+
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
