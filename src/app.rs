@@ -171,7 +171,7 @@ impl App {
             mailboxes: supervisor.registry(),
             graph: self.graph.clone(),
             sealer: self.sealer.clone(),
-            redirect_uri: redirect_uri(&self.config, bound),
+            redirect_uri: self.config.server.redirect_uri(bound),
         };
         // Not under `root`: the API keeps answering (readiness 503) while mailboxes drain.
         let server_stop = CancellationToken::new();
@@ -388,23 +388,4 @@ async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "Pruning delivered keys failed; will retry in an hour."),
         }
     }
-}
-
-/// Where the sign-in service sends the browser back: `{server.public_url}/oauth/callback`
-/// (without a public URL, the bound address, which only works on the daemon's own host).
-pub fn redirect_uri(config: &Config, bound: SocketAddr) -> String {
-    match &config.server.public_url {
-        Some(u) => format!("{}/oauth/callback", u.as_str().trim_end_matches('/')),
-        None => format!("http://{bound}/oauth/callback"),
-    }
-}
-
-/// The stable consent link shown for a mailbox: it starts a fresh flow each time it is opened.
-pub fn consent_link(config: &Config, bound: SocketAddr, mailbox: &MailboxAddress) -> String {
-    let base = redirect_uri(config, bound);
-    let base = base.trim_end_matches("/oauth/callback");
-    let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("mailbox", mailbox.as_str())
-        .finish();
-    format!("{base}/oauth/start?{query}")
 }

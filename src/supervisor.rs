@@ -172,7 +172,7 @@ impl Supervisor {
         let mut started = Vec::new();
         for mailbox in mailboxes {
             let link = (mailbox.access == Access::Delegated)
-                .then(|| crate::app::consent_link(&self.config, self.deps.bound, &mailbox.address));
+                .then(|| self.config.server.consent_link(self.deps.bound, &mailbox.address));
             self.deps.board.register(mailbox, link).await;
             if let Some(ctx) = self.context(mailbox) {
                 map.insert(mailbox.address.clone(), ctx.clone());

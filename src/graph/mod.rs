@@ -427,10 +427,16 @@ fn repair_surrogates(text: &str) -> String {
 
 /// Percent-encodes one URL path segment (mailbox addresses, message ids) for Graph paths.
 pub fn segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
+
+/// What [`segment`] escapes: everything but RFC 3986's unreserved characters, so `@`, `/`, `+`,
+/// `=` and spaces in addresses and ids can never change a path's meaning.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// `innerError.request-id`, spelled however Graph spells it this time.
 fn inner_request_id(error: &Value) -> Option<String> {
@@ -478,6 +484,15 @@ mod tests {
             let err = g.resolve(foreign).unwrap_err();
             assert!(err.contains("not the configured Graph host"), "{foreign}: {err}");
         }
+    }
+
+    #[test]
+    fn path_segments_escape_everything_that_could_change_the_path() {
+        assert_eq!(segment("support@contoso.com"), "support%40contoso.com");
+        assert_eq!(segment("AAMkAD+/=="), "AAMkAD%2B%2F%3D%3D");
+        assert_eq!(segment("a b?c#d"), "a%20b%3Fc%23d");
+        assert_eq!(segment("inbox"), "inbox");
+        assert_eq!(segment("é"), "%C3%A9");
     }
 
     #[test]

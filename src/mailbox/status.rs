@@ -120,6 +120,24 @@ impl StatusBoard {
             consent_link,
             notifications: None,
         };
+        // What the store knew before a restart: when the mailbox last made progress. Seeding it
+        // keeps `last_success_at` across restarts and lets a mailbox stuck since a restart (or
+        // never polled) age like any other instead of having no metric until its first success.
+        let progress = if config.enabled {
+            match self.store.last_progress(&config.address, &config.folders).await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(mailbox = %config.address, error = %e, "Could not read the mailbox's last poll from the store; its last-success metric starts now.");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let view = MailboxView {
+            last_success_at: progress,
+            ..view
+        };
         let old = self
             .views
             .lock()
@@ -127,16 +145,7 @@ impl StatusBoard {
             .insert(config.address.clone(), view);
         self.metrics.mailbox_state(old.map(|v| v.state), state);
         if config.enabled {
-            // Seeded, so that a mailbox stuck since a restart (or never polled) ages like any
-            // other instead of having no series until its first success.
-            let since = match self.store.last_progress(&config.address, &config.folders).await {
-                Ok(Some(at)) => at,
-                Ok(None) => OffsetDateTime::now_utc(),
-                Err(e) => {
-                    tracing::warn!(mailbox = %config.address, error = %e, "Could not read the mailbox's last poll from the store; its last-success metric starts now.");
-                    OffsetDateTime::now_utc()
-                }
-            };
+            let since = progress.unwrap_or_else(OffsetDateTime::now_utc);
             self.metrics.mailbox_polled(
                 config.address.as_str(),
                 config.poll_interval.as_secs_f64(),

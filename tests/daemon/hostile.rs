@@ -515,3 +515,80 @@ async fn a_store_that_refuses_writes_pauses_the_mailbox_and_loses_nothing() {
     assert!(by_key.values().all(|ids| ids.iter().all(|id| id == &ids[0])));
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn throttled_mailboxes_hold_no_permit_the_others_need() {
+    let env = Env::new().await;
+    // More throttled mailboxes than ingest permits (16), each told to wait two minutes.
+    let throttled: Vec<String> = ('a'..='r').map(|c| format!("throttled{c}@contoso.test")).collect();
+    let healthy = "healthy@contoso.test".to_string();
+    let mut all = throttled.clone();
+    all.push(healthy.clone());
+    env.mailboxes(&all).await;
+    for mailbox in &throttled {
+        env.fault_for_mailbox(mailbox, json!({"status": 429, "retry_after": 120, "times": 1000}))
+            .await;
+    }
+    let daemon = env.start(&with_api_token(&env.config(&all, "1s"))).await;
+    let throttled_seen = eventually(Duration::from_secs(60), || async {
+        let requests = env.requests().await;
+        throttled.iter().all(|m| {
+            let local = m.split('@').next().unwrap();
+            requests
+                .iter()
+                .any(|r| r["status"] == 429 && r["path"].as_str().unwrap_or("").contains(local))
+        })
+    })
+    .await;
+    assert!(throttled_seen, "every throttled mailbox got its 429");
+    // The healthy mailbox keeps flowing well within the two minutes the others wait.
+    env.deliver(&healthy, "still flowing").await;
+    let events = env.wait_for_events(1, Duration::from_secs(60)).await;
+    assert_eq!(events.len(), 1, "a healthy mailbox waited behind throttled ones");
+    assert_eq!(events[0].mailbox, healthy);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_remembers_when_each_mailbox_last_worked() {
+    let env = Env::new().await;
+    let mailbox = "remembered@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s"));
+    let daemon = env.start(&toml).await;
+    let polled = eventually(Duration::from_secs(30), || async {
+        daemon.mailbox_views().await[&mailbox]["last_success_at"].is_string()
+    })
+    .await;
+    assert!(polled);
+    daemon.stop().await;
+    let stopped = time::OffsetDateTime::now_utc();
+    let before = {
+        let db = format!("sqlite://{}", env.dir.path().join("inboxd.db").display());
+        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+        let at: String = sqlx::query_scalar("SELECT last_success_at FROM mailbox_statuses WHERE mailbox = ?1")
+            .bind(&mailbox)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+
+    // After the restart Graph fails for this mailbox: it cannot succeed again, yet its view
+    // still says when it last worked.
+    env.fault_for_mailbox(&mailbox, json!({"status": 503, "times": 100_000}))
+        .await;
+    let daemon = env.start(&toml).await;
+    let view = daemon.mailbox_views().await[&mailbox].clone();
+    let shown = time::OffsetDateTime::parse(
+        view["last_success_at"]
+            .as_str()
+            .expect("last success kept across the restart"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    // The last success known, or the last checkpoint if later; never "never", never after the stop.
+    assert!(shown >= before && shown <= stopped, "{view}");
+    daemon.stop().await;
+}
