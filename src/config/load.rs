@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::error::{ConfigError, ConfigErrors};
 use super::Config;
+use super::error::{ConfigError, ConfigErrors};
 use super::secrets::Secrets;
 use super::{sections, tree};
 
