@@ -86,13 +86,8 @@ struct Keeper<'a> {
 }
 
 /// Keeps the mailbox's subscriptions until cancelled (left alive for the next start).
-pub(super) async fn keep(
-    hub: Arc<Notifications>,
-    ctx: Arc<MailboxCtx>,
-    tx: mpsc::Sender<Lifecycle>,
-    mut rx: mpsc::Receiver<Lifecycle>,
-    cancel: CancellationToken,
-) {
+pub(super) async fn keep(hub: Arc<Notifications>, ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel(64);
     let now = Instant::now();
     let mut k = Keeper {
         hub: &hub,

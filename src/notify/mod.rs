@@ -109,10 +109,22 @@ impl Notifications {
         }))
     }
 
-    /// Starts keeping a mailbox's subscriptions (replacing a keeper left from a restart of it).
+    /// Starts keeping a mailbox's subscriptions (replacing a keeper left from a restart of it);
+    /// the keeper survives its own panics like every background task.
     pub fn start(self: &Arc<Self>, ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
-        let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(keeper::keep(self.clone(), ctx.clone(), tx, rx, cancel));
+        let (hub, mailbox) = (self.clone(), ctx.clone());
+        let task = tokio::spawn(async move {
+            let metrics = hub.metrics.clone();
+            crate::task::supervise(
+                "subscriptions",
+                mailbox.config.address.to_string(),
+                &metrics,
+                cancel.clone(),
+                || keeper::keep(hub.clone(), mailbox.clone(), cancel.clone()),
+                |_| async {},
+            )
+            .await
+        });
         let old = self
             .keepers
             .lock()
