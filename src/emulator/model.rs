@@ -50,6 +50,8 @@ pub(crate) struct World {
     pub(crate) seq: u64,
     /// Some message was delivered with `malformed`: answers need the post-processing pass.
     pub(crate) malformed_messages: bool,
+    /// Submitted messages waiting in an Outbox, oldest first.
+    pub(crate) transport: Vec<super::transport::InTransit>,
 }
 
 /// An app registration.

@@ -11,3 +11,4 @@ mod identity;
 mod limits;
 mod python_sdk;
 mod support;
+mod transport;
