@@ -152,6 +152,7 @@ impl App {
             self.board.clone(),
             self.http.clone(),
             self.metrics.clone(),
+            self.config.outbound.clone(),
         );
         let state = ApiState {
             board: self.board.clone(),

@@ -227,6 +227,11 @@ impl Supervisor {
                 format!("{:?}", sink_shape(&self.config)),
                 format!("{:?}", sink_shape(&new)),
             ),
+            (
+                "outbound",
+                format!("{:?}", self.config.outbound),
+                format!("{:?}", new.outbound),
+            ),
         ] {
             if old != now {
                 tracing::warn!(

@@ -38,6 +38,27 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Mailboxes, with `[defaults]` already applied.
     pub mailboxes: Vec<MailboxConfig>,
+    /// Replies and new mail.
+    pub outbound: OutboundConfig,
+}
+
+/// `[outbound]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// How long after `send` inboxd keeps looking for the message's copy before it calls
+    /// the message `unconfirmed` (never sent again automatically).
+    pub confirm_within: Duration,
+    /// How long a finished request keeps its payload (its status and ids stay).
+    pub retention: Duration,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            confirm_within: Duration::from_secs(600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// `[server]`.

@@ -9,7 +9,7 @@ use super::reader::{Errors, Table};
 use super::secrets::Secrets;
 use super::tree::Node;
 use super::values::{duration, https_url, socket_addr};
-use super::{AppConfig, AppCredential, Config, MicrosoftConfig, ServerConfig, SinkConfig, StoreConfig};
+use super::{AppConfig, AppCredential, Config, MicrosoftConfig, OutboundConfig, ServerConfig, SinkConfig, StoreConfig};
 use crate::domain::AppName;
 
 /// Reads and checks the whole tree; `None` when anything is wrong (all of it is in `errors`).
@@ -22,6 +22,7 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
     };
     let microsoft = root.section("microsoft", errors).and_then(|t| microsoft(t, errors));
     let sink = root.section("sink", errors).and_then(|t| sink(t, secrets, errors));
+    let outbound = root.section("outbound", errors).and_then(|t| outbound(t, errors));
     let defaults = {
         let mut table = root
             .section("defaults", errors)
@@ -48,6 +49,27 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         sink: sink?,
         apps: apps?,
         mailboxes: mailboxes?,
+        outbound: outbound?,
+    })
+}
+
+fn outbound(mut t: Table<'_>, errors: &mut Errors) -> Option<OutboundConfig> {
+    let confirm_within = duration(
+        &t.get_or("confirm_within", "10m"),
+        errors,
+        false,
+        Duration::from_secs(7 * 24 * 3600),
+    );
+    let retention = duration(
+        &t.get_or("retention", "7days"),
+        errors,
+        false,
+        Duration::from_secs(3650 * 24 * 3600),
+    );
+    t.finish(errors);
+    Some(OutboundConfig {
+        confirm_within: confirm_within?,
+        retention: retention?,
     })
 }
 

@@ -87,11 +87,15 @@ impl World {
 
     /// One message leaves the Outbox.
     fn transmit(&mut self, t: &InTransit, now: OffsetDateTime) {
-        // Deleted from the Outbox meanwhile: transport never sees it.
-        let Some(m) = self
-            .mailboxes
-            .get(&t.address)
-            .and_then(|mb| mb.messages.get(&t.immutable))
+        // Deleted or moved out of the Outbox meanwhile: transport never sees it.
+        let Some(mb) = self.mailboxes.get(&t.address) else {
+            return;
+        };
+        let outbox = mb.folder_id("outbox");
+        let Some(m) = mb
+            .messages
+            .get(&t.immutable)
+            .filter(|m| Some(&m.folder_id) == outbox.as_ref())
             .cloned()
         else {
             return;

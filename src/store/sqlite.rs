@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "resync_window",
         include_str!("../../migrations/0005_resync_window.sql"),
     ),
+    (
+        6,
+        "outbound_confirm",
+        include_str!("../../migrations/0006_outbound_confirm.sql"),
+    ),
 ];
 
 /// Connections of a file-backed pool: SQLite has one writer at a time, a few readers suffice.
@@ -467,8 +472,24 @@ impl Store for SqliteStore {
         outbox::get(&self.pool, id).await
     }
 
-    async fn due_outbound(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
-        outbox::due(&self.pool, now, limit).await
+    async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        outbox::by_key(&self.pool, mailbox, key).await
+    }
+
+    async fn outbound_due_mailboxes(&self, now: OffsetDateTime) -> Result<Vec<MailboxAddress>, StoreError> {
+        outbox::due_mailboxes(&self.pool, now).await
+    }
+
+    async fn next_due_outbound(
+        &self,
+        mailbox: &MailboxAddress,
+        now: OffsetDateTime,
+    ) -> Result<Option<OutboundRecord>, StoreError> {
+        outbox::next_due(&self.pool, mailbox, now).await
+    }
+
+    async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        outbox::prune(&self.pool, before).await
     }
 
     async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError> {

@@ -24,11 +24,18 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Schema of the outbound result events in the sink.
 const OUTBOUND_SCHEMA: &str = "inboxd.outbound.v1";
 
-/// A generated config for `mailboxes` with [`API_TOKEN`] accepted on `/v1`.
+/// A generated config for `mailboxes` with [`API_TOKEN`] accepted on `/v1`, and a
+/// confirmation period short enough for tests.
 fn config(env: &Env, mailboxes: &[&str]) -> String {
     let mailboxes: Vec<String> = mailboxes.iter().map(|m| m.to_string()).collect();
-    with_api_token(&env.config(&mailboxes, "1s"))
+    format!(
+        "{}\n[outbound]\nconfirm_within = \"{CONFIRM_WITHIN_S}s\"\n",
+        with_api_token(&env.config(&mailboxes, "1s"))
+    )
 }
+
+/// `outbound.confirm_within` in these tests.
+const CONFIRM_WITHIN_S: u64 = 20;
 
 /// The daemon's `/v1` API over real HTTP (in-process daemon or real binary).
 #[derive(Clone)]
