@@ -8,6 +8,7 @@ mod documented;
 mod hostile;
 mod image;
 mod outbound;
+mod outbound_confirm;
 mod pipeline;
 mod reload;
 mod resilience;
