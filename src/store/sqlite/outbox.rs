@@ -191,3 +191,102 @@ pub(super) async fn prune(pool: &SqlitePool, before: OffsetDateTime) -> Result<u
     .map_err(db_err(OP))?;
     Ok(done.rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    use time::{Duration, OffsetDateTime};
+
+    use super::super::SqliteStore;
+    use crate::domain::MailboxAddress;
+    use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store};
+
+    fn row(mailbox: &MailboxAddress, key: &str, now: OffsetDateTime) -> OutboundRecord {
+        OutboundRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            mailbox: mailbox.clone(),
+            idempotency_key: key.into(),
+            request_hash: format!("hash-{key}"),
+            request: format!("{{\"kind\":\"reply\",\"payload\":\"{}\"}}", "x".repeat(10_000)),
+            kind: "reply".into(),
+            status: OutboundStatus::Queued,
+            step: SendStep::New,
+            draft_id: None,
+            error: None,
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            updated_at: now,
+            submitted_at: None,
+            internet_message_id: None,
+            conversation_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_load_one_at_a_time_and_finished_ones_lose_their_payload_after_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("inboxd.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let (a, b) = (
+            MailboxAddress::parse("a@x.test").unwrap(),
+            MailboxAddress::parse("b@x.test").unwrap(),
+        );
+        let now = OffsetDateTime::now_utc();
+        let first = store
+            .enqueue_outbound(&row(&a, "k1", now - Duration::seconds(2)))
+            .await
+            .unwrap();
+        let second = store
+            .enqueue_outbound(&row(&a, "k2", now - Duration::seconds(1)))
+            .await
+            .unwrap();
+        store.enqueue_outbound(&row(&b, "k3", now)).await.unwrap();
+        assert!(first.request.is_empty(), "enqueue answers without echoing the payload");
+        let mut due = store.outbound_due_mailboxes(now).await.unwrap();
+        due.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(due, vec![a.clone(), b.clone()]);
+
+        // The oldest due row of the mailbox, with its payload.
+        let mut next = store.next_due_outbound(&a, now).await.unwrap().unwrap();
+        assert_eq!(next.id, first.id);
+        assert!(next.request.len() > 10_000);
+        // Handed to Graph: loaded without the payload from then on.
+        next.step = SendStep::Accepted;
+        next.status = OutboundStatus::Sending;
+        next.submitted_at = Some(now);
+        next.internet_message_id = Some("<m@x>".into());
+        store.update_outbound(&next).await.unwrap();
+        let again = store.next_due_outbound(&a, now).await.unwrap().unwrap();
+        assert_eq!(again.id, first.id);
+        assert!(again.request.is_empty());
+        assert_eq!(again.internet_message_id.as_deref(), Some("<m@x>"));
+        assert_eq!(
+            again.submitted_at.map(|t| t.unix_timestamp()),
+            Some(now.unix_timestamp())
+        );
+
+        // Finished long ago: pruned; finished recently or unfinished: kept.
+        let mut done = again;
+        done.status = OutboundStatus::Sent;
+        done.updated_at = now - Duration::days(8);
+        store.update_outbound(&done).await.unwrap();
+        let mut recent = store.next_due_outbound(&a, now).await.unwrap().unwrap();
+        assert_eq!(recent.id, second.id);
+        recent.status = OutboundStatus::Unconfirmed;
+        store.update_outbound(&recent).await.unwrap();
+        assert_eq!(store.prune_outbound(now - Duration::days(7)).await.unwrap(), 1);
+        let sizes: Vec<(String, i64)> = sqlx::query_as("SELECT id, length(request) FROM outbox ORDER BY created_at")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(sizes[0], (first.id.clone(), 0));
+        assert!(sizes[1].1 > 10_000 && sizes[2].1 > 10_000, "{sizes:?}");
+        // Status, ids and the idempotency answer stay.
+        let kept = store.outbound_by_key(&a, "k1").await.unwrap().unwrap();
+        assert_eq!(
+            (kept.id, kept.status, kept.request_hash),
+            (first.id, OutboundStatus::Sent, "hash-k1".into())
+        );
+        assert!(store.next_due_outbound(&a, now).await.unwrap().is_none());
+    }
+}
