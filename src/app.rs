@@ -172,11 +172,11 @@ impl App {
             let stop = server_stop.clone();
             let router = api::router(state);
             let listener = self.listener;
-            async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }
+            let limits = api::serve::Limits {
+                header_timeout: self.config.server.header_timeout,
+                max_connections: self.config.server.max_connections,
+            };
+            api::serve::serve(listener, router, limits, stop)
         });
         let tasks = TaskTracker::new();
         tasks.spawn({

@@ -70,7 +70,14 @@ async fn fresh_url(s: &ApiState, address: &str) -> Result<String, ApiError> {
     )
     .await
     .map(|u| u.to_string())
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))
+    .map_err(|e| {
+        tracing::error!(error = %e, "The store failed while starting a consent.");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store is not answering; try again later",
+        )
+    })
 }
 
 /// `GET /v1/mailboxes/{address}/consent`: `{"url"}`.
@@ -165,6 +172,13 @@ pub async fn callback(State(s): State<ApiState>, Query(q): Query<HashMap<String,
                 ),
             )
         }
+        Err(ConsentError::Store(e)) => {
+            tracing::error!(error = %e, "The store failed while completing a consent.");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "inboxd could not record the consent right now; please try the link again later.",
+            )
+        }
         Err(e) => {
             tracing::warn!(error = %e, "Consent callback refused.");
             page(StatusCode::BAD_REQUEST, &e.to_string())
@@ -194,7 +208,7 @@ pub async fn import(State(s): State<ApiState>, Path(address): Path<String>, body
         .save(&SecretString::from(import.refresh_token), crate::auth::DELEGATED_SCOPES)
         .await
     {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string());
+        return super::store_unavailable(&e);
     }
     tokens.reset().await;
     let outcome = tokens.token().await;

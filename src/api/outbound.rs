@@ -174,12 +174,7 @@ fn accepted_or_conflict(stored: &OutboundRecord, hash: &str) -> Response {
 
 /// 503 with a short reason; the store's own words stay in the log.
 fn store_unavailable(e: &crate::store::StoreError) -> Response {
-    tracing::error!(error = %e, "The store failed while handling an outbound request.");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the store is not answering; try again",
-    )
+    super::store_unavailable(e)
 }
 
 /// `GET /v1/outbound/{id}`.

@@ -74,6 +74,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Log level or filter (`info`, `inboxd=debug`); `RUST_LOG` overrides it.
     pub log_level: String,
+    /// A connection must send its request headers within this (also the longest idle keep-alive).
+    pub header_timeout: Duration,
+    /// API connections served at once.
+    pub max_connections: usize,
 }
 
 /// `[store]`.

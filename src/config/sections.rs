@@ -105,8 +105,20 @@ fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Optio
             None
         }
     });
+    let header_timeout = duration(
+        &t.get_or("header_timeout", "10s"),
+        errors,
+        false,
+        Duration::from_secs(300),
+    );
+    let max_connections = match t.get("max_connections") {
+        None => Some(4096),
+        Some(field) => field.int_in(errors, 1, 1_000_000).and_then(|v| usize::try_from(v).ok()),
+    };
     t.finish(errors);
     Some(ServerConfig {
+        header_timeout: header_timeout?,
+        max_connections: max_connections?,
         listen: listen?,
         public_url: public_url?,
         api_tokens: api_tokens?,

@@ -1,5 +1,6 @@
 //! Tests of the daemon against the emulator, over real HTTP, with real SQLite files.
 
+mod api_limits;
 mod bench_smoke;
 mod cli;
 mod crash;
