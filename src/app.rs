@@ -165,6 +165,7 @@ impl App {
             graph: self.graph.clone(),
             sealer: self.sealer.clone(),
             redirect_uri: redirect_uri(&self.config, bound),
+            consent_limiter: Arc::new(api::limit::PerClient::new(20, 0.5)),
         };
         // Not under `root`: the API keeps answering (readiness 503) while mailboxes drain.
         let server_stop = CancellationToken::new();

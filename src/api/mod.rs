@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 mod consent;
+pub mod limit;
 mod outbound;
 mod replay;
 pub mod serve;
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub sealer: Option<Arc<crate::auth::seal::Sealer>>,
     /// `{public_url}/oauth/callback`.
     pub redirect_uri: String,
+    /// Rate limit of `/oauth/start` per client address.
+    pub consent_limiter: Arc<limit::PerClient>,
 }
 
 /// Largest reply, forward or new message: 150 MB of attachments, base64-encoded, plus the rest.

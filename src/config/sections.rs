@@ -42,6 +42,19 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         Some(Some(tables)) => mailboxes::mailboxes(tables, &defaults, &app_names, encryption_key_given, errors),
     };
     root.finish(errors);
+    if let (Some(server), Some(mailboxes)) = (&server, &mailboxes)
+        && server.public_url.is_none()
+        && server.listen.ip().is_unspecified()
+        && mailboxes.iter().any(|m| m.access == super::Access::Delegated)
+    {
+        errors.push(super::ConfigError::new(
+            "server.public_url",
+            format!(
+                "required with a delegated mailbox when server.listen ({}) is not one address: the sign-in service must send browsers back to a real address, e.g. \"https://inboxd.example.com\"",
+                server.listen
+            ),
+        ));
+    }
     Some(Config {
         server: server?,
         store: store?,

@@ -307,6 +307,14 @@ pub trait Store: Send + Sync + 'static {
         mailbox: &MailboxAddress,
         now: OffsetDateTime,
     ) -> Result<Option<OutboundRecord>, StoreError>;
+    /// Records that the consent state `state` (expiring at `expires_at`) was used; false when it
+    /// already was (a state works once).
+    async fn claim_consent_state(
+        &self,
+        state: &str,
+        mailbox: &MailboxAddress,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
     /// Drops the payload of finished requests (sent, failed, unconfirmed) last changed before
     /// `before`, keeping their status and ids; returns how many.
     async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError>;

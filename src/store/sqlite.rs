@@ -488,6 +488,15 @@ impl Store for SqliteStore {
         outbox::next_due(&self.pool, mailbox, now).await
     }
 
+    async fn claim_consent_state(
+        &self,
+        state: &str,
+        mailbox: &MailboxAddress,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        delegated::claim_state(&self.pool, state, mailbox, expires_at).await
+    }
+
     async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         outbox::prune(&self.pool, before).await
     }

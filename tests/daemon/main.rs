@@ -3,6 +3,7 @@
 mod api_limits;
 mod bench_smoke;
 mod cli;
+mod consent_safety;
 mod crash;
 mod delegated;
 mod documented;
