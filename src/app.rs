@@ -95,7 +95,29 @@ impl App {
         ));
         let apps = build_apps(&config, &http, &metrics).map_err(anyhow::Error::msg)?;
         let board = StatusBoard::new(metrics.clone(), store.clone(), sink.clone());
-        let sealer = config.store.encryption_key.as_ref().map(|k| Arc::new(Sealer::new(k)));
+        let sealer = config
+            .store
+            .encryption_key
+            .as_ref()
+            .map(|k| Arc::new(Sealer::with_previous(k, &config.store.previous_encryption_keys)));
+        if let Some(sealer) = sealer.as_ref().filter(|s| s.has_previous()) {
+            let delegated: Vec<MailboxAddress> = config
+                .mailboxes
+                .iter()
+                .filter(|m| m.access == crate::config::Access::Delegated)
+                .map(|m| m.address.clone())
+                .collect();
+            match crate::auth::reseal(store.as_ref(), sealer, &delegated).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    tokens = n,
+                    "Re-sealed refresh tokens with the current store.encryption_key."
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not re-seal refresh tokens; each is re-sealed at its next refresh.")
+                }
+            }
+        }
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;

@@ -87,6 +87,8 @@ pub struct StoreConfig {
     pub url: String,
     /// Seals delegated refresh tokens at rest.
     pub encryption_key: Option<SecretString>,
+    /// Keys `encryption_key` replaced: they only open, and what they sealed is re-sealed.
+    pub previous_encryption_keys: Vec<SecretString>,
 }
 
 /// `[microsoft]`.

@@ -160,11 +160,20 @@ fn store(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> (Optio
         None => Some(None),
         Some(field) => secrets.resolve(&field, errors).map(Some),
     };
+    let previous_encryption_keys = match t.get("previous_encryption_keys").map(|f| f.items(errors)) {
+        None => Some(Vec::new()),
+        Some(None) => None,
+        Some(Some(items)) => {
+            let keys: Vec<_> = items.iter().map(|item| secrets.resolve(item, errors)).collect();
+            keys.into_iter().collect()
+        }
+    };
     t.finish(errors);
     let store = (|| {
         Some(StoreConfig {
             url: url?,
             encryption_key: encryption_key?,
+            previous_encryption_keys: previous_encryption_keys?,
         })
     })();
     (store, given)

@@ -111,3 +111,52 @@ async fn a_refused_import_keeps_the_working_refresh_token() {
     assert_eq!(view(daemon.addr, &user).await["state"], "active");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_store_key_with_the_old_one_as_previous_keeps_mailboxes_and_reseals() {
+    use inboxd::auth::seal::Sealer;
+    use secrecy::SecretString;
+
+    let env = Env::new().await;
+    let user = addr("rot-user");
+    env.mailboxes(std::slice::from_ref(&user)).await;
+    let toml = config(&env, &[], &delegated(&user, "test"));
+    let daemon = env.start(&toml).await;
+    let (status, body) = import(daemon.addr, &user, &mint(&env, TENANT, CLIENT, &user).await).await;
+    assert_eq!(status, 200, "{body}");
+    wait_state(&env, daemon.addr, &user, "active", Duration::from_secs(10)).await;
+    daemon.stop().await;
+
+    let old = crate::delegated::STORE_KEY;
+    let rotated = toml.replacen(
+        &format!("encryption_key = \"dev:{old}\"\n"),
+        &format!("encryption_key = \"dev:the-new-key\"\nprevious_encryption_keys = [\"dev:{old}\"]\n"),
+        1,
+    );
+    assert_ne!(rotated, toml);
+    let daemon = env.start(&rotated).await;
+    // Re-sealed at start: the new key alone opens the stored token.
+    let url = format!("sqlite://{}", env.dir.path().join("inboxd.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT sealed_token FROM delegated_tokens WHERE mailbox = ?1")
+        .bind(&user)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        Sealer::new(&SecretString::from("the-new-key"))
+            .open(&user, &sealed)
+            .is_some()
+    );
+    assert!(Sealer::new(&SecretString::from(old)).open(&user, &sealed).is_none());
+    env.deliver(&user, "after the key rotation").await;
+    let delivered = crate::support::eventually(Duration::from_secs(15), || async {
+        env.raw_events()
+            .iter()
+            .any(|e| e["mailbox"] == user.as_str() && e["subject"] == "after the key rotation")
+    })
+    .await;
+    assert!(delivered, "{}", view(daemon.addr, &user).await);
+    assert_eq!(view(daemon.addr, &user).await["state"], "active");
+    daemon.stop().await;
+}
