@@ -196,7 +196,8 @@ pub async fn callback(
     };
     let cookie = presented_cookie(&headers);
     let result = async {
-        let pending = consent::open_state(&sealer, state, time::OffsetDateTime::now_utc())?;
+        let pending =
+            consent::open_state(&sealer, state, time::OffsetDateTime::now_utc()).ok_or(ConsentError::BadState)?;
         if let Some(err) = q.get("error") {
             let description = q.get("error_description").map(String::as_str).unwrap_or("");
             return Err(ConsentError::Refused(format!("{err}: {description}")));

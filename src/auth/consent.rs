@@ -137,17 +137,18 @@ pub struct Pending {
     browser: Option<String>,
 }
 
-/// Opens a state at `now`: it must be ours, for a mailbox that can consent, and not expired.
-pub fn open_state(sealer: &Sealer, state: &str, now: OffsetDateTime) -> Result<Pending, ConsentError> {
-    let sealed = URL_SAFE_NO_PAD.decode(state).map_err(|_| ConsentError::BadState)?;
-    let plain = sealer.open(STATE_CONTEXT, &sealed).ok_or(ConsentError::BadState)?;
-    let s: Sealed = serde_json::from_str(plain.expose_secret()).map_err(|_| ConsentError::BadState)?;
-    let expires_at = OffsetDateTime::from_unix_timestamp(s.e).map_err(|_| ConsentError::BadState)?;
+/// Opens a state at `now`: it must be ours, for a mailbox that can consent, and not expired
+/// (`None` otherwise: the caller answers [`ConsentError::BadState`]).
+pub fn open_state(sealer: &Sealer, state: &str, now: OffsetDateTime) -> Option<Pending> {
+    let sealed = URL_SAFE_NO_PAD.decode(state).ok()?;
+    let plain = sealer.open(STATE_CONTEXT, &sealed)?;
+    let s: Sealed = serde_json::from_str(plain.expose_secret()).ok()?;
+    let expires_at = OffsetDateTime::from_unix_timestamp(s.e).ok()?;
     if !s.ok || expires_at < now {
-        return Err(ConsentError::BadState);
+        return None;
     }
-    Ok(Pending {
-        mailbox: MailboxAddress::parse(&s.m).map_err(|_| ConsentError::BadState)?,
+    Some(Pending {
+        mailbox: MailboxAddress::parse(&s.m).ok()?,
         verifier: s.v,
         expires_at,
         browser: s.b,
@@ -218,23 +219,23 @@ mod tests {
         let sealer = Sealer::new(&SecretString::from("k1"));
         let now = OffsetDateTime::now_utc();
         let state = sealed(&sealer, "a@b.test", now + time::Duration::minutes(30), None, true);
-        let open = open_state(&sealer, &state, now).ok().unwrap();
+        let open = open_state(&sealer, &state, now).unwrap();
         assert_eq!(open.mailbox.as_str(), "a@b.test");
         assert_eq!(open.verifier, "verifier");
         assert!(
-            open_state(&sealer, &state, now + time::Duration::minutes(31)).is_err(),
+            open_state(&sealer, &state, now + time::Duration::minutes(31)).is_none(),
             "expired"
         );
         assert!(
-            open_state(&Sealer::new(&SecretString::from("k2")), &state, now).is_err(),
+            open_state(&Sealer::new(&SecretString::from("k2")), &state, now).is_none(),
             "other key"
         );
-        assert!(open_state(&sealer, "never-issued", now).is_err());
+        assert!(open_state(&sealer, "never-issued", now).is_none());
         let decoy = sealed(&sealer, "x@b.test", now + time::Duration::minutes(30), None, false);
-        assert!(open_state(&sealer, &decoy, now).is_err(), "a decoy never completes");
+        assert!(open_state(&sealer, &decoy, now).is_none(), "a decoy never completes");
         // A sealed refresh token is not a state.
         let token = URL_SAFE_NO_PAD.encode(sealer.seal("a@b.test", "{}"));
-        assert!(open_state(&sealer, &token, now).is_err());
+        assert!(open_state(&sealer, &token, now).is_none());
     }
 
     #[test]
@@ -248,7 +249,7 @@ mod tests {
             Some("cookie-1"),
             true,
         );
-        let open = open_state(&sealer, &state, now).ok().unwrap();
+        let open = open_state(&sealer, &state, now).unwrap();
         assert!(open.same_browser(Some("cookie-1")));
         assert!(!open.same_browser(Some("cookie-2")));
         assert!(!open.same_browser(None));

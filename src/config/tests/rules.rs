@@ -103,7 +103,7 @@ fn public_url_is_required_for_delegated_mailboxes_on_an_unspecified_listen_addre
     ok(&format!("{PUBLIC}{delegated}"), &[]);
     let loopback = format!("[server]\nlisten = \"127.0.0.1:8080\"\n{delegated}");
     ok(&loopback, &[]);
-    ok(&format!("{BASE}"), &[]);
+    ok(BASE, &[]);
 }
 
 #[test]
