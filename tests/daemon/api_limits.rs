@@ -23,11 +23,23 @@ async fn idle_half_open_connections_neither_starve_livez_nor_stay_open() {
     );
     let binary = env.spawn_binary(&env.write_config(&toml), 0).await;
     let addr = binary.addr();
-    let mut idle = Vec::with_capacity(HALF_OPEN);
-    for _ in 0..HALF_OPEN {
+    let mut idle = Vec::with_capacity(HALF_OPEN + 10);
+    for i in 0..HALF_OPEN {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        // A request line and one header, then nothing: the headers never end.
-        s.write_all(b"GET /livez HTTP/1.1\r\nHost: inboxd\r\n").await.unwrap();
+        if i % 2 == 0 {
+            // A request line and one header, then nothing: the headers never end.
+            s.write_all(b"GET /livez HTTP/1.1\r\nHost: inboxd\r\n").await.unwrap();
+        }
+        // (The other half send nothing at all.)
+        idle.push(s);
+    }
+    // Keep-alive connections left idle after one complete request.
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: inboxd\r\n\r\n").await.unwrap();
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
         idle.push(s);
     }
     let opened = Instant::now();
