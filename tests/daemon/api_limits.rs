@@ -161,3 +161,38 @@ async fn store_errors_stay_in_the_log_and_the_client_gets_a_request_id() {
     .await;
     assert!(logged, "the detail is not in the log under the request id");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let env = Env::new().await;
+    env.mailboxes(&[SUPPORT.into()]).await;
+    let toml = config(&env, &[SUPPORT]).replace(
+        "shutdown_grace = \"10s\"\n",
+        "shutdown_grace = \"10s\"\nheader_timeout = \"60s\"\nmax_connections = 3\n",
+    );
+    let binary = env.spawn_binary(&env.write_config(&toml), 0).await;
+    let addr = binary.addr();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: inboxd\r\n").await.unwrap();
+        held.push(s);
+    }
+    // A fourth client is not served while the three hold every slot (their header timeout is
+    // a minute away; without the limit this answers in milliseconds).
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    fourth
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: inboxd\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let early = tokio::time::timeout(Duration::from_secs(1), fourth.read_to_end(&mut answer)).await;
+    assert!(early.is_err(), "served beyond the limit: {:?}", String::from_utf8_lossy(&answer));
+    // One slot frees: the fourth is served.
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(10), fourth.read_to_end(&mut answer))
+        .await
+        .expect("served once a slot was free")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+}
