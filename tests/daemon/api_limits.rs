@@ -36,7 +36,9 @@ async fn idle_half_open_connections_neither_starve_livez_nor_stay_open() {
     // Keep-alive connections left idle after one complete request.
     for _ in 0..10 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /livez HTTP/1.1\r\nHost: inboxd\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: inboxd\r\n\r\n")
+            .await
+            .unwrap();
         let mut first = [0u8; 12];
         s.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"HTTP/1.1 200");
@@ -187,12 +189,20 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         .unwrap();
     let mut answer = Vec::new();
     let early = tokio::time::timeout(Duration::from_secs(1), fourth.read_to_end(&mut answer)).await;
-    assert!(early.is_err(), "served beyond the limit: {:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        early.is_err(),
+        "served beyond the limit: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
     // One slot frees: the fourth is served.
     drop(held.pop());
     tokio::time::timeout(Duration::from_secs(10), fourth.read_to_end(&mut answer))
         .await
         .expect("served once a slot was free")
         .unwrap();
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
 }

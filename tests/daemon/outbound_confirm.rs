@@ -26,19 +26,26 @@ async fn wait_sent_or(api: &Api, id: &str, log: impl Fn() -> String) {
     );
 }
 
+/// A number from the environment (the full scenario: `INBOXD_TRANSIT_REPLIES=20
+/// INBOXD_TRANSIT_DELAY_MS=15000`), else the CI default.
+fn from_env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Replies to Ann's messages, each one's process killed once Graph took its `send` (the
 /// reply is in the Outbox) but before the 202 reached it; transport takes 3 s.
 async fn killed_after_each_accepted_send(ignore_marker: bool) {
-    const REPLIES: usize = 3;
+    let replies = from_env("INBOXD_TRANSIT_REPLIES", 3) as usize;
+    let delay_ms = from_env("INBOXD_TRANSIT_DELAY_MS", 3000);
     let env = Env::new().await;
     env.mailboxes(&[SUPPORT.into(), ANN.into()]).await;
     env.settings(json!({
-        "transport_delay_ms": 3000,
+        "transport_delay_ms": delay_ms,
         "create_response_ignores_extended_properties": ignore_marker,
     }))
     .await;
     let mut originals = Vec::new();
-    for i in 0..REPLIES {
+    for i in 0..replies {
         originals.push(from_ann(&env, &format!("Transit {i}")).await);
     }
     let config = env.write_config(&config(&env, &[SUPPORT]));
@@ -72,28 +79,28 @@ async fn killed_after_each_accepted_send(ignore_marker: bool) {
         binary.kill_9();
         env.clear_faults().await;
     }
-    let last = env.spawn_binary(&config, REPLIES).await;
+    let last = env.spawn_binary(&config, replies).await;
     let api = Api::at(last.addr());
     for id in &ids {
         wait_sent_or(&api, id, || last.stderr()).await;
     }
-    for i in 0..REPLIES {
+    for i in 0..replies {
         exactly_one(&env, ANN, "inbox", &format!("RE: Transit {i}")).await;
         exactly_one(&env, SUPPORT, "sentitems", &format!("RE: Transit {i}")).await;
     }
     let inbox = env.folder_messages(ANN, "inbox").await;
-    assert_eq!(inbox.len(), REPLIES, "Ann's inbox: {:?}", summary(&inbox));
+    assert_eq!(inbox.len(), replies, "Ann's inbox: {:?}", summary(&inbox));
     for folder in ["drafts", "outbox"] {
         let left = env.folder_messages(SUPPORT, folder).await;
         assert!(left.is_empty(), "{folder}: {:?}", summary(&left));
     }
     let created = support_requests(&env, "POST", "/createReply").await;
-    assert_eq!(created.len(), REPLIES, "one draft per reply: {created:?}");
+    assert_eq!(created.len(), replies, "one draft per reply: {created:?}");
     if ignore_marker {
         let patched = support_requests(&env, "PATCH", "").await;
         assert_eq!(
             patched.len(),
-            REPLIES,
+            replies,
             "the marker is PATCHed onto each draft: {patched:?}"
         );
     }
