@@ -2,6 +2,7 @@
 //! sent through a marked Graph draft, and looked up by that mark before any retry.
 
 mod confirm;
+mod machine;
 pub mod request;
 mod sender;
 mod steps;
