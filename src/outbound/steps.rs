@@ -224,10 +224,7 @@ pub(super) async fn attachments(ctx: &MailboxCtx, user: &str, draft: &str) -> Re
 /// Takes the attachment already on the draft that stands for `a` (same name, at least its
 /// size: Graph counts some overhead), if any, out of `present`.
 pub(super) fn take_present(present: &mut Vec<(String, u64)>, a: &AttachmentInput) -> bool {
-    let size = STANDARD
-        .decode(a.content_base64.trim())
-        .map(|b| b.len() as u64)
-        .unwrap_or(0);
+    let size = super::request::decoded_len(&a.content_base64).unwrap_or(0) as u64;
     match present.iter().position(|(name, s)| *name == a.name && *s >= size) {
         Some(i) => {
             present.remove(i);
