@@ -1,6 +1,7 @@
 //! Configuration: the schema (this file), loading from TOML + environment, and validation
 //! that reports every problem with its key path.
 
+mod error;
 mod load;
 mod mailboxes;
 mod reader;
@@ -19,7 +20,8 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 use url::Url;
 
-pub use load::{ConfigError, ConfigErrors, from_sources, load_file};
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{from_sources, load_file};
 
 use crate::domain::{AppName, MailboxAddress};
 
@@ -78,6 +80,27 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// API connections served at once.
     pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// Where the sign-in service sends the browser back: `{public_url}/oauth/callback`
+    /// (without a public URL, the bound address, which only works on the daemon's own host).
+    pub fn redirect_uri(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => format!("{}/oauth/callback", u.as_str().trim_end_matches('/')),
+            None => format!("http://{bound}/oauth/callback"),
+        }
+    }
+
+    /// The stable consent link shown for a mailbox: it starts a fresh flow each time it is opened.
+    pub fn consent_link(&self, bound: SocketAddr, mailbox: &crate::domain::MailboxAddress) -> String {
+        let base = self.redirect_uri(bound);
+        let base = base.trim_end_matches("/oauth/callback");
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("mailbox", mailbox.as_str())
+            .finish();
+        format!("{base}/oauth/start?{query}")
+    }
 }
 
 /// `[store]`.

@@ -30,6 +30,7 @@ fn inboxd(args: &[&str], vars: &[(&str, &str)], dir: &Path) -> Output {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()

@@ -1,6 +1,7 @@
 //! Tests of the daemon against the emulator, over real HTTP, with real SQLite files.
 
 mod api_limits;
+#[cfg(feature = "bench")]
 mod bench_smoke;
 mod cli;
 mod consent_safety;

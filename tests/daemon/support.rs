@@ -722,3 +722,44 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
         })
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
+
+impl Daemon {
+    /// `GET /v1/quarantine` with [`API_TOKEN`]: the entries, newest first.
+    pub async fn quarantine(&self) -> Vec<Value> {
+        let (status, body) = self.get("/v1/quarantine", Some(API_TOKEN)).await;
+        assert_eq!(status, 200, "/v1/quarantine: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()["quarantine"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("/v1/quarantine: {body}"))
+    }
+}
+
+impl Env {
+    /// The emulator's clock now.
+    pub async fn emulator_now(&self) -> time::OffsetDateTime {
+        let now = self.control("/_emulator/clock", json!({"advance_secs": 0})).await["now"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339).unwrap()
+    }
+
+    /// Delivers a text message whose receipt time is `received_at`.
+    pub async fn deliver_received(&self, address: &str, subject: &str, received_at: time::OffsetDateTime) -> Value {
+        let at = received_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        self.control(
+            &format!("/_emulator/mailboxes/{address}/messages"),
+            json!({
+                "from": {"name": "Customer", "address": "customer@example.net"},
+                "to": [{"name": "", "address": address}],
+                "subject": subject,
+                "body": {"content_type": "text", "content": format!("Body of {subject}")},
+                "received_at": at,
+            }),
+        )
+        .await
+    }
+}
