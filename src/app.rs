@@ -98,7 +98,29 @@ impl App {
         ));
         let apps = build_apps(&config, &http, &metrics).map_err(anyhow::Error::msg)?;
         let board = StatusBoard::new(metrics.clone(), store.clone(), sink.clone());
-        let sealer = config.store.encryption_key.as_ref().map(|k| Arc::new(Sealer::new(k)));
+        let sealer = config
+            .store
+            .encryption_key
+            .as_ref()
+            .map(|k| Arc::new(Sealer::with_previous(k, &config.store.previous_encryption_keys)));
+        if let Some(sealer) = sealer.as_ref().filter(|s| s.has_previous()) {
+            let delegated: Vec<MailboxAddress> = config
+                .mailboxes
+                .iter()
+                .filter(|m| m.access == crate::config::Access::Delegated)
+                .map(|m| m.address.clone())
+                .collect();
+            match crate::auth::reseal(store.as_ref(), sealer, &delegated).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    tokens = n,
+                    "Re-sealed refresh tokens with the current store.encryption_key."
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not re-seal refresh tokens; each is re-sealed at its next refresh.")
+                }
+            }
+        }
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -163,6 +185,7 @@ impl App {
             self.board.clone(),
             self.http.clone(),
             self.metrics.clone(),
+            self.config.outbound.clone(),
         );
         let state = ApiState {
             board: self.board.clone(),
@@ -175,6 +198,7 @@ impl App {
             graph: self.graph.clone(),
             sealer: self.sealer.clone(),
             redirect_uri: self.config.server.redirect_uri(bound),
+            consent_limiter: Arc::new(api::limit::PerClient::new(20, 0.5)),
         };
         // Not under `root`: the API keeps answering (readiness 503) while mailboxes drain.
         let server_stop = CancellationToken::new();
@@ -186,11 +210,11 @@ impl App {
                 router = router.merge(crate::notify::router(n.clone()));
             }
             let listener = self.listener;
-            async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }
+            let limits = api::serve::Limits {
+                header_timeout: self.config.server.header_timeout,
+                max_connections: self.config.server.max_connections,
+            };
+            api::serve::serve(listener, router, limits, stop)
         });
         let tasks = TaskTracker::new();
         // Every background task is supervised: a panic is logged, counted and restarted.

@@ -321,7 +321,7 @@ async fn send_reply(
     loop {
         let status: Value = api_get(http, &format!("{api}/v1/outbound/{id}")).await?;
         let s = status["status"].as_str().unwrap_or("unknown").to_string();
-        if s == "sent" || s == "failed" || tokio::time::Instant::now() > deadline {
+        if matches!(s.as_str(), "sent" | "failed" | "unconfirmed") || tokio::time::Instant::now() > deadline {
             return Ok(format!("{s} (outbound id {id})"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

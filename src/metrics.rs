@@ -176,7 +176,7 @@ impl Metrics {
         for outcome in ["applied", "invalid"] {
             let _ = m.config_reloads.get_or_create(&vec![("outcome", outcome.to_string())]);
         }
-        for status in ["sent", "failed"] {
+        for status in ["sent", "failed", "unconfirmed"] {
             let _ = m.outbound.get_or_create(&vec![("status", status.to_string())]);
         }
         for state in MailboxState::ALL {

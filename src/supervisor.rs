@@ -242,6 +242,16 @@ impl Supervisor {
                 format!("{:?}", sink_shape(&self.config)),
                 format!("{:?}", sink_shape(&new)),
             ),
+            (
+                "outbound",
+                format!("{:?}", self.config.outbound),
+                format!("{:?}", new.outbound),
+            ),
+            (
+                "store.encryption_key",
+                key_fingerprint(&self.config),
+                key_fingerprint(&new),
+            ),
         ] {
             if old != now {
                 tracing::warn!(
@@ -341,4 +351,24 @@ fn sink_shape(config: &Config) -> String {
         crate::config::SinkConfig::File { path, max_bytes } => format!("file {} {max_bytes:?}", path.display()),
         crate::config::SinkConfig::Webhook { url, timeout, .. } => format!("webhook {url} {timeout:?}"),
     }
+}
+
+/// A digest of `store.encryption_key` and `store.previous_encryption_keys` (never the keys).
+fn key_fingerprint(config: &Config) -> String {
+    use secrecy::ExposeSecret;
+    let mut all = String::new();
+    for key in config
+        .store
+        .encryption_key
+        .iter()
+        .chain(&config.store.previous_encryption_keys)
+    {
+        all.push_str(key.expose_secret());
+        all.push('\n');
+    }
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, all.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -59,37 +62,110 @@ fn delegated(s: &ApiState, address: &str) -> Result<Delegated, ApiError> {
     })
 }
 
-async fn fresh_url(s: &ApiState, address: &str) -> Result<String, ApiError> {
-    let d = delegated(s, address)?;
-    consent::start(
-        s.store.as_ref(),
+/// `GET /v1/mailboxes/{address}/consent`: `{"url"}`, a fresh authorization URL. Asked for with
+/// an API token, so it may say precisely what is wrong; its flow is not bound to a browser.
+pub async fn url(State(s): State<ApiState>, Path(address): Path<String>) -> Response {
+    let d = match delegated(&s, &address) {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
+    let started = consent::start(
         &d.sealer,
         &d.tokens,
-        &d.ctx.config.address,
+        d.ctx.config.address.as_str(),
         &s.redirect_uri,
-    )
-    .await
-    .map(|u| u.to_string())
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))
+        false,
+        true,
+    );
+    Json(json!({"url": started.url.to_string()})).into_response()
 }
 
-/// `GET /v1/mailboxes/{address}/consent`: `{"url"}`.
-pub async fn url(State(s): State<ApiState>, Path(address): Path<String>) -> Response {
-    match fresh_url(&s, &address).await {
-        Ok(url) => Json(json!({"url": url})).into_response(),
-        Err(e) => e.into_response(),
+/// The cookie that binds a browser's consent flow to that browser.
+const COOKIE: &str = "inboxd_consent";
+
+/// The app a consent link for `mailbox` goes through, and whether it can complete: the
+/// mailbox's own for a delegated mailbox; for any other name (unknown, app-only, not an
+/// address) one of the delegated mailboxes' apps, in a flow that looks the same from outside
+/// but never completes. `None` when no mailbox is delegated at all (the same for every name).
+fn target(s: &ApiState, mailbox: &str) -> Option<(Arc<DelegatedTokens>, bool)> {
+    let registry = s.mailboxes.load();
+    if let Ok(address) = MailboxAddress::parse(mailbox)
+        && let Some(ctx) = registry.get(&address)
+        && let TokenSource::Delegated(tokens) = &ctx.tokens
+    {
+        return Some((tokens.clone(), true));
     }
+    registry
+        .iter()
+        .filter_map(|(address, ctx)| match &ctx.tokens {
+            TokenSource::Delegated(tokens) => Some((address, tokens)),
+            TokenSource::App(_) => None,
+        })
+        .min_by(|a, b| a.0.as_str().cmp(b.0.as_str()))
+        .map(|(_, tokens)| (tokens.clone(), false))
 }
 
-/// `GET /oauth/start?mailbox=`: redirects to a fresh authorization URL.
-pub async fn start(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(mailbox) = q.get("mailbox") else {
+/// `GET /oauth/start?mailbox=`: redirects to a fresh authorization URL and sets the cookie that
+/// binds the flow to this browser. Writes nothing, is rate limited per client address, and
+/// answers alike whether the mailbox is delegated, app-only or unknown.
+pub async fn start(State(s): State<ApiState>, parts: Parts, Query(q): Query<HashMap<String, String>>) -> Response {
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    if !s.consent_limiter.allow(client) {
+        let mut resp = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many consent requests from your address; try again in a minute.",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+        return resp;
+    }
+    let Some(mailbox) = q
+        .get("mailbox")
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty() && m.len() <= 320)
+    else {
         return page(StatusCode::BAD_REQUEST, "The link is missing its mailbox.");
     };
-    match fresh_url(&s, mailbox).await {
-        Ok(url) => (StatusCode::FOUND, [(header::LOCATION, url)]).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let (Some(sealer), Some((tokens, consentable))) = (s.sealer.clone(), target(&s, mailbox)) else {
+        return page(StatusCode::NOT_FOUND, "Consent is not available on this server.");
+    };
+    let mailbox = MailboxAddress::parse(mailbox)
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|_| mailbox.to_string());
+    let started = consent::start(&sealer, &tokens, &mailbox, &s.redirect_uri, true, consentable);
+    let secure = if s.redirect_uri.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE}={}; Path=/oauth; HttpOnly; SameSite=Lax; Max-Age=1800{secure}",
+        started.cookie.unwrap_or_default()
+    );
+    (
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, started.url.to_string()),
+            (header::SET_COOKIE, cookie),
+        ],
+    )
+        .into_response()
+}
+
+/// The consent cookie the browser presented, if any.
+fn presented_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_string())
 }
 
 fn page(status: StatusCode, message: &str) -> Response {
@@ -104,7 +180,11 @@ fn page(status: StatusCode, message: &str) -> Response {
 }
 
 /// `GET /oauth/callback`: completes the consent, stores the refresh token, resumes the mailbox.
-pub async fn callback(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn callback(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let Some(sealer) = s.sealer.clone() else {
         return page(
             StatusCode::CONFLICT,
@@ -114,15 +194,24 @@ pub async fn callback(State(s): State<ApiState>, Query(q): Query<HashMap<String,
     let Some(state) = q.get("state") else {
         return page(StatusCode::BAD_REQUEST, "The callback has no state.");
     };
+    let cookie = presented_cookie(&headers);
     let result = async {
-        let (mailbox, verifier) = consent::take_state(s.store.as_ref(), &sealer, state).await?;
+        let pending =
+            consent::open_state(&sealer, state, time::OffsetDateTime::now_utc()).ok_or(ConsentError::BadState)?;
         if let Some(err) = q.get("error") {
             let description = q.get("error_description").map(String::as_str).unwrap_or("");
             return Err(ConsentError::Refused(format!("{err}: {description}")));
         }
+        if !pending.same_browser(cookie.as_deref()) {
+            return Err(ConsentError::OtherBrowser);
+        }
         let code = q
             .get("code")
             .ok_or_else(|| ConsentError::Refused("no code in the callback".into()))?;
+        if !pending.claim(s.store.as_ref(), state).await? {
+            return Err(ConsentError::BadState);
+        }
+        let (mailbox, verifier) = (pending.mailbox.clone(), pending.verifier.clone());
         let ctx = s
             .mailboxes
             .load()
@@ -155,7 +244,7 @@ pub async fn callback(State(s): State<ApiState>, Query(q): Query<HashMap<String,
         Ok(mailbox)
     }
     .await;
-    match result {
+    let mut resp = match result {
         Ok(mailbox) => {
             tracing::info!(mailbox = %mailbox, "Consent completed; the mailbox resumes.");
             page(
@@ -165,11 +254,25 @@ pub async fn callback(State(s): State<ApiState>, Query(q): Query<HashMap<String,
                 ),
             )
         }
+        Err(ConsentError::Store(e)) => {
+            tracing::error!(error = %e, "The store failed while completing a consent.");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "inboxd could not record the consent right now; please try the link again later.",
+            )
+        }
         Err(e) => {
             tracing::warn!(error = %e, "Consent callback refused.");
             page(StatusCode::BAD_REQUEST, &e.to_string())
         }
+    };
+    if cookie.is_some() {
+        let clear = format!("{COOKIE}=; Path=/oauth; HttpOnly; SameSite=Lax; Max-Age=0");
+        if let Ok(value) = header::HeaderValue::from_str(&clear) {
+            resp.headers_mut().insert(header::SET_COOKIE, value);
+        }
     }
+    resp
 }
 
 /// Body of the import endpoint.
@@ -190,24 +293,33 @@ pub async fn import(State(s): State<ApiState>, Path(address): Path<String>, body
         Ok(i) => i,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}")),
     };
-    if let Err(e) = tokens
-        .save(&SecretString::from(import.refresh_token), crate::auth::DELEGATED_SCOPES)
-        .await
-    {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string());
+    // Tried before it is stored: a token the endpoint refuses never replaces a working one.
+    let candidate = SecretString::from(import.refresh_token);
+    let grant = vec![
+        ("grant_type", "refresh_token".to_string()),
+        ("refresh_token", candidate.expose_secret().to_string()),
+        ("scope", crate::auth::DELEGATED_SCOPES.to_string()),
+    ];
+    let granted = match tokens.endpoint().request(grant, true).await {
+        Ok(granted) => granted,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refresh_token_refused",
+                format!(
+                    "the token endpoint refused the imported token; nothing was stored: {}",
+                    crate::mailbox::reason_for(&e)
+                ),
+            );
+        }
+    };
+    // Delegated grants rotate the refresh token on use: the new one is the one to keep.
+    let keep = granted.refresh_token.unwrap_or(candidate);
+    let scopes = granted.scope.as_deref().unwrap_or(crate::auth::DELEGATED_SCOPES);
+    if let Err(e) = tokens.save(&keep, scopes).await {
+        return super::store_unavailable(&e);
     }
     tokens.reset().await;
-    let outcome = tokens.token().await;
     ctx.wake.notify_one();
-    match outcome {
-        Ok(_) => Json(json!({"mailbox": ctx.config.address.as_str(), "imported": true})).into_response(),
-        Err(e) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "refresh_token_refused",
-            format!(
-                "the imported token was stored but the token endpoint refused it: {}",
-                crate::mailbox::reason_for(&e)
-            ),
-        ),
-    }
+    Json(json!({"mailbox": ctx.config.address.as_str(), "imported": true})).into_response()
 }

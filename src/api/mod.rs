@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,8 +16,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 mod consent;
+pub mod limit;
 mod outbound;
 mod replay;
+pub mod serve;
 
 use crate::domain::MailboxAddress;
 use crate::mailbox::StatusBoard;
@@ -47,18 +49,56 @@ pub struct ApiState {
     pub sealer: Option<Arc<crate::auth::seal::Sealer>>,
     /// `{public_url}/oauth/callback`.
     pub redirect_uri: String,
+    /// Rate limit of `/oauth/start` per client address.
+    pub consent_limiter: Arc<limit::PerClient>,
 }
 
-/// Largest API request: 150 MB of attachments, base64-encoded, plus the rest.
+/// Largest reply, forward or new message: 150 MB of attachments, base64-encoded, plus the rest.
 const MAX_BODY: usize = 210 * 1024 * 1024;
+/// Largest body of every other request (a refresh token import is the biggest of them).
+const SMALL_BODY: usize = 16 * 1024;
 
-/// A JSON error: `{"error":{"code","message"}}`.
+tokio::task_local! {
+    /// The id of the request being handled: in its log lines, error body and `x-request-id`.
+    static REQUEST_ID: String;
+}
+
+/// A JSON error: `{"error":{"code","message","request_id"}}`.
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let request_id = REQUEST_ID.try_with(String::clone).ok();
     (
         status,
-        Json(json!({"error": {"code": code, "message": message.into()}})),
+        Json(json!({"error": {"code": code, "message": message.into(), "request_id": request_id}})),
     )
         .into_response()
+}
+
+/// Our own failure (the store, an internal error): its text goes to the log under the request
+/// id, the client gets a short reason and that id.
+pub fn internal(status: StatusCode, code: &str, reason: &str, detail: &dyn std::fmt::Display) -> Response {
+    let request_id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
+    tracing::error!(request_id = %request_id, code, error = %detail, "An API request failed inside inboxd.");
+    error(status, code, reason)
+}
+
+/// The store did not answer.
+pub fn store_unavailable(detail: &dyn std::fmt::Display) -> Response {
+    internal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the store is not answering; try again later",
+        detail,
+    )
+}
+
+/// Gives every request an id (`x-request-id` on the answer).
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", value);
+    }
+    resp
 }
 
 /// An API error as a value (small, so `Result<_, ApiError>` stays cheap).
@@ -102,20 +142,22 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/v1/mailboxes/{address}/messages/{graph_id}/reply",
-            axum::routing::post(outbound::reply),
+            axum::routing::post(outbound::reply).layer(DefaultBodyLimit::max(MAX_BODY)),
         )
         .route(
             "/v1/mailboxes/{address}/messages/{graph_id}/forward",
-            axum::routing::post(outbound::forward),
+            axum::routing::post(outbound::forward).layer(DefaultBodyLimit::max(MAX_BODY)),
         )
-        .route("/v1/mailboxes/{address}/send", axum::routing::post(outbound::send))
+        .route(
+            "/v1/mailboxes/{address}/send",
+            axum::routing::post(outbound::send).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
         .route("/v1/outbound/{id}", get(outbound::status))
         .route("/v1/mailboxes/{address}/consent", get(consent::url))
         .route(
             "/v1/mailboxes/{address}/refresh-token",
             axum::routing::post(consent::import),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/livez", get(|| async { "ok" }))
@@ -125,6 +167,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/oauth/callback", get(consent::callback))
         .merge(v1)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(SMALL_BODY))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
 
@@ -138,7 +182,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     }
     match s.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+        Err(e) => store_unavailable(&e),
     }
 }
 
@@ -194,7 +238,7 @@ async fn quarantine(State(s): State<ApiState>, Query(q): Query<HashMap<String, S
                 .collect();
             Json(json!({"quarantine": items})).into_response()
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+        Err(e) => store_unavailable(&e),
     }
 }
 

@@ -69,13 +69,6 @@ async fn enqueue(
             format!("'{address}' is not an email address"),
         );
     };
-    let Some(view) = s.board.get(&mailbox) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown_mailbox",
-            format!("{mailbox} is not configured"),
-        );
-    };
     let key = match headers.get("idempotency-key").map(|v| v.to_str().map(str::trim)) {
         None => {
             return error(
@@ -97,12 +90,28 @@ async fn enqueue(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}")),
     };
+    drop(body);
     let request = match parsed.validate(kind, original) {
         Ok(r) => r,
         Err(invalid) => {
             let status = StatusCode::from_u16(invalid.status).unwrap_or(StatusCode::BAD_REQUEST);
             return error(status, invalid.code, invalid.message);
         }
+    };
+    let hash = request.hash(&mailbox);
+    // A key already used answers first, whatever the mailbox's state now (flagged, removed
+    // from the configuration, restarting): the same request gets the same id and status.
+    match s.outbox.store().outbound_by_key(&mailbox, &key).await {
+        Ok(Some(stored)) => return accepted_or_conflict(&stored, &hash),
+        Ok(None) => {}
+        Err(e) => return store_unavailable(&e),
+    }
+    let Some(view) = s.board.get(&mailbox) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_mailbox",
+            format!("{mailbox} is not configured"),
+        );
     };
     if view.state.is_flagged() && query.get("queue").map(String::as_str) != Some("true") {
         return error(
@@ -116,13 +125,13 @@ async fn enqueue(
         );
     }
     let now = OffsetDateTime::now_utc();
-    let hash = request.hash(&mailbox);
     let record = OutboundRecord {
         id: uuid::Uuid::new_v4().to_string(),
         mailbox: mailbox.clone(),
         idempotency_key: key,
         request_hash: hash.clone(),
         request: serde_json::to_string(&request).unwrap_or_default(),
+        kind: request.kind.as_str().to_string(),
         status: OutboundStatus::Queued,
         step: SendStep::New,
         draft_id: None,
@@ -131,11 +140,24 @@ async fn enqueue(
         next_attempt_at: now,
         created_at: now,
         updated_at: now,
+        submitted_at: None,
+        internet_message_id: None,
+        conversation_id: None,
     };
+    drop(request);
     let stored = match s.outbox.store().enqueue_outbound(&record).await {
         Ok(stored) => stored,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+        Err(e) => return store_unavailable(&e),
     };
+    if stored.id == record.id {
+        tracing::info!(mailbox = %mailbox, outbound_id = %stored.id, kind = kind.as_str(), "Outbound message queued.");
+        s.outbox.wake();
+    }
+    accepted_or_conflict(&stored, &hash)
+}
+
+/// 202 with the stored id and status, or 422 when the key was used for another request.
+fn accepted_or_conflict(stored: &OutboundRecord, hash: &str) -> Response {
     if stored.request_hash != hash {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -143,15 +165,16 @@ async fn enqueue(
             "this Idempotency-Key was already used for a different request to this mailbox",
         );
     }
-    if stored.id == record.id {
-        tracing::info!(mailbox = %mailbox, outbound_id = %stored.id, kind = kind.as_str(), "Outbound message queued.");
-        s.outbox.wake();
-    }
     (
         StatusCode::ACCEPTED,
         Json(json!({"id": stored.id, "status": stored.status.as_str()})),
     )
         .into_response()
+}
+
+/// 503 with a short reason; the store's own words stay in the log.
+fn store_unavailable(e: &crate::store::StoreError) -> Response {
+    super::store_unavailable(e)
 }
 
 /// `GET /v1/outbound/{id}`.
@@ -172,6 +195,6 @@ pub async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> Respon
             "unknown_outbound",
             format!("no outbound message {id}"),
         ),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+        Err(e) => store_unavailable(&e),
     }
 }

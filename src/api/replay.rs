@@ -71,10 +71,5 @@ fn wake(s: &ApiState, mailbox: &MailboxAddress) {
 
 /// The store's own words stay in the log; the client learns only that it failed.
 fn store_unavailable(e: crate::store::StoreError) -> Response {
-    tracing::error!(error = %e, "The store failed while recording a replay request.");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the store did not answer; try again",
-    )
+    super::store_unavailable(&e)
 }

@@ -127,3 +127,25 @@ impl DelegatedTokens {
         self.cache.invalidate(stale);
     }
 }
+
+/// Re-seals with the current key every stored refresh token of `mailboxes` that only a previous
+/// `store.encryption_key` opens; returns how many. Run at start, so a key rotation completes
+/// without waiting for each token's next refresh.
+pub async fn reseal(store: &dyn Store, sealer: &Sealer, mailboxes: &[MailboxAddress]) -> Result<usize, StoreError> {
+    let mut resealed = 0;
+    for mailbox in mailboxes {
+        let Some(stored) = store.delegated_token(mailbox).await? else {
+            continue;
+        };
+        if let Some((refresh, true)) = sealer.open_aged(mailbox.as_str(), &stored.sealed_token) {
+            store
+                .save_delegated_token(&DelegatedToken {
+                    sealed_token: sealer.seal(mailbox.as_str(), refresh.expose_secret()),
+                    ..stored
+                })
+                .await?;
+            resealed += 1;
+        }
+    }
+    Ok(resealed)
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use app_tokens::AppTokens;
 pub use classify::{Verdict, classify_token_error};
-pub use delegated::{DELEGATED_SCOPES, DelegatedTokens};
+pub use delegated::{DELEGATED_SCOPES, DelegatedTokens, reseal};
 pub use endpoint::{AccessToken, Granted, TokenEndpoint, TokenError, describe};
 pub use expiry::watch_expiry;
 

@@ -4,9 +4,17 @@
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use secrecy::{ExposeSecret, SecretString};
 
-/// The key derived from `store.encryption_key`.
+/// The key derived from `store.encryption_key`, and those of the keys it replaced.
 pub struct Sealer {
+    /// Seals, and opens first.
     key: LessSafeKey,
+    /// `store.previous_encryption_keys`: open only, so what they sealed can be re-sealed.
+    previous: Vec<LessSafeKey>,
+}
+
+fn derive(secret: &SecretString) -> LessSafeKey {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.expose_secret().as_bytes());
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, digest.as_ref()).expect("32-byte key"))
 }
 
 impl std::fmt::Debug for Sealer {
@@ -18,10 +26,14 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// SHA-256 of the configured secret is the AES-256 key: any high-entropy string works.
     pub fn new(secret: &SecretString) -> Sealer {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.expose_secret().as_bytes());
-        let key = UnboundKey::new(&AES_256_GCM, digest.as_ref()).expect("32-byte key");
+        Sealer::with_previous(secret, &[])
+    }
+
+    /// A sealer with the current key that also opens what `previous` keys sealed.
+    pub fn with_previous(secret: &SecretString, previous: &[SecretString]) -> Sealer {
         Sealer {
-            key: LessSafeKey::new(key),
+            key: derive(secret),
+            previous: previous.iter().map(derive).collect(),
         }
     }
 
@@ -42,25 +54,70 @@ impl Sealer {
         out
     }
 
-    /// Opens what `seal` produced for the same context; `None` if the key or context differ.
+    /// Opens what `seal` produced for the same context, with the current key or a previous
+    /// one; `None` if no key fits or the context differs.
     pub fn open(&self, context: &str, sealed: &[u8]) -> Option<SecretString> {
-        if sealed.len() < NONCE_LEN {
-            return None;
+        self.open_aged(context, sealed).map(|(plain, _)| plain)
+    }
+
+    /// Like [`Sealer::open`], and says whether a previous key was needed (re-seal it then).
+    pub fn open_aged(&self, context: &str, sealed: &[u8]) -> Option<(SecretString, bool)> {
+        if let Some(plain) = open_with(&self.key, context, sealed) {
+            return Some((plain, false));
         }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut data = rest.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut data)
-            .ok()?;
-        String::from_utf8(plain.to_vec()).ok().map(SecretString::from)
+        self.previous
+            .iter()
+            .find_map(|key| open_with(key, context, sealed))
+            .map(|plain| (plain, true))
+    }
+}
+
+fn open_with(key: &LessSafeKey, context: &str, sealed: &[u8]) -> Option<SecretString> {
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut data = rest.to_vec();
+    let plain = key
+        .open_in_place(nonce, Aad::from(context.as_bytes()), &mut data)
+        .ok()?;
+    String::from_utf8(plain.to_vec()).ok().map(SecretString::from)
+}
+
+impl Sealer {
+    /// True when previous keys are configured.
+    pub fn has_previous(&self) -> bool {
+        !self.previous.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_previous_key_opens_and_says_so() {
+        let old = Sealer::new(&SecretString::from("old-key"));
+        let sealed = old.seal("a@b.test", "token");
+        let rotated = Sealer::with_previous(&SecretString::from("new-key"), &[SecretString::from("old-key")]);
+        let (plain, aged) = rotated.open_aged("a@b.test", &sealed).unwrap();
+        assert_eq!((plain.expose_secret(), aged), ("token", true));
+        let resealed = rotated.seal("a@b.test", "token");
+        assert_eq!(
+            rotated.open_aged("a@b.test", &resealed).map(|(_, aged)| aged),
+            Some(false)
+        );
+        assert!(
+            Sealer::new(&SecretString::from("new-key"))
+                .open("a@b.test", &resealed)
+                .is_some()
+        );
+        assert!(
+            old.open("a@b.test", &resealed).is_none(),
+            "re-sealed with the new key only"
+        );
+    }
 
     #[test]
     fn sealed_tokens_open_only_with_the_same_key_and_mailbox() {

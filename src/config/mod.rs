@@ -43,6 +43,8 @@ pub struct Config {
     pub mailboxes: Vec<MailboxConfig>,
     /// Graph change notifications (off unless enabled).
     pub notifications: NotificationsConfig,
+    /// Replies and new mail.
+    pub outbound: OutboundConfig,
 }
 
 /// `[notifications]`.
@@ -73,6 +75,25 @@ impl Default for NotificationsConfig {
     }
 }
 
+/// `[outbound]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// How long after `send` inboxd keeps looking for the message's copy before it calls
+    /// the message `unconfirmed` (never sent again automatically).
+    pub confirm_within: Duration,
+    /// How long a finished request keeps its payload (its status and ids stay).
+    pub retention: Duration,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            confirm_within: Duration::from_secs(600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -86,6 +107,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Log level or filter (`info`, `inboxd=debug`); `RUST_LOG` overrides it.
     pub log_level: String,
+    /// A connection must send its request headers within this (also the longest idle keep-alive).
+    pub header_timeout: Duration,
+    /// API connections served at once.
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -116,6 +141,8 @@ pub struct StoreConfig {
     pub url: String,
     /// Seals delegated refresh tokens at rest.
     pub encryption_key: Option<SecretString>,
+    /// Keys `encryption_key` replaced: they only open, and what they sealed is re-sealed.
+    pub previous_encryption_keys: Vec<SecretString>,
 }
 
 /// `[microsoft]`.

@@ -9,7 +9,7 @@ use super::reader::{Errors, Table};
 use super::secrets::Secrets;
 use super::tree::Node;
 use super::values::{duration, https_url, socket_addr};
-use super::{AppConfig, AppCredential, Config, MicrosoftConfig, ServerConfig, SinkConfig, StoreConfig};
+use super::{AppConfig, AppCredential, Config, MicrosoftConfig, OutboundConfig, ServerConfig, SinkConfig, StoreConfig};
 use crate::domain::AppName;
 
 /// Reads and checks the whole tree; `None` when anything is wrong (all of it is in `errors`).
@@ -26,6 +26,7 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         let table = root.section("notifications", errors);
         super::notifications::notifications(table, encryption_key_given, errors)
     };
+    let outbound = root.section("outbound", errors).and_then(|t| outbound(t, errors));
     let defaults = {
         let mut table = root
             .section("defaults", errors)
@@ -45,6 +46,19 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         Some(Some(tables)) => mailboxes::mailboxes(tables, &defaults, &app_names, encryption_key_given, errors),
     };
     root.finish(errors);
+    if let (Some(server), Some(mailboxes)) = (&server, &mailboxes)
+        && server.public_url.is_none()
+        && server.listen.ip().is_unspecified()
+        && mailboxes.iter().any(|m| m.access == super::Access::Delegated)
+    {
+        errors.push(super::ConfigError::new(
+            "server.public_url",
+            format!(
+                "required with a delegated mailbox when server.listen ({}) is not one address: the sign-in service must send browsers back to a real address, e.g. \"https://inboxd.example.com\"",
+                server.listen
+            ),
+        ));
+    }
     Some(Config {
         server: server?,
         store: store?,
@@ -53,6 +67,27 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         apps: apps?,
         mailboxes: mailboxes?,
         notifications: notifications?,
+        outbound: outbound?,
+    })
+}
+
+fn outbound(mut t: Table<'_>, errors: &mut Errors) -> Option<OutboundConfig> {
+    let confirm_within = duration(
+        &t.get_or("confirm_within", "10m"),
+        errors,
+        false,
+        Duration::from_secs(7 * 24 * 3600),
+    );
+    let retention = duration(
+        &t.get_or("retention", "7days"),
+        errors,
+        false,
+        Duration::from_secs(3650 * 24 * 3600),
+    );
+    t.finish(errors);
+    Some(OutboundConfig {
+        confirm_within: confirm_within?,
+        retention: retention?,
     })
 }
 
@@ -88,8 +123,20 @@ fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Optio
             None
         }
     });
+    let header_timeout = duration(
+        &t.get_or("header_timeout", "10s"),
+        errors,
+        false,
+        Duration::from_secs(300),
+    );
+    let max_connections = match t.get("max_connections") {
+        None => Some(4096),
+        Some(field) => field.int_in(errors, 1, 1_000_000).and_then(|v| usize::try_from(v).ok()),
+    };
     t.finish(errors);
     Some(ServerConfig {
+        header_timeout: header_timeout?,
+        max_connections: max_connections?,
         listen: listen?,
         public_url: public_url?,
         api_tokens: api_tokens?,
@@ -118,11 +165,20 @@ fn store(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> (Optio
         None => Some(None),
         Some(field) => secrets.resolve(&field, errors).map(Some),
     };
+    let previous_encryption_keys = match t.get("previous_encryption_keys").map(|f| f.items(errors)) {
+        None => Some(Vec::new()),
+        Some(None) => None,
+        Some(Some(items)) => {
+            let keys: Vec<_> = items.iter().map(|item| secrets.resolve(item, errors)).collect();
+            keys.into_iter().collect()
+        }
+    };
     t.finish(errors);
     let store = (|| {
         Some(StoreConfig {
             url: url?,
             encryption_key: encryption_key?,
+            previous_encryption_keys: previous_encryption_keys?,
         })
     })();
     (store, given)

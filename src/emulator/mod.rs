@@ -20,6 +20,7 @@ mod seed;
 mod server;
 mod settings;
 mod tls;
+mod transport;
 mod util;
 
 use std::path::PathBuf;
@@ -71,8 +72,13 @@ impl Emulator {
     }
 
     /// Locks the world; a poisoned lock (a panicking handler) is recovered, not fatal.
+    /// Whatever mail transport has due by now is moved first, so every reader sees it.
     fn world(&self) -> MutexGuard<'_, model::World> {
-        self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        let mut world = self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !world.transport.is_empty() {
+            world.run_transport(self.clock.now());
+        }
+        world
     }
 
     /// The externally visible base URL.

@@ -52,6 +52,8 @@ pub(crate) struct World {
     pub(crate) malformed_messages: bool,
     /// Change-notification subscriptions and their delivery queue.
     pub(crate) subscriptions: super::graph::subscriptions::Subscriptions,
+    /// Submitted messages waiting in an Outbox, oldest first.
+    pub(crate) transport: Vec<super::transport::InTransit>,
 }
 
 /// An app registration.

@@ -39,6 +39,15 @@ pub(crate) struct Settings {
     pub(crate) throttle_retry_after_secs: f64,
     /// Added to every Graph request.
     pub(crate) latency_ms: u64,
+    /// How long a sent message waits in the Outbox before it reaches Sent Items and its
+    /// recipients (emulator time: advancing the clock makes it pass).
+    pub(crate) transport_delay_ms: u64,
+    /// While set, transport fails: nobody receives the message and a non-delivery report
+    /// with this reason arrives in the sender's Inbox.
+    pub(crate) transport_failure: Option<String>,
+    /// `createReply`, `createReplyAll` and `createForward` drop `singleValueExtendedProperties`
+    /// given in `message` (no document says they keep them).
+    pub(crate) create_response_ignores_extended_properties: bool,
 }
 
 /// What the consent screen answers.
@@ -70,6 +79,9 @@ impl Default for Settings {
             throttle_window_secs: 600,
             throttle_retry_after_secs: 2.5,
             latency_ms: 0,
+            transport_delay_ms: 500,
+            transport_failure: None,
+            create_response_ignores_extended_properties: false,
         }
     }
 }

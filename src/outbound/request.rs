@@ -238,10 +238,8 @@ impl ApiRequest {
             if a.name.trim().is_empty() {
                 return Err(bad(format!("attachments[{i}].name must not be empty")));
             }
-            let bytes = STANDARD
-                .decode(a.content_base64.trim())
+            total += decoded_len(&a.content_base64)
                 .map_err(|e| bad(format!("attachments[{i}].content_base64 is not valid base64: {e}")))?;
-            total += bytes.len();
         }
         if total > MAX_ATTACHMENTS_BYTES {
             return Err(Invalid {
@@ -264,6 +262,23 @@ impl ApiRequest {
             attachments: self.attachments,
         })
     }
+}
+
+/// The size `encoded` decodes to, checked piece by piece so that a 150 MB attachment is not
+/// decoded into a second copy just to be measured.
+pub fn decoded_len(encoded: &str) -> Result<usize, base64::DecodeError> {
+    /// Characters per piece: a multiple of 4, so only the last piece may carry padding.
+    const PIECE: usize = 64 * 1024;
+    let encoded = encoded.trim().as_bytes();
+    let mut buffer = vec![0u8; PIECE / 4 * 3];
+    let mut total = 0;
+    for piece in encoded.chunks(PIECE) {
+        total += STANDARD.decode_slice(piece, &mut buffer).map_err(|e| match e {
+            base64::DecodeSliceError::DecodeError(e) => e,
+            base64::DecodeSliceError::OutputSliceTooSmall => base64::DecodeError::InvalidLength(piece.len()),
+        })?;
+    }
+    Ok(total)
 }
 
 impl OutboundRequest {
@@ -323,6 +338,19 @@ mod tests {
             .unwrap();
         assert_eq!(a.hash(&mb), b.hash(&mb));
         assert_ne!(a.hash(&mb), c.hash(&mb));
+    }
+
+    #[test]
+    fn decoded_len_matches_decoding_across_pieces() {
+        for len in [0usize, 1, 2, 3, 49_151, 49_152, 49_153, 200_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let encoded = STANDARD.encode(&bytes);
+            assert_eq!(decoded_len(&encoded).unwrap(), len, "{len} bytes");
+        }
+        let mut broken = STANDARD.encode(vec![1u8; 100_000]);
+        broken.replace_range(70_000..70_001, "*");
+        assert!(decoded_len(&broken).is_err());
+        assert!(decoded_len("QQ==QQ==").is_err(), "padding only at the end");
     }
 
     #[test]

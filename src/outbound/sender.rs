@@ -1,36 +1,36 @@
-//! The sender: works through due outbox rows. Before doing anything in Graph for a row
-//! that was started before, it looks for the draft or sent item carrying the row's id:
-//! a sent item means done, a complete draft means send it, anything else starts over.
+//! The sender: one worker per mailbox with due rows, so a slow or throttled mailbox delays
+//! only its own replies. Each worker loads its rows one at a time. Before creating anything
+//! in Graph for a row that was started before, it looks for the marked draft; once `send` was
+//! asked for, it never creates a draft again, it only finds out what became of the message
+//! (see `confirm.rs`).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use reqwest::Method;
-use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::request::OutboundRequest;
-use super::steps;
+use super::machine::Progress;
 use crate::auth::Verdict;
-use crate::domain::MailboxState;
+use crate::config::OutboundConfig;
+use crate::domain::{MailboxAddress, MailboxState};
 use crate::event::{OUTBOUND_SCHEMA, OutboundEvent};
-use crate::graph::{Call, CallError, GraphErrorKind};
-use crate::mailbox::{MailboxCtx, StatusBoard};
+use crate::graph::{CallError, GraphErrorKind};
+use crate::mailbox::StatusBoard;
 use crate::sink::Sink;
 use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store, StoreError};
 
 /// The extended property that marks inboxd's drafts with the outbound id.
 pub const MARKER_PROPERTY: &str = "String {8c6f3b1e-2d4a-4b7e-9f15-6a0c2e9d4b31} Name inboxd-outbound-id";
-/// Rows taken per pass.
-const BATCH: u32 = 64;
-/// Mailboxes sending at once.
-const PARALLEL_MAILBOXES: usize = 8;
+/// How often finished rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Longest wait between tries of a store write that fails.
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Why one attempt stopped.
+#[derive(Debug)]
 pub(super) enum Failure {
     /// Retry later (the error is kept for `GET /v1/outbound/{id}`).
     Transient(String),
@@ -67,16 +67,24 @@ impl From<StoreError> for Failure {
 
 /// The outbox worker and the API's way in.
 pub struct Outbox {
-    store: Arc<dyn Store>,
+    /// Outbox rows.
+    pub(super) store: Arc<dyn Store>,
+    /// Where the `inboxd.outbound.v1` events go.
     sink: Arc<Sink>,
+    /// The configured mailboxes (their Graph contexts).
     mailboxes: crate::supervisor::Registry,
+    /// Mailbox states: a flagged mailbox's rows wait.
     board: Arc<StatusBoard>,
     /// Plain client for upload URLs (they carry their own token: no Authorization header).
-    upload: reqwest::Client,
+    pub(super) upload: reqwest::Client,
     /// Wakes the worker when the API stored something.
     wake: Notify,
     /// `inboxd_outbound_total{status}`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Confirmation period and retention.
+    pub(super) settings: OutboundConfig,
+    /// Mailboxes with a worker running.
+    active: Mutex<HashSet<MailboxAddress>>,
 }
 
 impl Outbox {
@@ -88,6 +96,7 @@ impl Outbox {
         board: Arc<StatusBoard>,
         upload: reqwest::Client,
         metrics: Arc<crate::metrics::Metrics>,
+        settings: OutboundConfig,
     ) -> Arc<Outbox> {
         Arc::new(Outbox {
             store,
@@ -97,6 +106,8 @@ impl Outbox {
             upload,
             wake: Notify::new(),
             metrics,
+            settings,
+            active: Mutex::new(HashSet::new()),
         })
     }
 
@@ -110,110 +121,178 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Works until cancelled; a pass in progress finishes first.
+    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<MailboxAddress>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Works until cancelled; each mailbox's row in progress finishes first.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut workers = tokio::task::JoinSet::new();
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
-            match self.store.due_outbound(OffsetDateTime::now_utc(), BATCH).await {
-                Ok(rows) if !rows.is_empty() => {
-                    let mut per_mailbox: BTreeMap<String, Vec<OutboundRecord>> = BTreeMap::new();
-                    for row in rows {
-                        per_mailbox.entry(row.mailbox.to_string()).or_default().push(row);
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                self.prune().await;
+            }
+            match self.store.outbound_due_mailboxes(OffsetDateTime::now_utc()).await {
+                Ok(mailboxes) => {
+                    for mailbox in mailboxes {
+                        if self.active().insert(mailbox.clone()) {
+                            workers.spawn(self.clone().work(mailbox, cancel.clone()));
+                        }
                     }
-                    let work: Vec<_> = per_mailbox
-                        .into_values()
-                        .map(|rows| self.clone().send_all(rows))
-                        .collect();
-                    futures_util::stream::iter(work)
-                        .buffer_unordered(PARALLEL_MAILBOXES)
-                        .collect::<Vec<()>>()
-                        .await;
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    continue;
                 }
-                Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "Cannot read the outbox; replies wait until the store answers."),
             }
+            while workers.try_join_next().is_some() {}
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
             }
         }
+        while workers.join_next().await.is_some() {}
     }
 
-    /// One mailbox's rows, in order.
-    async fn send_all(self: Arc<Self>, rows: Vec<OutboundRecord>) {
-        for row in rows {
-            self.attempt(row).await;
+    /// Drops the payloads of rows finished longer ago than the retention.
+    async fn prune(&self) {
+        let retention = time::Duration::try_from(self.settings.retention).unwrap_or(time::Duration::days(7));
+        match self.store.prune_outbound(OffsetDateTime::now_utc() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "Dropped the payloads of finished outbound messages."),
+            Err(e) => tracing::warn!(error = %e, "Cannot prune the outbox; trying again later."),
         }
     }
 
-    /// One attempt at one row, with its bookkeeping.
-    async fn attempt(&self, mut row: OutboundRecord) {
+    /// One mailbox's due rows, one at a time, until none is due.
+    async fn work(self: Arc<Self>, mailbox: MailboxAddress, cancel: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        while !cancel.is_cancelled() {
+            match self.store.next_due_outbound(&mailbox, OffsetDateTime::now_utc()).await {
+                Ok(Some(row)) => {
+                    backoff = Duration::from_secs(1);
+                    self.attempt(row, &cancel).await;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(mailbox = %mailbox, error = %e, "Cannot read the outbox; this mailbox's replies wait until the store answers.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = cancel.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
+                }
+            }
+        }
+        self.active().remove(&mailbox);
+    }
+
+    /// One attempt at one row, with its bookkeeping. Every way out leaves the row finished
+    /// or due later (never due at once), so nothing loops hot.
+    async fn attempt(&self, mut row: OutboundRecord, cancel: &CancellationToken) {
+        let now = OffsetDateTime::now_utc();
         let Some(ctx) = self.mailboxes.load().get(&row.mailbox).cloned() else {
-            self.finish(
-                &mut row,
-                OutboundStatus::Failed,
-                Some("the mailbox is no longer configured".into()),
-            )
-            .await;
+            // Not configured now (removed, or being restarted by a reload): the row waits,
+            // whatever step it is at; it is never failed for that.
+            row.next_attempt_at = now + time::Duration::seconds(5);
+            row.error = Some("waiting: the mailbox is not configured at the moment".into());
+            self.persist(&row, cancel).await;
             return;
         };
         let state = self.board.get(&row.mailbox).map(|v| v.state);
         let on_fallback = ctx.on_fallback.load(std::sync::atomic::Ordering::Relaxed);
         if !on_fallback && state.is_some_and(MailboxState::is_flagged) {
-            row.next_attempt_at = OffsetDateTime::now_utc() + time::Duration::seconds(30);
+            row.next_attempt_at = now + time::Duration::seconds(30);
             row.error = Some(format!(
                 "waiting: the mailbox is {}",
                 state.map(|s| s.as_str()).unwrap_or("flagged")
             ));
-            self.save(&row).await;
+            self.persist(&row, cancel).await;
             return;
         }
-        // Persisted before any Graph work: a restart sees that an attempt began and looks for
-        // its draft or sent item before doing anything again.
-        row.status = OutboundStatus::Sending;
-        row.attempts += 1;
-        self.save(&row).await;
-        match self.send(&ctx, &mut row).await {
-            Ok(()) => self.finish(&mut row, OutboundStatus::Sent, None).await,
+        let building = matches!(row.step, SendStep::New | SendStep::Draft | SendStep::Attachments);
+        if building {
+            // Persisted before any Graph work: a restart sees that an attempt began and looks
+            // for its draft before creating one.
+            row.status = OutboundStatus::Sending;
+            row.attempts += 1;
+            if !self.persist(&row, cancel).await {
+                return;
+            }
+        }
+        match self.advance(&ctx, &mut row).await {
+            Ok(Progress::Sent) => self.finish(&mut row, OutboundStatus::Sent, None, cancel).await,
+            Ok(Progress::Unconfirmed(reason)) => {
+                tracing::error!(mailbox = %row.mailbox, outbound_id = %row.id, reason = %reason, "Outbound message unconfirmed; a human should check whether it reached the customer.");
+                self.finish(&mut row, OutboundStatus::Unconfirmed, Some(reason), cancel)
+                    .await;
+            }
+            Ok(Progress::Wait(after, note)) => {
+                row.status = OutboundStatus::Sending;
+                row.error = Some(note);
+                row.next_attempt_at = OffsetDateTime::now_utc() + after;
+                self.persist(&row, cancel).await;
+            }
             Err(Failure::Permanent(reason)) => {
                 tracing::warn!(mailbox = %row.mailbox, outbound_id = %row.id, reason = %reason, "Outbound message failed for good.");
-                self.finish(&mut row, OutboundStatus::Failed, Some(reason)).await;
+                self.finish(&mut row, OutboundStatus::Failed, Some(reason), cancel)
+                    .await;
             }
             Err(Failure::Transient(reason)) => {
-                let wait = 2u64.saturating_pow(row.attempts.min(8)).min(300);
-                tracing::info!(mailbox = %row.mailbox, outbound_id = %row.id, reason = %reason, retry_in_s = wait, "Outbound message not sent yet; retrying.");
-                row.status = OutboundStatus::Queued;
+                let wait = if matches!(row.step, SendStep::SendRequested | SendStep::Accepted) {
+                    self.confirm_wait(&row)
+                } else {
+                    Duration::from_secs(2u64.saturating_pow(row.attempts.min(8)).min(300))
+                };
+                tracing::info!(mailbox = %row.mailbox, outbound_id = %row.id, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Outbound message not sent yet; retrying.");
+                if matches!(row.step, SendStep::New | SendStep::Draft | SendStep::Attachments) {
+                    row.status = OutboundStatus::Queued;
+                }
                 row.error = Some(reason);
-                row.next_attempt_at = OffsetDateTime::now_utc() + time::Duration::seconds(wait as i64);
-                self.save(&row).await;
+                row.next_attempt_at = OffsetDateTime::now_utc() + wait;
+                self.persist(&row, cancel).await;
             }
         }
     }
 
-    async fn save(&self, row: &OutboundRecord) {
-        let mut row = row.clone();
-        row.updated_at = OffsetDateTime::now_utc();
-        if let Err(e) = self.store.update_outbound(&row).await {
-            tracing::error!(mailbox = %row.mailbox, outbound_id = %row.id, error = %e, "Cannot record outbound progress.");
+    /// Writes the row, retrying with backoff while the store fails (the row must not stay
+    /// due with stale progress); false when cancelled first.
+    async fn persist(&self, row: &OutboundRecord, cancel: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let mut saved = row.clone();
+            saved.updated_at = OffsetDateTime::now_utc();
+            match self.store.update_outbound(&saved).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::error!(mailbox = %row.mailbox, outbound_id = %row.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "Cannot record outbound progress; retrying.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = cancel.cancelled() => return false,
+                    }
+                    backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
+                }
+            }
         }
     }
 
     /// Records the end state and tells routing through the sink.
-    async fn finish(&self, row: &mut OutboundRecord, status: OutboundStatus, error: Option<String>) {
+    async fn finish(
+        &self,
+        row: &mut OutboundRecord,
+        status: OutboundStatus,
+        error: Option<String>,
+        cancel: &CancellationToken,
+    ) {
         row.status = status;
         row.error = error.clone();
-        self.save(row).await;
+        if !self.persist(row, cancel).await {
+            return;
+        }
         self.metrics
             .outbound
             .get_or_create(&vec![("status", status.as_str().to_string())])
             .inc();
-        let kind = serde_json::from_str::<OutboundRequest>(&row.request)
-            .map(|r| r.kind.as_str())
-            .unwrap_or("unknown");
         let now = OffsetDateTime::now_utc();
         let event = OutboundEvent {
             schema: OUTBOUND_SCHEMA.into(),
@@ -222,7 +301,11 @@ impl Outbox {
             outbound_id: row.id.clone(),
             idempotency_key: row.idempotency_key.clone(),
             mailbox: row.mailbox.to_string(),
-            kind: kind.into(),
+            kind: if row.kind.is_empty() {
+                "unknown".into()
+            } else {
+                row.kind.clone()
+            },
             status: status.as_str().into(),
             error,
             at: now
@@ -235,93 +318,5 @@ impl Outbox {
         if status == OutboundStatus::Sent {
             tracing::info!(mailbox = %row.mailbox, outbound_id = %row.id, "Outbound message sent.");
         }
-    }
-
-    /// The send state machine.
-    async fn send(&self, ctx: &MailboxCtx, row: &mut OutboundRecord) -> Result<(), Failure> {
-        let req: OutboundRequest = serde_json::from_str(&row.request)
-            .map_err(|e| Failure::Permanent(format!("stored request unreadable: {e}")))?;
-        let user = format!("users/{}", crate::graph::segment(ctx.config.address.as_str()));
-        if row.attempts > 1 || row.step != SendStep::New {
-            if steps::find(ctx, &user, "sentitems", &row.id).await?.is_some() {
-                return Ok(()); // sent before the crash, just not recorded
-            }
-            match steps::find(ctx, &user, "drafts", &row.id).await? {
-                Some(draft) if matches!(row.step, SendStep::Attachments | SendStep::SendRequested) => {
-                    row.draft_id = Some(draft);
-                }
-                Some(draft) => {
-                    // Attachments may be incomplete: discard and start over.
-                    let delete = Call {
-                        method: Method::DELETE,
-                        ..Call::get(
-                            "delete_draft",
-                            format!("{user}/messages/{}", crate::graph::segment(&draft)),
-                        )
-                    };
-                    match ctx.graph.call(&ctx.gate, &ctx.active(), &delete).await {
-                        Ok(_) => {}
-                        Err(CallError::Graph(g)) if g.kind == GraphErrorKind::ItemNotFound => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    row.step = SendStep::New;
-                    row.draft_id = None;
-                }
-                None => {
-                    row.step = SendStep::New;
-                    row.draft_id = None;
-                }
-            }
-        }
-        if row.step == SendStep::New {
-            let draft = steps::create_draft(ctx, &user, &req, &row.id).await?;
-            row.draft_id = Some(draft);
-            row.step = SendStep::Draft;
-            self.checkpoint(row).await?;
-        }
-        let draft = row
-            .draft_id
-            .clone()
-            .ok_or_else(|| Failure::Transient("draft id missing".into()))?;
-        if row.step == SendStep::Draft {
-            for a in &req.attachments {
-                steps::attach(&self.upload, ctx, &user, &draft, a).await?;
-            }
-            row.step = SendStep::Attachments;
-            self.checkpoint(row).await?;
-        }
-        row.step = SendStep::SendRequested;
-        self.checkpoint(row).await?;
-        let send = Call {
-            body: None,
-            // `send` is not idempotent: never repeated blindly; the next attempt looks in Sent Items first.
-            retry: false,
-            ..Call::post(
-                "send",
-                format!("{user}/messages/{}/send", crate::graph::segment(&draft)),
-                Value::Null,
-            )
-        };
-        match ctx.graph.call(&ctx.gate, &ctx.active(), &send).await {
-            Ok(_) => {}
-            // A 400 is Graph refusing this message: nothing was sent, and it never will be.
-            Err(CallError::Graph(g)) if g.kind == GraphErrorKind::Rejected => {
-                return Err(Failure::Permanent(format!(
-                    "Graph refused to send the message: {} {}",
-                    g.code.as_deref().unwrap_or(""),
-                    g.message
-                )));
-            }
-            // Sent or not? Unknown: the next attempt finds out before doing anything.
-            Err(e) => return Err(Failure::Transient(format!("send not confirmed: {e}"))),
-        }
-        Ok(())
-    }
-
-    async fn checkpoint(&self, row: &OutboundRecord) -> Result<(), Failure> {
-        let mut saved = row.clone();
-        saved.updated_at = OffsetDateTime::now_utc();
-        self.store.update_outbound(&saved).await?;
-        Ok(())
     }
 }

@@ -1,7 +1,11 @@
-//! The Graph steps of a send: find a marked item, create the marked draft, add attachments.
+//! The Graph steps of a send: find marked items, create the marked draft and make sure the
+//! marker is on it, add the attachments that are missing. Creating POSTs are never retried
+//! inside a call: after an unknown outcome the sender looks before it creates again.
 
+use axum::body::Bytes;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::request::{AttachmentInput, Kind, OutboundRequest, Recipient};
@@ -13,35 +17,93 @@ use crate::mailbox::MailboxCtx;
 const SIMPLE_ATTACHMENT_MAX: usize = 3 * 1024 * 1024;
 /// Upload chunk: a multiple of 320 KiB under Graph's 4 MB per request.
 const CHUNK: usize = 10 * 320 * 1024;
+/// Immutable ids: the draft keeps its id while it moves (Drafts → Outbox).
+const IMMUTABLE: &str = "IdType=\"ImmutableId\"";
 
-/// The id of the message in `folder` marked with `outbound_id`, if any.
-pub(super) async fn find(
-    ctx: &MailboxCtx,
-    user: &str,
-    folder: &str,
-    outbound_id: &str,
-) -> Result<Option<String>, Failure> {
+/// A marked item as found in a folder.
+#[derive(Debug, Clone)]
+pub(super) struct Found {
+    /// Its (immutable) id.
+    pub(super) id: String,
+    /// `internetMessageId`.
+    pub(super) internet_message_id: Option<String>,
+    /// `conversationId`.
+    pub(super) conversation_id: Option<String>,
+}
+
+impl Found {
+    fn from(v: &Value) -> Option<Found> {
+        Some(Found {
+            id: v.get("id")?.as_str()?.to_string(),
+            internet_message_id: v.get("internetMessageId").and_then(Value::as_str).map(str::to_string),
+            conversation_id: v.get("conversationId").and_then(Value::as_str).map(str::to_string),
+        })
+    }
+}
+
+/// A call that creates something: one try, the caller looks before trying again.
+fn creating(call: Call) -> Call {
+    Call { retry: false, ..call }
+}
+
+/// The items in `folder` marked with `outbound_id`.
+pub(super) async fn find(ctx: &MailboxCtx, user: &str, folder: &str, outbound_id: &str) -> Result<Vec<Found>, Failure> {
     let filter = format!(
         "singleValueExtendedProperties/Any(ep: ep/id eq '{MARKER_PROPERTY}' and ep/value eq '{}')",
         outbound_id.replace('\'', "''")
     );
     let query: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("$filter", &filter)
-        .append_pair("$select", "id")
+        .append_pair("$select", "id,internetMessageId,conversationId")
+        .append_pair("$top", "25")
         .finish();
-    let call = Call::get("find_outbound", format!("{user}/mailFolders/{folder}/messages?{query}"))
-        .prefer("IdType=\"ImmutableId\"");
+    let call = Call::get("find_outbound", format!("{user}/mailFolders/{folder}/messages?{query}")).prefer(IMMUTABLE);
     let found = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-    Ok(found.pointer("/value/0/id").and_then(Value::as_str).map(str::to_string))
+    Ok(found
+        .get("value")
+        .and_then(Value::as_array)
+        .map(|items| items.iter().filter_map(Found::from).collect())
+        .unwrap_or_default())
 }
 
-/// Creates the marked draft; returns its id.
+/// One message by id, or `None` when it is gone.
+pub(super) async fn get(ctx: &MailboxCtx, user: &str, id: &str) -> Result<Option<Found>, Failure> {
+    let call = Call::get(
+        "get_outbound",
+        format!(
+            "{user}/messages/{}?$select=id,internetMessageId,conversationId,isDraft",
+            segment(id)
+        ),
+    )
+    .prefer(IMMUTABLE);
+    match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
+        Ok(v) if v.get("isDraft").and_then(Value::as_bool) == Some(true) => Ok(Found::from(&v)),
+        Ok(_) => Ok(None),
+        Err(crate::graph::CallError::Graph(g)) if g.kind == crate::graph::GraphErrorKind::ItemNotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Discards a surplus draft (a soft delete: it goes to Deleted Items, which no search includes).
+pub(super) async fn discard(ctx: &MailboxCtx, user: &str, id: &str) -> Result<(), Failure> {
+    let call = Call {
+        method: Method::DELETE,
+        ..Call::get("delete_draft", format!("{user}/messages/{}", segment(id))).prefer(IMMUTABLE)
+    };
+    match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
+        Ok(_) => Ok(()),
+        Err(crate::graph::CallError::Graph(g)) if g.kind == crate::graph::GraphErrorKind::ItemNotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the marked draft; returns it.
 pub(super) async fn create_draft(
     ctx: &MailboxCtx,
     user: &str,
     req: &OutboundRequest,
     outbound_id: &str,
-) -> Result<String, Failure> {
+) -> Result<Found, Failure> {
     let marker = json!([{"id": MARKER_PROPERTY, "value": outbound_id}]);
     let recipients = |list: &[Recipient]| -> Value {
         list.iter()
@@ -87,13 +149,89 @@ pub(super) async fn create_draft(
             Call::post("create_draft", format!("{user}/messages/{}/{action}", segment(original)), payload)
         }
     }
-    .prefer("IdType=\"ImmutableId\"");
-    let draft = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-    draft
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| Failure::Transient("Graph created a draft without an id".into()))
+    .prefer(IMMUTABLE);
+    let draft = ctx.graph.call(&ctx.gate, &ctx.active(), &creating(call)).await?;
+    Found::from(&draft).ok_or_else(|| Failure::Transient("Graph created a draft without an id".into()))
+}
+
+/// True when the draft carries the marker with `outbound_id`.
+async fn has_marker(ctx: &MailboxCtx, user: &str, draft: &str, outbound_id: &str) -> Result<bool, Failure> {
+    let expand = format!("singleValueExtendedProperties($filter=id eq '{MARKER_PROPERTY}')");
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("$select", "id")
+        .append_pair("$expand", &expand)
+        .finish();
+    let call = Call::get("check_marker", format!("{user}/messages/{}?{query}", segment(draft))).prefer(IMMUTABLE);
+    let got = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
+    Ok(got
+        .get("singleValueExtendedProperties")
+        .and_then(Value::as_array)
+        .is_some_and(|props| {
+            props.iter().any(|p| {
+                p.get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| id.eq_ignore_ascii_case(MARKER_PROPERTY))
+                    && p.get("value").and_then(Value::as_str) == Some(outbound_id)
+            })
+        }))
+}
+
+/// Makes sure the marker is on the draft: no document says `createReply` & co. keep
+/// extended properties given in `message`, so it is read back and set with `PATCH` when
+/// missing (a PATCH of the same value is harmless, so it may be repeated).
+pub(super) async fn ensure_marker(ctx: &MailboxCtx, user: &str, draft: &str, outbound_id: &str) -> Result<(), Failure> {
+    if has_marker(ctx, user, draft, outbound_id).await? {
+        return Ok(());
+    }
+    tracing::info!(mailbox = %ctx.config.address, outbound_id, "Graph did not keep the marker on the draft; setting it.");
+    let patch = Call {
+        method: Method::PATCH,
+        ..Call::post(
+            "set_marker",
+            format!("{user}/messages/{}", segment(draft)),
+            json!({"singleValueExtendedProperties": [{"id": MARKER_PROPERTY, "value": outbound_id}]}),
+        )
+        .prefer(IMMUTABLE)
+    };
+    ctx.graph.call(&ctx.gate, &ctx.active(), &patch).await?;
+    if has_marker(ctx, user, draft, outbound_id).await? {
+        Ok(())
+    } else {
+        Err(Failure::Transient("the marker could not be set on the draft".into()))
+    }
+}
+
+/// `(name, size)` of the attachments already on the draft.
+pub(super) async fn attachments(ctx: &MailboxCtx, user: &str, draft: &str) -> Result<Vec<(String, u64)>, Failure> {
+    let call = Call::get(
+        "list_attachments",
+        format!("{user}/messages/{}/attachments?$select=id,name,size", segment(draft)),
+    )
+    .prefer(IMMUTABLE);
+    let got = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
+    Ok(got
+        .get("value")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|a| Some((a.get("name")?.as_str()?.to_string(), a.get("size")?.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Takes the attachment already on the draft that stands for `a` (same name, at least its
+/// size: Graph counts some overhead), if any, out of `present`.
+pub(super) fn take_present(present: &mut Vec<(String, u64)>, a: &AttachmentInput) -> bool {
+    let size = super::request::decoded_len(&a.content_base64).unwrap_or(0) as u64;
+    match present.iter().position(|(name, s)| *name == a.name && *s >= size) {
+        Some(i) => {
+            present.remove(i);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Adds one attachment: directly up to 3 MB, through an upload session beyond.
@@ -104,75 +242,69 @@ pub(super) async fn attach(
     draft: &str,
     a: &AttachmentInput,
 ) -> Result<(), Failure> {
-    let bytes = STANDARD
-        .decode(a.content_base64.trim())
-        .map_err(|e| Failure::Permanent(format!("attachment '{}': {e}", a.name)))?;
     let base = format!("{user}/messages/{}/attachments", segment(draft));
-    if bytes.len() <= SIMPLE_ATTACHMENT_MAX {
+    let encoded = a.content_base64.trim();
+    // base64 is 4 characters per 3 bytes: small ones go as they are, without decoding.
+    if encoded.len() / 4 * 3 <= SIMPLE_ATTACHMENT_MAX {
         let mut attachment = json!({
             "@odata.type": "#microsoft.graph.fileAttachment", "name": a.name, "contentType": a.content_type,
-            "contentBytes": a.content_base64.trim(), "isInline": a.is_inline,
+            "contentBytes": encoded, "isInline": a.is_inline,
         });
         if let Some(cid) = &a.content_id {
             attachment["contentId"] = json!(cid);
         }
-        ctx.graph
-            .call(
-                &ctx.gate,
-                &ctx.active(),
-                &Call::post("add_attachment", base, attachment).prefer("IdType=\"ImmutableId\""),
-            )
-            .await?;
+        let call = Call::post("add_attachment", base, attachment).prefer(IMMUTABLE);
+        ctx.graph.call(&ctx.gate, &ctx.active(), &creating(call)).await?;
         return Ok(());
     }
+    let bytes = Bytes::from(
+        STANDARD
+            .decode(encoded)
+            .map_err(|e| Failure::Permanent(format!("attachment '{}': {e}", a.name)))?,
+    );
     let mut item = json!({"attachmentType": "file", "name": a.name, "size": bytes.len(), "contentType": a.content_type, "isInline": a.is_inline});
     if let Some(cid) = &a.content_id {
         item["contentId"] = json!(cid);
     }
-    let session = ctx
-        .graph
-        .call(
-            &ctx.gate,
-            &ctx.active(),
-            &Call::post(
-                "upload_session",
-                format!("{base}/createUploadSession"),
-                json!({"AttachmentItem": item}),
-            )
-            .prefer("IdType=\"ImmutableId\""),
-        )
-        .await?;
+    let call = Call::post(
+        "upload_session",
+        format!("{base}/createUploadSession"),
+        json!({"AttachmentItem": item}),
+    )
+    .prefer(IMMUTABLE);
+    let session = ctx.graph.call(&ctx.gate, &ctx.active(), &creating(call)).await?;
     let url = session
         .get("uploadUrl")
         .and_then(Value::as_str)
         .ok_or_else(|| Failure::Transient("upload session without uploadUrl".into()))?;
     let total = bytes.len();
-    for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-        let start = i * CHUNK;
-        let end = start + chunk.len() - 1;
+    let mut start = 0;
+    while start < total {
+        let end = (start + CHUNK).min(total);
+        // A slice of the shared buffer: no copy per chunk.
         let resp = upload
             .put(url)
-            .header(reqwest::header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
+            .header(
+                reqwest::header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{total}", end - 1),
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(chunk.to_vec())
+            .body(bytes.slice(start..end))
             .send()
             .await
             .map_err(|e| Failure::Transient(format!("upload of '{}' failed: {}", a.name, crate::auth::describe(&e))))?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
             let text = resp.text().await.unwrap_or_default();
-            let message = format!(
+            // The session is abandoned; the next attempt finds the attachment missing and
+            // opens a new one.
+            return Err(Failure::Transient(format!(
                 "upload of '{}' answered {status}: {}",
                 a.name,
                 text.chars().take(300).collect::<String>()
-            );
-            // A broken session cannot be resumed here: the draft is discarded and rebuilt.
-            return Err(if status >= 500 || status == 429 {
-                Failure::Transient(message)
-            } else {
-                Failure::Transient(format!("{message} (draft will be rebuilt)"))
-            });
+            )));
         }
+        start = end;
     }
     Ok(())
 }

@@ -118,10 +118,13 @@ pub enum OutboundStatus {
     Queued,
     /// The sender is working on it.
     Sending,
-    /// Graph accepted the send.
+    /// Graph accepted the send and its copy reached Sent Items.
     Sent,
-    /// Permanently refused; `error` says why.
+    /// Permanently refused, or a non-delivery report came back; `error` says why.
     Failed,
+    /// Graph accepted the send but its copy was never found within `outbound.confirm_within`;
+    /// never sent again automatically.
+    Unconfirmed,
 }
 
 /// How far a send got, so a restart resumes instead of repeating.
@@ -133,8 +136,11 @@ pub enum SendStep {
     Draft,
     /// Every attachment is on the draft.
     Attachments,
-    /// `send` was called (or is about to be): look in Sent Items before anything else.
+    /// `send` was called (or is about to be), its answer not yet heard: from here on no
+    /// new draft is ever made; the mailbox is searched for the marked item.
     SendRequested,
+    /// Graph answered 202 to `send`: waiting for the copy in Sent Items.
+    Accepted,
 }
 
 impl OutboundStatus {
@@ -145,6 +151,7 @@ impl OutboundStatus {
             OutboundStatus::Sending => "sending",
             OutboundStatus::Sent => "sent",
             OutboundStatus::Failed => "failed",
+            OutboundStatus::Unconfirmed => "unconfirmed",
         }
     }
 
@@ -155,6 +162,7 @@ impl OutboundStatus {
             OutboundStatus::Sending,
             OutboundStatus::Sent,
             OutboundStatus::Failed,
+            OutboundStatus::Unconfirmed,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -169,6 +177,7 @@ impl SendStep {
             SendStep::Draft => "draft",
             SendStep::Attachments => "attachments",
             SendStep::SendRequested => "send_requested",
+            SendStep::Accepted => "accepted",
         }
     }
 
@@ -179,6 +188,7 @@ impl SendStep {
             SendStep::Draft,
             SendStep::Attachments,
             SendStep::SendRequested,
+            SendStep::Accepted,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -196,8 +206,11 @@ pub struct OutboundRecord {
     pub idempotency_key: String,
     /// SHA-256 of the normalized request: the same key with another request is refused.
     pub request_hash: String,
-    /// The validated request, JSON.
+    /// The validated request, JSON; empty once the row is finished and past its retention
+    /// (or when loaded for a confirmation, which does not need it).
     pub request: String,
+    /// `reply`, `reply_all`, `forward` or `send`.
+    pub kind: String,
     /// Where it stands.
     pub status: OutboundStatus,
     /// How far the send got.
@@ -214,6 +227,12 @@ pub struct OutboundRecord {
     pub created_at: OffsetDateTime,
     /// Last change.
     pub updated_at: OffsetDateTime,
+    /// When `send` was first asked for: the confirmation deadline counts from here.
+    pub submitted_at: Option<OffsetDateTime>,
+    /// The message's `internetMessageId` (recognises a non-delivery report about it).
+    pub internet_message_id: Option<String>,
+    /// The message's `conversationId` (where its non-delivery report would be threaded).
+    pub conversation_id: Option<String>,
 }
 
 /// What the daemon needs to remember across restarts.
@@ -290,10 +309,31 @@ pub trait Store: SubscriptionStore + Send + Sync + 'static {
     async fn enqueue_outbound(&self, record: &OutboundRecord) -> Result<OutboundRecord, StoreError>;
     /// One outbound request by id.
     async fn outbound(&self, id: &str) -> Result<Option<OutboundRecord>, StoreError>;
-    /// Requests still to send (`queued` or `sending`) whose next attempt is due, oldest first.
-    async fn due_outbound(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboundRecord>, StoreError>;
-    /// Saves the progress of a send (status, step, draft id, error, attempts, next attempt).
+    /// Saves the progress of a send (status, step, draft id, error, attempts, next attempt,
+    /// submission time and message ids); never the request itself.
     async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError>;
+    /// The request a mailbox + idempotency key stored, if any (answered before any other check).
+    async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError>;
+    /// Mailboxes with a request still to send (`queued` or `sending`) whose next attempt is due.
+    async fn outbound_due_mailboxes(&self, now: OffsetDateTime) -> Result<Vec<MailboxAddress>, StoreError>;
+    /// The mailbox's next due request, oldest first, loaded alone; a request already handed to
+    /// Graph comes without its payload (only its confirmation is left to do).
+    async fn next_due_outbound(
+        &self,
+        mailbox: &MailboxAddress,
+        now: OffsetDateTime,
+    ) -> Result<Option<OutboundRecord>, StoreError>;
+    /// Records that the consent state `state` (expiring at `expires_at`) was used; false when it
+    /// already was (a state works once).
+    async fn claim_consent_state(
+        &self,
+        state: &str,
+        mailbox: &MailboxAddress,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Drops the payload of finished requests (sent, failed, unconfirmed) last changed before
+    /// `before`, keeping their status and ids; returns how many.
+    async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Quarantines a message (idempotent per mailbox + graph id).
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError>;

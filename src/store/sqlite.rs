@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0005_resync_window.sql"),
     ),
     (
+        6,
+        "outbound_confirm",
+        include_str!("../../migrations/0006_outbound_confirm.sql"),
+    ),
+    (
         7,
         "subscriptions",
         include_str!("../../migrations/0007_subscriptions.sql"),
@@ -545,8 +550,33 @@ impl Store for SqliteStore {
         outbox::get(&self.pool, id).await
     }
 
-    async fn due_outbound(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
-        outbox::due(&self.pool, now, limit).await
+    async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        outbox::by_key(&self.pool, mailbox, key).await
+    }
+
+    async fn outbound_due_mailboxes(&self, now: OffsetDateTime) -> Result<Vec<MailboxAddress>, StoreError> {
+        outbox::due_mailboxes(&self.pool, now).await
+    }
+
+    async fn next_due_outbound(
+        &self,
+        mailbox: &MailboxAddress,
+        now: OffsetDateTime,
+    ) -> Result<Option<OutboundRecord>, StoreError> {
+        outbox::next_due(&self.pool, mailbox, now).await
+    }
+
+    async fn claim_consent_state(
+        &self,
+        state: &str,
+        mailbox: &MailboxAddress,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        delegated::claim_state(&self.pool, state, mailbox, expires_at).await
+    }
+
+    async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        outbox::prune(&self.pool, before).await
     }
 
     async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError> {

@@ -21,7 +21,7 @@ use crate::support::{
 };
 
 /// `store.encryption_key` of every config here (as `dev:`), so the tests can open the store.
-const STORE_KEY: &str = "delegated-test-store-key";
+pub(super) const STORE_KEY: &str = "delegated-test-store-key";
 /// What the emulator grants to minted refresh tokens.
 const SCOPES: &str = "offline_access Mail.ReadWrite Mail.Send";
 /// Schema of the state-change events in the sink.
@@ -38,7 +38,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// States that are flags (a human must act).
 const FLAGS: [&str; 4] = ["needs_reconsent", "credential_invalid", "access_denied", "not_found"];
 
-fn addr(name: &str) -> String {
+pub(super) fn addr(name: &str) -> String {
     format!("{name}@contoso.test")
 }
 
@@ -48,7 +48,7 @@ fn addr(name: &str) -> String {
 
 /// The generated config (app-only `app_only` mailboxes of app `test`, 250 ms polling) with the
 /// API token and the store key, then `extra` (more apps and mailboxes).
-fn config(env: &Env, app_only: &[String], extra: &str) -> String {
+pub(super) fn config(env: &Env, app_only: &[String], extra: &str) -> String {
     let toml = with_api_token(&env.config(app_only, "250ms"));
     assert!(toml.contains("[store]\n"), "generated config has a [store] section");
     let toml = toml.replacen(
@@ -59,11 +59,11 @@ fn config(env: &Env, app_only: &[String], extra: &str) -> String {
     format!("{toml}{extra}")
 }
 
-fn delegated(address: &str, app: &str) -> String {
+pub(super) fn delegated(address: &str, app: &str) -> String {
     format!("\n[[mailboxes]]\naddress = \"{address}\"\napp = \"{app}\"\naccess = \"delegated\"\n")
 }
 
-fn app_only(address: &str, app: &str) -> String {
+pub(super) fn app_only(address: &str, app: &str) -> String {
     format!("\n[[mailboxes]]\naddress = \"{address}\"\napp = \"{app}\"\n")
 }
 
@@ -86,7 +86,7 @@ async fn register_app(env: &Env, tenant: &str, client_id: &str, secret: &str) {
 }
 
 /// A refresh token issued by the emulator, as another connector would hand it over.
-async fn mint(env: &Env, tenant: &str, client_id: &str, address: &str) -> String {
+pub(super) async fn mint(env: &Env, tenant: &str, client_id: &str, address: &str) -> String {
     let answer = env
         .control(
             "/_emulator/refresh-tokens",
@@ -122,7 +122,7 @@ async fn requests_since(env: &Env, since: u64) -> Vec<Value> {
 // The daemon's API
 // ---------------------------------------------------------------------------------------
 
-fn client() -> reqwest::Client {
+pub(super) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -151,7 +151,7 @@ async fn get_url(url: &str, bearer: bool) -> (u16, Option<String>, String) {
 }
 
 /// `POST /v1/mailboxes/{mailbox}/refresh-token`.
-async fn import(daemon: SocketAddr, mailbox: &str, token: &str) -> (u16, String) {
+pub(super) async fn import(daemon: SocketAddr, mailbox: &str, token: &str) -> (u16, String) {
     let resp = client()
         .post(format!("http://{daemon}/v1/mailboxes/{mailbox}/refresh-token"))
         .bearer_auth(API_TOKEN)
@@ -176,7 +176,7 @@ async fn views(daemon: SocketAddr) -> HashMap<String, Value> {
         .collect()
 }
 
-async fn view(daemon: SocketAddr, mailbox: &str) -> Value {
+pub(super) async fn view(daemon: SocketAddr, mailbox: &str) -> Value {
     views(daemon)
         .await
         .remove(mailbox)
@@ -185,7 +185,7 @@ async fn view(daemon: SocketAddr, mailbox: &str) -> Value {
 
 /// Waits (bounded) until `mailbox` is in `state`; returns its view, or panics with what it
 /// showed instead and the state events so far.
-async fn wait_state(env: &Env, daemon: SocketAddr, mailbox: &str, state: &str, limit: Duration) -> Value {
+pub(super) async fn wait_state(env: &Env, daemon: SocketAddr, mailbox: &str, state: &str, limit: Duration) -> Value {
     let reached = eventually(limit, || async { view(daemon, mailbox).await["state"] == state }).await;
     let v = view(daemon, mailbox).await;
     assert!(
@@ -1164,24 +1164,44 @@ async fn consent_flow_resumes_a_flagged_mailbox_without_restart_and_states_are_s
     assert_eq!(status, 400, "unknown state accepted: {page}");
     assert_eq!(view(daemon.addr, &user).await["state"], "active");
 
-    // An expired state is refused: the store's copy is aged (the daemon's clock cannot move).
-    let url = consent_url(daemon.addr, &expired).await;
-    let state = query_param(&url, "state").expect("state");
-    let store = StoreFile::open(&env).await;
-    let past = (time::OffsetDateTime::now_utc() - time::Duration::minutes(1))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let aged = sqlx::query("UPDATE consent_states SET expires_at = ?1 WHERE state = ?2")
-        .bind(&past)
-        .bind(&state)
-        .execute(&store.pool)
+    // A flow started from the link is bound to the browser that opened it: completed in
+    // another browser (no cookie, or another one) it is refused and stored nothing; in the
+    // same browser it works. (Expiry is sealed in the state; `auth::consent` tests it.)
+    let link = view(daemon.addr, &expired).await["consent_url"]
+        .as_str()
+        .expect("consent_url")
+        .to_string();
+    let resp = client().get(&link).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 302, "consent link");
+    let cookie = resp
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("the link sets a cookie")
+        .to_string();
+    let location = resp.headers()[reqwest::header::LOCATION].to_str().unwrap().to_string();
+    let callback = authorize(&location).await;
+    for other in [None, Some("inboxd_consent=someone-else")] {
+        let mut req = client().get(&callback);
+        if let Some(c) = other {
+            req = req.header(reqwest::header::COOKIE, c);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let page = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 400, "completed in another browser ({other:?}): {page}");
+        assert!(page.contains("another browser"), "{page}");
+    }
+    assert_eq!(view(daemon.addr, &expired).await["state"], "needs_reconsent");
+    let resp = client()
+        .get(&callback)
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
         .await
         .unwrap();
-    assert_eq!(aged.rows_affected(), 1, "the consent state is not in the store");
-    let (status, _, page) = get_url(&authorize(&url).await, false).await;
-    assert_eq!(status, 400, "expired state accepted: {page}");
-    assert!(page.contains("expired"), "{page}");
-    assert_eq!(view(daemon.addr, &expired).await["state"], "needs_reconsent");
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    wait_state(&env, daemon.addr, &expired, "active", Duration::from_secs(10)).await;
 
     // The user declines: the refusal is shown and the mailbox stays flagged. The link shown in
     // /v1/mailboxes starts a fresh flow.

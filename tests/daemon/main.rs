@@ -1,8 +1,10 @@
 //! Tests of the daemon against the emulator, over real HTTP, with real SQLite files.
 
+mod api_limits;
 #[cfg(feature = "bench")]
 mod bench_smoke;
 mod cli;
+mod consent_safety;
 mod crash;
 mod delegated;
 mod documented;
@@ -13,6 +15,7 @@ mod lock;
 mod monitoring;
 mod notifications;
 mod outbound;
+mod outbound_confirm;
 mod pipeline;
 mod reload;
 mod resilience;

@@ -14,31 +14,38 @@ use serde_json::{Value, json};
 use crate::support::{API_TOKEN, Binary, Env, eventually, log_path, log_time, with_api_token, with_microsoft};
 
 /// The shared mailbox inboxd sends from.
-const SUPPORT: &str = "support@contoso.test";
+pub(super) const SUPPORT: &str = "support@contoso.test";
 /// A customer with a mailbox in the emulator, so she receives what inboxd sends.
-const ANN: &str = "ann@customer.test";
+pub(super) const ANN: &str = "ann@customer.test";
 /// Raw request-path prefix of every Graph request about [`SUPPORT`] (`support%40…` or `support@…`).
-const SUPPORT_PATHS: &str = "/v1.0/users/support";
+pub(super) const SUPPORT_PATHS: &str = "/v1.0/users/support";
 /// Bound on any wait for the daemon to make progress.
-const LIMIT: Duration = Duration::from_secs(30);
+pub(super) const LIMIT: Duration = Duration::from_secs(30);
 /// Schema of the outbound result events in the sink.
-const OUTBOUND_SCHEMA: &str = "inboxd.outbound.v1";
+pub(super) const OUTBOUND_SCHEMA: &str = "inboxd.outbound.v1";
 
-/// A generated config for `mailboxes` with [`API_TOKEN`] accepted on `/v1`.
-fn config(env: &Env, mailboxes: &[&str]) -> String {
+/// A generated config for `mailboxes` with [`API_TOKEN`] accepted on `/v1`, and a
+/// confirmation period short enough for tests.
+pub(super) fn config(env: &Env, mailboxes: &[&str]) -> String {
     let mailboxes: Vec<String> = mailboxes.iter().map(|m| m.to_string()).collect();
-    with_api_token(&env.config(&mailboxes, "1s"))
+    format!(
+        "{}\n[outbound]\nconfirm_within = \"{CONFIRM_WITHIN_S}s\"\n",
+        with_api_token(&env.config(&mailboxes, "1s"))
+    )
 }
+
+/// `outbound.confirm_within` in these tests.
+pub(super) const CONFIRM_WITHIN_S: u64 = 20;
 
 /// The daemon's `/v1` API over real HTTP (in-process daemon or real binary).
 #[derive(Clone)]
-struct Api {
+pub(super) struct Api {
     base: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn at(addr: SocketAddr) -> Api {
+    pub(super) fn at(addr: SocketAddr) -> Api {
         Api {
             base: format!("http://{addr}"),
             http: reqwest::Client::builder().timeout(LIMIT).build().unwrap(),
@@ -46,7 +53,7 @@ impl Api {
     }
 
     /// POSTs raw bytes with the API token and, when given, an `Idempotency-Key`.
-    async fn post_bytes(&self, path: &str, key: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    pub(super) async fn post_bytes(&self, path: &str, key: Option<&str>, body: Vec<u8>) -> (u16, Value) {
         let mut req = self
             .http
             .post(format!("{}{path}", self.base))
@@ -61,12 +68,19 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+    pub(super) async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
         self.post_bytes(path, key, serde_json::to_vec(body).unwrap()).await
     }
 
     /// `POST /v1/mailboxes/{mailbox}/messages/{graph_id}/{action}`.
-    async fn respond(&self, mailbox: &str, graph_id: &str, action: &str, key: &str, body: &Value) -> (u16, Value) {
+    pub(super) async fn respond(
+        &self,
+        mailbox: &str,
+        graph_id: &str,
+        action: &str,
+        key: &str,
+        body: &Value,
+    ) -> (u16, Value) {
         self.post(
             &format!("/v1/mailboxes/{mailbox}/messages/{graph_id}/{action}"),
             Some(key),
@@ -76,14 +90,21 @@ impl Api {
     }
 
     /// Like [`Api::respond`], but the request must be accepted; returns the outbound id.
-    async fn accepted(&self, mailbox: &str, graph_id: &str, action: &str, key: &str, body: &Value) -> String {
+    pub(super) async fn accepted(
+        &self,
+        mailbox: &str,
+        graph_id: &str,
+        action: &str,
+        key: &str,
+        body: &Value,
+    ) -> String {
         let (status, answer) = self.respond(mailbox, graph_id, action, key, body).await;
         assert_eq!(status, 202, "{action} of {graph_id} was not accepted: {answer}");
         outbound_id(&answer)
     }
 
     /// `GET /v1/outbound/{id}`: status and body (transport errors panic).
-    async fn outbound(&self, id: &str) -> (u16, Value) {
+    pub(super) async fn outbound(&self, id: &str) -> (u16, Value) {
         let resp = self
             .http
             .get(format!("{}/v1/outbound/{id}", self.base))
@@ -96,7 +117,7 @@ impl Api {
     }
 
     /// Waits (bounded) until outbound `id` is `sent`; panics at once if it `failed`.
-    async fn wait_sent(&self, id: &str) -> Value {
+    pub(super) async fn wait_sent(&self, id: &str) -> Value {
         let deadline = Instant::now() + LIMIT;
         loop {
             let (status, view) = self.outbound(id).await;
@@ -116,7 +137,7 @@ impl Api {
 }
 
 /// The `id` of a 202 answer, checked to be `queued` (or already further along on a repeat).
-fn outbound_id(answer: &Value) -> String {
+pub(super) fn outbound_id(answer: &Value) -> String {
     let id = answer["id"]
         .as_str()
         .filter(|id| !id.is_empty())
@@ -131,7 +152,14 @@ fn outbound_id(answer: &Value) -> String {
 
 /// Delivers a message from `from` into `to`'s inbox; returns the emulator's answer
 /// (`immutable_id`, `internet_message_id`, `conversation_id`).
-async fn deliver_from(env: &Env, from: &str, to: &[&str], cc: &[&str], subject: &str, headers: Value) -> Value {
+pub(super) async fn deliver_from(
+    env: &Env,
+    from: &str,
+    to: &[&str],
+    cc: &[&str],
+    subject: &str,
+    headers: Value,
+) -> Value {
     let list = |l: &[&str]| -> Value { l.iter().map(|a| json!({"name": "", "address": a})).collect() };
     env.control(
         &format!("/_emulator/mailboxes/{}/messages", to[0]),
@@ -147,7 +175,7 @@ async fn deliver_from(env: &Env, from: &str, to: &[&str], cc: &[&str], subject: 
 }
 
 /// A message from Ann in support's inbox; returns its immutable id.
-async fn from_ann(env: &Env, subject: &str) -> String {
+pub(super) async fn from_ann(env: &Env, subject: &str) -> String {
     let original = deliver_from(env, ANN, &[SUPPORT], &[], subject, json!([])).await;
     original["immutable_id"].as_str().expect("immutable_id").to_string()
 }
@@ -176,7 +204,7 @@ async fn with_subject(env: &Env, mailbox: &str, folder: &str, subject: &str) -> 
 }
 
 /// Summary of a folder for assertion messages.
-fn summary(messages: &[Value]) -> Vec<String> {
+pub(super) fn summary(messages: &[Value]) -> Vec<String> {
     messages
         .iter()
         .map(|m| {
@@ -191,7 +219,7 @@ fn summary(messages: &[Value]) -> Vec<String> {
 }
 
 /// Exactly one message with `subject` in `folder` of `mailbox`; returns it.
-async fn exactly_one(env: &Env, mailbox: &str, folder: &str, subject: &str) -> Value {
+pub(super) async fn exactly_one(env: &Env, mailbox: &str, folder: &str, subject: &str) -> Value {
     let found = with_subject(env, mailbox, folder, subject).await;
     assert_eq!(
         found.len(),
@@ -204,7 +232,7 @@ async fn exactly_one(env: &Env, mailbox: &str, folder: &str, subject: &str) -> V
 }
 
 /// The `inboxd.outbound.v1` events in the sink file (the typed reader skips them).
-fn outbound_events(env: &Env) -> Vec<Value> {
+pub(super) fn outbound_events(env: &Env) -> Vec<Value> {
     env.raw_events()
         .into_iter()
         .filter(|e| e["schema"] == OUTBOUND_SCHEMA)
@@ -236,7 +264,7 @@ async fn wait_sent_event(env: &Env, id: &str) -> Value {
 }
 
 /// Graph requests of the log for `SUPPORT` with this method whose path ends with `suffix`.
-async fn support_requests(env: &Env, method: &str, suffix: &str) -> Vec<Value> {
+pub(super) async fn support_requests(env: &Env, method: &str, suffix: &str) -> Vec<Value> {
     env.requests()
         .await
         .into_iter()
@@ -913,7 +941,7 @@ impl Step {
 }
 
 /// Last lines of a log, for failure messages.
-fn tail(text: &str, n: usize) -> String {
+pub(super) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -1099,12 +1127,12 @@ async fn lost_send_answer_is_not_a_failure() {
     daemon.stop().await;
 }
 
-/// Waits (bounded) until outbound `id` ends (`sent` or `failed`); returns the last view.
-async fn wait_end(api: &Api, id: &str, limit: Duration) -> Value {
+/// Waits (bounded) until outbound `id` ends (`sent`, `failed` or `unconfirmed`); returns the last view.
+pub(super) async fn wait_end(api: &Api, id: &str, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
     loop {
         let (_, view) = api.outbound(id).await;
-        if matches!(view["status"].as_str(), Some("sent" | "failed")) || Instant::now() > deadline {
+        if matches!(view["status"].as_str(), Some("sent" | "failed" | "unconfirmed")) || Instant::now() > deadline {
             return view;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

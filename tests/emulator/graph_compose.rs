@@ -17,11 +17,14 @@ use crate::support::{Emu, TENANT};
 /// The idempotency marker property inboxd puts on outbound drafts.
 const OUTBOUND_PROP: &str = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name OutboundId";
 
-/// Support, Alice and Carol mailboxes in one tenant, and an app token.
+/// Support, Alice and Carol mailboxes in one tenant, and an app token; transport without
+/// delay, so what was sent is in Sent Items on the next look (`transport.rs` covers the delay).
 async fn setup_team() -> (Emu, String) {
     let (emu, token) = setup().await;
     emu.mailbox(TENANT, ALICE).await;
     emu.mailbox(TENANT, CAROL).await;
+    let (status, body) = emu.post("/_emulator/settings", json!({"transport_delay_ms": 0})).await;
+    assert_eq!(status, 200, "{body}");
     (emu, token)
 }
 

@@ -12,3 +12,4 @@ mod limits;
 mod python_sdk;
 mod subscriptions;
 mod support;
+mod transport;

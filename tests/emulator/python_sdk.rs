@@ -154,6 +154,9 @@ async fn microsoft_python_sdk_and_msal_work_against_the_emulator() {
     assert_eq!(updated[0]["is_read"], true);
     assert!(updated[0]["subject"].is_null(), "as a partial item: {out}");
 
+    // Transport takes the reply out of the Outbox after its delay (emulator time).
+    let (status, body) = emu.post("/_emulator/clock", json!({"advance_secs": 5})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let sent = control_folder(&emu, SUPPORT, "sentitems").await;
     assert_eq!(sent.len(), 1, "the reply is in Sent Items: {sent:?}");
     assert_eq!(sent[0]["subject"], "RE: Question 1", "{sent:?}");

@@ -73,7 +73,7 @@ fn https_is_required_except_on_loopback() {
 
 #[test]
 fn delegated_access_needs_the_store_encryption_key() {
-    let delegated = format!("{BASE}access = \"delegated\"\n");
+    let delegated = format!("{PUBLIC}{BASE}access = \"delegated\"\n");
     assert_only(
         &delegated,
         &[],
@@ -81,10 +81,29 @@ fn delegated_access_needs_the_store_encryption_key() {
         "mailboxes[0] use access = \"delegated\"",
     );
     let config = ok(
-        &format!("[store]\nencryption_key = \"env:KEY\"\n{delegated}"),
+        &format!("[store]\nencryption_key = \"env:KEY\"\n{PUBLIC}{BASE}access = \"delegated\"\n"),
         &[("KEY", "k")],
     );
     assert_eq!(mailbox(&config, 0).access, Access::Delegated);
+}
+
+/// Where browsers reach inboxd: needed with delegated mailboxes when the daemon listens on all
+/// addresses.
+const PUBLIC: &str = "[server]\npublic_url = \"https://inboxd.example.com\"\n";
+
+#[test]
+fn public_url_is_required_for_delegated_mailboxes_on_an_unspecified_listen_address() {
+    let delegated = format!("[store]\nencryption_key = \"dev:k\"\n{BASE}access = \"delegated\"\n");
+    assert_only(
+        &delegated,
+        &[],
+        "server.public_url",
+        "required with a delegated mailbox",
+    );
+    ok(&format!("{PUBLIC}{delegated}"), &[]);
+    let loopback = format!("[server]\nlisten = \"127.0.0.1:8080\"\n{delegated}");
+    ok(&loopback, &[]);
+    ok(BASE, &[]);
 }
 
 #[test]
@@ -95,7 +114,8 @@ fn fallback_app_is_for_delegated_mailboxes_only() {
         "mailboxes[0].fallback_app",
         "only to access = \"delegated\"",
     );
-    let delegated = format!("[store]\nencryption_key = \"dev:k\"\n{BASE}access = \"delegated\"\nfallback_app = ");
+    let delegated =
+        format!("[store]\nencryption_key = \"dev:k\"\n{PUBLIC}{BASE}access = \"delegated\"\nfallback_app = ");
     let config = ok(&format!("{delegated}\"contoso\""), &[]);
     assert_eq!(
         mailbox(&config, 0).fallback_app,

@@ -143,8 +143,11 @@ fn response_body(body: &Bytes) -> Result<(Option<String>, Map<String, Value>), G
 
 /// `POST messages/{id}/createReply|createReplyAll|createForward`: 201 with the draft.
 pub(crate) fn create_response(ctx: &Ctx<'_>, id: &str, action: &str, body: &Bytes) -> Result<Response, GraphError> {
-    let (comment, overrides) = response_body(body)?;
+    let (comment, mut overrides) = response_body(body)?;
     let mut world = ctx.emu.world();
+    if world.settings.create_response_ignores_extended_properties {
+        overrides.retain(|k, _| !k.eq_ignore_ascii_case("singleValueExtendedProperties"));
+    }
     let (_, original) = messages::message(&world, ctx, id)?;
     let mut draft = response_draft(&world, ctx, original, kind(action), comment.as_deref());
     input::apply(&mut draft, &overrides, ctx.now)?;
@@ -153,7 +156,7 @@ pub(crate) fn create_response(ctx: &Ctx<'_>, id: &str, action: &str, body: &Byte
     Ok(ctx.answer(StatusCode::CREATED, render::message(&stored, mailbox, &ctx.view())))
 }
 
-/// `POST messages/{id}/reply|replyAll|forward`: 202, sent at once.
+/// `POST messages/{id}/reply|replyAll|forward`: 202, handed to transport.
 pub(crate) fn respond(ctx: &Ctx<'_>, id: &str, action: &str, body: &Bytes) -> Result<Response, GraphError> {
     let (comment, overrides) = response_body(body)?;
     let mut world = ctx.emu.world();
@@ -166,11 +169,12 @@ pub(crate) fn respond(ctx: &Ctx<'_>, id: &str, action: &str, body: &Bytes) -> Re
             "At least one recipient is required.",
         ));
     }
-    dispatch(&mut world, ctx, draft, true)?;
+    dispatch(&mut world, ctx, draft, false, true)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
-/// `POST messages/{id}/send`: 202; the draft goes to Sent Items and to its recipients.
+/// `POST messages/{id}/send`: 202; the draft moves to the Outbox, and transport takes it to
+/// Sent Items and to its recipients later.
 pub(crate) fn send(ctx: &Ctx<'_>, id: &str, req: &GraphRequest) -> Result<Response, GraphError> {
     if !req.headers.contains_key("content-length") && !req.headers.contains_key("transfer-encoding") {
         return Err(GraphError::new(
@@ -188,8 +192,7 @@ pub(crate) fn send(ctx: &Ctx<'_>, id: &str, req: &GraphRequest) -> Result<Respon
             "Only a draft can be sent.",
         ));
     }
-    dispatch(&mut world, ctx, draft, true)?;
-    world.delete_message(&ctx.address, &immutable);
+    dispatch(&mut world, ctx, draft, true, true)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -222,70 +225,18 @@ pub(crate) fn send_mail(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, GraphEr
     m.is_draft = true;
     input::apply(&mut m, &message, ctx.now)?;
     m.from = Some(owner(&world, &ctx.address));
-    dispatch(&mut world, ctx, m, save)?;
+    dispatch(&mut world, ctx, m, false, save)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
-/// Sends a finished message: a copy in Sent Items (when asked) and one in each emulated
-/// recipient's Inbox, with the same Message-ID, threading headers and conversation.
-fn dispatch(world: &mut World, ctx: &Ctx<'_>, mut m: Message, save: bool) -> Result<(), GraphError> {
+/// Hands a finished message to transport (see `transport.rs`): 400 without recipients.
+fn dispatch(world: &mut World, ctx: &Ctx<'_>, m: Message, existing: bool, save: bool) -> Result<(), GraphError> {
     if m.to.is_empty() && m.cc.is_empty() && m.bcc.is_empty() {
         return Err(GraphError::bad_request(
             "ErrorInvalidRecipients",
             "At least one recipient is not valid., A message can't be sent because it contains no recipients.",
         ));
     }
-    m.is_draft = false;
-    m.sent = Some(ctx.now);
-    m.received = ctx.now;
-    if m.from.is_none() {
-        m.from = Some(owner(world, &ctx.address));
-    }
-    let recipients: Vec<String> =
-        m.to.iter()
-            .chain(&m.cc)
-            .chain(&m.bcc)
-            .map(|r| key(&r.address))
-            .collect();
-    if save {
-        let sent_items = world.mailboxes[&ctx.address]
-            .folder_id("sentitems")
-            .expect("sentitems exists");
-        let copy = Message {
-            immutable_id: item_id("AAkALg"),
-            id: item_id("AAMkAD"),
-            folder_id: sent_items,
-            is_read: true,
-            ..m.clone()
-        };
-        world.insert_message(&ctx.address, copy);
-    }
-    let mut delivered: Vec<String> = Vec::new();
-    for address in recipients {
-        if delivered.contains(&address) || !world.mailboxes.contains_key(&address) {
-            continue;
-        }
-        delivered.push(address.clone());
-        let inbox = world.mailboxes[&address].folder_id("inbox").expect("inbox exists");
-        let copy = Message {
-            immutable_id: item_id("AAkALg"),
-            id: item_id("AAMkAD"),
-            folder_id: inbox,
-            is_read: false,
-            bcc: Vec::new(),
-            extended: Vec::new(),
-            categories: Vec::new(),
-            attachments: m
-                .attachments
-                .iter()
-                .map(|a| crate::emulator::model::Attachment {
-                    id: item_id("AAMkADAtt"),
-                    ..a.clone()
-                })
-                .collect(),
-            ..m.clone()
-        };
-        world.insert_message(&address, copy);
-    }
+    world.submit(&ctx.address, m, existing, save, ctx.now);
     Ok(())
 }

@@ -100,10 +100,17 @@ pub(crate) fn list(ctx: &Ctx<'_>, folder: Option<&str>) -> Result<Response, Grap
         .filter(|f| f.trim_start().to_ascii_lowercase().starts_with("receiveddatetime"))
         .map(super::delta::received_filter)
         .transpose()?;
-    if filter.is_some() && extended.is_none() && is_read.is_none() && received_from.is_none() {
+    let conversation = filter.and_then(|f| {
+        let (name, value) = f.trim().split_once(" eq ")?;
+        name.trim()
+            .eq_ignore_ascii_case("conversationId")
+            .then(|| value.trim().trim_matches('\'').replace("''", "'"))
+    });
+    if filter.is_some() && extended.is_none() && is_read.is_none() && received_from.is_none() && conversation.is_none()
+    {
         return Err(GraphError::bad_request(
             "ErrorInvalidUrlQueryFilter",
-            "The emulator supports $filter on singleValueExtendedProperties/Any(…), isRead eq true|false and receivedDateTime ge|gt {value}.",
+            "The emulator supports $filter on singleValueExtendedProperties/Any(…), isRead eq true|false, conversationId eq '…' and receivedDateTime ge|gt {value}.",
         ));
     }
     let mut selected: Vec<&Message> = mailbox
@@ -111,6 +118,7 @@ pub(crate) fn list(ctx: &Ctx<'_>, folder: Option<&str>) -> Result<Response, Grap
         .values()
         .filter(|m| folder_id.as_ref().is_none_or(|f| &m.folder_id == f))
         .filter(|m| is_read.is_none_or(|r| m.is_read == r))
+        .filter(|m| conversation.as_ref().is_none_or(|c| &m.conversation_id == c))
         .filter(|m| {
             received_from.is_none_or(|(from, inclusive)| m.received > from || (inclusive && m.received == from))
         })
@@ -204,8 +212,23 @@ pub(crate) fn patch(ctx: &Ctx<'_>, id: &str, body: &Bytes) -> Result<Response, G
     ))
 }
 
-/// `DELETE messages/{id}`: 204.
+/// `DELETE messages/{id}`: 204; a soft delete: the message moves to Deleted Items (deleted
+/// there, it is gone).
 pub(crate) fn delete(ctx: &Ctx<'_>, id: &str) -> Result<Response, GraphError> {
+    let mut world = ctx.emu.world();
+    let immutable = find(&world, ctx, id)?;
+    let mailbox = &world.mailboxes[&ctx.address];
+    let deleted_items = mailbox.folder_id("deleteditems").expect("deleteditems exists");
+    if mailbox.messages[&immutable].folder_id == deleted_items {
+        world.delete_message(&ctx.address, &immutable);
+    } else {
+        world.move_message(&ctx.address, &immutable, &deleted_items, ctx.now);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST messages/{id}/permanentDelete`: 204; the message is purged wherever it is.
+pub(crate) fn permanent_delete(ctx: &Ctx<'_>, id: &str) -> Result<Response, GraphError> {
     let mut world = ctx.emu.world();
     let immutable = find(&world, ctx, id)?;
     world.delete_message(&ctx.address, &immutable);

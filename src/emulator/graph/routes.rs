@@ -104,6 +104,7 @@ fn message_op(ctx: &Ctx<'_>, req: &GraphRequest, id: &str, seg: &[String], l: &[
         [] if m == Method::DELETE => messages::delete(ctx, id),
         ["$value"] if m == Method::GET => messages::mime(ctx, id),
         ["move"] if m == Method::POST => messages::move_to(ctx, id, &req.body),
+        ["permanentdelete"] if m == Method::POST => messages::permanent_delete(ctx, id),
         [action @ ("reply" | "replyall" | "forward")] if m == Method::POST => {
             compose::respond(ctx, id, action, &req.body)
         }
@@ -119,9 +120,11 @@ fn message_op(ctx: &Ctx<'_>, req: &GraphRequest, id: &str, seg: &[String], l: &[
         ["attachments", _] if m == Method::GET => attachments::get(ctx, id, &seg[1], false),
         ["attachments", _] if m == Method::DELETE => attachments::delete(ctx, id, &seg[1]),
         ["attachments", _, "$value"] if m == Method::GET => attachments::get(ctx, id, &seg[1], true),
-        [] | ["$value"] | ["move"] | ["reply" | "replyall" | "forward" | "send"] | ["attachments", ..] => {
-            Err(method_not_allowed())
-        }
+        []
+        | ["$value"]
+        | ["move" | "permanentdelete"]
+        | ["reply" | "replyall" | "forward" | "send"]
+        | ["attachments", ..] => Err(method_not_allowed()),
         ["createreply" | "createreplyall" | "createforward"] => Err(method_not_allowed()),
         _ => Err(not_found(seg)),
     }

@@ -84,3 +84,30 @@ pub(super) async fn take_state(pool: &SqlitePool, state: &str) -> Result<Option<
     })
     .transpose()
 }
+
+/// Records that a consent state was used; false when it already was. The row is kept until
+/// the state would have expired anyway (then it could not be used again regardless).
+pub(super) async fn claim_state(
+    pool: &SqlitePool,
+    state: &str,
+    mailbox: &MailboxAddress,
+    expires_at: time::OffsetDateTime,
+) -> Result<bool, StoreError> {
+    const OP: &str = "claim consent state";
+    sqlx::query("DELETE FROM consent_states WHERE expires_at < ?1")
+        .bind(to_stored(OP, time::OffsetDateTime::now_utc())?)
+        .execute(pool)
+        .await
+        .map_err(db_err(OP))?;
+    let done = sqlx::query(
+        "INSERT INTO consent_states (state, mailbox, sealed_verifier, expires_at) VALUES (?1, ?2, x'', ?3)
+         ON CONFLICT (state) DO NOTHING",
+    )
+    .bind(state)
+    .bind(mailbox.as_str())
+    .bind(to_stored(OP, expires_at)?)
+    .execute(pool)
+    .await
+    .map_err(db_err(OP))?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,52 +1,46 @@
-//! The outbox table: stored before the API answers, advanced step by step by the sender.
+//! The outbox table: stored before the API answers, advanced step by step by the sender,
+//! loaded one row at a time, its payload dropped once finished and past retention.
 
-use sqlx::sqlite::SqlitePool;
+use sqlx::Row as _;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 use time::OffsetDateTime;
 
 use super::{db_err, from_stored, to_stored};
 use crate::domain::MailboxAddress;
 use crate::store::{OutboundRecord, OutboundStatus, SendStep, StoreError};
 
-type Row = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    String,
-    String,
-    String,
-);
-
-/// The column list, as a macro so queries stay `&'static str` (sqlx refuses built strings).
-macro_rules! columns {
+/// The columns after `request`, as a macro so queries stay `&'static str` (sqlx refuses built strings).
+macro_rules! columns_after_request {
     () => {
-        "id, mailbox, idempotency_key, request_hash, request, status, step, draft_id, error, attempts, \
-         next_attempt_at, created_at, updated_at"
+        "kind, status, step, draft_id, error, attempts, next_attempt_at, created_at, updated_at, submitted_at, \
+         internet_message_id, conversation_id"
     };
 }
 
-fn record(op: &'static str, r: Row) -> Result<OutboundRecord, StoreError> {
+fn record(op: &'static str, r: &SqliteRow) -> Result<OutboundRecord, StoreError> {
+    let text = |name: &str| -> Result<String, StoreError> { r.try_get::<String, _>(name).map_err(db_err(op)) };
+    let opt =
+        |name: &str| -> Result<Option<String>, StoreError> { r.try_get::<Option<String>, _>(name).map_err(db_err(op)) };
     let bad = |what: &str, v: &str| StoreError::Database(format!("{op}: bad stored {what} '{v}'"));
+    let (mailbox, status, step) = (text("mailbox")?, text("status")?, text("step")?);
     Ok(OutboundRecord {
-        mailbox: MailboxAddress::parse(&r.1).map_err(|_| bad("mailbox", &r.1))?,
-        status: OutboundStatus::parse(&r.5).ok_or_else(|| bad("status", &r.5))?,
-        step: SendStep::parse(&r.6).ok_or_else(|| bad("step", &r.6))?,
-        id: r.0,
-        idempotency_key: r.2,
-        request_hash: r.3,
-        request: r.4,
-        draft_id: r.7,
-        error: r.8,
-        attempts: u32::try_from(r.9).unwrap_or(0),
-        next_attempt_at: from_stored(op, &r.10)?,
-        created_at: from_stored(op, &r.11)?,
-        updated_at: from_stored(op, &r.12)?,
+        mailbox: MailboxAddress::parse(&mailbox).map_err(|_| bad("mailbox", &mailbox))?,
+        status: OutboundStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
+        step: SendStep::parse(&step).ok_or_else(|| bad("step", &step))?,
+        id: text("id")?,
+        idempotency_key: text("idempotency_key")?,
+        request_hash: text("request_hash")?,
+        request: text("request")?,
+        kind: text("kind")?,
+        draft_id: opt("draft_id")?,
+        error: opt("error")?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err(op))?).unwrap_or(0),
+        next_attempt_at: from_stored(op, &text("next_attempt_at")?)?,
+        created_at: from_stored(op, &text("created_at")?)?,
+        updated_at: from_stored(op, &text("updated_at")?)?,
+        submitted_at: opt("submitted_at")?.map(|t| from_stored(op, &t)).transpose()?,
+        internet_message_id: opt("internet_message_id")?,
+        conversation_id: opt("conversation_id")?,
     })
 }
 
@@ -54,9 +48,9 @@ pub(super) async fn enqueue(pool: &SqlitePool, rec: &OutboundRecord) -> Result<O
     const OP: &str = "enqueue outbound";
     let mut tx = pool.begin().await.map_err(db_err(OP))?;
     sqlx::query(
-        "INSERT INTO outbox (id, mailbox, idempotency_key, request_hash, request, status, step, draft_id, error, attempts,
-                             next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+        "INSERT INTO outbox (id, mailbox, idempotency_key, request_hash, request, kind, status, step, draft_id, error,
+                             attempts, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (mailbox, idempotency_key) DO NOTHING",
     )
     .bind(&rec.id)
@@ -64,6 +58,7 @@ pub(super) async fn enqueue(pool: &SqlitePool, rec: &OutboundRecord) -> Result<O
     .bind(&rec.idempotency_key)
     .bind(&rec.request_hash)
     .bind(&rec.request)
+    .bind(&rec.kind)
     .bind(rec.status.as_str())
     .bind(rec.step.as_str())
     .bind(&rec.draft_id)
@@ -75,9 +70,10 @@ pub(super) async fn enqueue(pool: &SqlitePool, rec: &OutboundRecord) -> Result<O
     .execute(&mut *tx)
     .await
     .map_err(db_err(OP))?;
-    let row: Row = sqlx::query_as(concat!(
-        "SELECT ",
-        columns!(),
+    // The stored row without its payload: the caller has the request it just sent.
+    let row = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash, '' AS request, ",
+        columns_after_request!(),
         " FROM outbox WHERE mailbox = ?1 AND idempotency_key = ?2"
     ))
     .bind(rec.mailbox.as_str())
@@ -86,40 +82,85 @@ pub(super) async fn enqueue(pool: &SqlitePool, rec: &OutboundRecord) -> Result<O
     .await
     .map_err(db_err(OP))?;
     tx.commit().await.map_err(db_err(OP))?;
-    record(OP, row)
+    record(OP, &row)
 }
 
 pub(super) async fn get(pool: &SqlitePool, id: &str) -> Result<Option<OutboundRecord>, StoreError> {
     const OP: &str = "read outbound";
-    let row: Option<Row> = sqlx::query_as(concat!("SELECT ", columns!(), " FROM outbox WHERE id = ?1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(db_err(OP))?;
-    row.map(|r| record(OP, r)).transpose()
+    let row = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash, '' AS request, ",
+        columns_after_request!(),
+        " FROM outbox WHERE id = ?1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err(OP))?;
+    row.map(|r| record(OP, &r)).transpose()
 }
 
-pub(super) async fn due(pool: &SqlitePool, now: OffsetDateTime, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
-    const OP: &str = "read due outbound";
-    let rows: Vec<Row> = sqlx::query_as(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM outbox WHERE status IN ('queued', 'sending') AND next_attempt_at <= ?1
-         ORDER BY next_attempt_at, created_at LIMIT ?2"
+pub(super) async fn by_key(
+    pool: &SqlitePool,
+    mailbox: &MailboxAddress,
+    key: &str,
+) -> Result<Option<OutboundRecord>, StoreError> {
+    const OP: &str = "read outbound by key";
+    let row = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash, '' AS request, ",
+        columns_after_request!(),
+        " FROM outbox WHERE mailbox = ?1 AND idempotency_key = ?2"
     ))
+    .bind(mailbox.as_str())
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err(OP))?;
+    row.map(|r| record(OP, &r)).transpose()
+}
+
+pub(super) async fn due_mailboxes(pool: &SqlitePool, now: OffsetDateTime) -> Result<Vec<MailboxAddress>, StoreError> {
+    const OP: &str = "read outbound mailboxes";
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT mailbox FROM outbox WHERE status IN ('queued', 'sending') AND next_attempt_at <= ?1",
+    )
     .bind(to_stored(OP, now)?)
-    .bind(i64::from(limit))
     .fetch_all(pool)
     .await
     .map_err(db_err(OP))?;
-    rows.into_iter().map(|r| record(OP, r)).collect()
+    rows.into_iter()
+        .map(|(m,)| {
+            MailboxAddress::parse(&m).map_err(|_| StoreError::Database(format!("{OP}: bad stored mailbox '{m}'")))
+        })
+        .collect()
+}
+
+pub(super) async fn next_due(
+    pool: &SqlitePool,
+    mailbox: &MailboxAddress,
+    now: OffsetDateTime,
+) -> Result<Option<OutboundRecord>, StoreError> {
+    const OP: &str = "read due outbound";
+    let row = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash,
+                CASE WHEN step IN ('send_requested', 'accepted') THEN '' ELSE request END AS request, ",
+        columns_after_request!(),
+        " FROM outbox WHERE mailbox = ?1 AND status IN ('queued', 'sending') AND next_attempt_at <= ?2
+         ORDER BY next_attempt_at, created_at LIMIT 1"
+    ))
+    .bind(mailbox.as_str())
+    .bind(to_stored(OP, now)?)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err(OP))?;
+    row.map(|r| record(OP, &r)).transpose()
 }
 
 pub(super) async fn update(pool: &SqlitePool, rec: &OutboundRecord) -> Result<(), StoreError> {
     const OP: &str = "update outbound";
     sqlx::query(
         "UPDATE outbox SET status = ?2, step = ?3, draft_id = ?4, error = ?5, attempts = ?6, next_attempt_at = ?7,
-                           updated_at = ?8 WHERE id = ?1",
+                           updated_at = ?8, submitted_at = ?9, internet_message_id = ?10, conversation_id = ?11
+         WHERE id = ?1",
     )
     .bind(&rec.id)
     .bind(rec.status.as_str())
@@ -129,8 +170,123 @@ pub(super) async fn update(pool: &SqlitePool, rec: &OutboundRecord) -> Result<()
     .bind(i64::from(rec.attempts))
     .bind(to_stored(OP, rec.next_attempt_at)?)
     .bind(to_stored(OP, rec.updated_at)?)
+    .bind(rec.submitted_at.map(|t| to_stored(OP, t)).transpose()?)
+    .bind(&rec.internet_message_id)
+    .bind(&rec.conversation_id)
     .execute(pool)
     .await
     .map_err(db_err(OP))?;
     Ok(())
+}
+
+pub(super) async fn prune(pool: &SqlitePool, before: OffsetDateTime) -> Result<u64, StoreError> {
+    const OP: &str = "prune outbound";
+    let done = sqlx::query(
+        "UPDATE outbox SET request = '' WHERE status IN ('sent', 'failed', 'unconfirmed') AND updated_at < ?1
+         AND request <> ''",
+    )
+    .bind(to_stored(OP, before)?)
+    .execute(pool)
+    .await
+    .map_err(db_err(OP))?;
+    Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use time::{Duration, OffsetDateTime};
+
+    use super::super::SqliteStore;
+    use crate::domain::MailboxAddress;
+    use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store};
+
+    fn row(mailbox: &MailboxAddress, key: &str, now: OffsetDateTime) -> OutboundRecord {
+        OutboundRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            mailbox: mailbox.clone(),
+            idempotency_key: key.into(),
+            request_hash: format!("hash-{key}"),
+            request: format!("{{\"kind\":\"reply\",\"payload\":\"{}\"}}", "x".repeat(10_000)),
+            kind: "reply".into(),
+            status: OutboundStatus::Queued,
+            step: SendStep::New,
+            draft_id: None,
+            error: None,
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            updated_at: now,
+            submitted_at: None,
+            internet_message_id: None,
+            conversation_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_load_one_at_a_time_and_finished_ones_lose_their_payload_after_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("inboxd.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let (a, b) = (
+            MailboxAddress::parse("a@x.test").unwrap(),
+            MailboxAddress::parse("b@x.test").unwrap(),
+        );
+        let now = OffsetDateTime::now_utc();
+        let first = store
+            .enqueue_outbound(&row(&a, "k1", now - Duration::seconds(2)))
+            .await
+            .unwrap();
+        let second = store
+            .enqueue_outbound(&row(&a, "k2", now - Duration::seconds(1)))
+            .await
+            .unwrap();
+        store.enqueue_outbound(&row(&b, "k3", now)).await.unwrap();
+        assert!(first.request.is_empty(), "enqueue answers without echoing the payload");
+        let mut due = store.outbound_due_mailboxes(now).await.unwrap();
+        due.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(due, vec![a.clone(), b.clone()]);
+
+        // The oldest due row of the mailbox, with its payload.
+        let mut next = store.next_due_outbound(&a, now).await.unwrap().unwrap();
+        assert_eq!(next.id, first.id);
+        assert!(next.request.len() > 10_000);
+        // Handed to Graph: loaded without the payload from then on.
+        next.step = SendStep::Accepted;
+        next.status = OutboundStatus::Sending;
+        next.submitted_at = Some(now);
+        next.internet_message_id = Some("<m@x>".into());
+        store.update_outbound(&next).await.unwrap();
+        let again = store.next_due_outbound(&a, now).await.unwrap().unwrap();
+        assert_eq!(again.id, first.id);
+        assert!(again.request.is_empty());
+        assert_eq!(again.internet_message_id.as_deref(), Some("<m@x>"));
+        assert_eq!(
+            again.submitted_at.map(|t| t.unix_timestamp()),
+            Some(now.unix_timestamp())
+        );
+
+        // Finished long ago: pruned; finished recently or unfinished: kept.
+        let mut done = again;
+        done.status = OutboundStatus::Sent;
+        done.updated_at = now - Duration::days(8);
+        store.update_outbound(&done).await.unwrap();
+        let mut recent = store.next_due_outbound(&a, now).await.unwrap().unwrap();
+        assert_eq!(recent.id, second.id);
+        recent.status = OutboundStatus::Unconfirmed;
+        store.update_outbound(&recent).await.unwrap();
+        assert_eq!(store.prune_outbound(now - Duration::days(7)).await.unwrap(), 1);
+        let sizes: Vec<(String, i64)> = sqlx::query_as("SELECT id, length(request) FROM outbox ORDER BY created_at")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(sizes[0], (first.id.clone(), 0));
+        assert!(sizes[1].1 > 10_000 && sizes[2].1 > 10_000, "{sizes:?}");
+        // Status, ids and the idempotency answer stay.
+        let kept = store.outbound_by_key(&a, "k1").await.unwrap().unwrap();
+        assert_eq!(
+            (kept.id, kept.status, kept.request_hash),
+            (first.id, OutboundStatus::Sent, "hash-k1".into())
+        );
+        assert!(store.next_due_outbound(&a, now).await.unwrap().is_none());
+    }
 }
