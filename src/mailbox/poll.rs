@@ -236,25 +236,27 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
             }
             other => other?,
         };
-        let items = page
-            .get("value")
-            .and_then(Value::as_array)
-            .ok_or_else(|| PollError::Malformed("no 'value' array".into()))?;
+        let mut page = page;
+        // Taken, not cloned: a page can hold a hundred large bodies.
+        let Some(Value::Array(items)) = page.get_mut("value").map(Value::take) else {
+            return Err(PollError::Malformed("no 'value' array".into()));
+        };
         let mut fresh: Vec<Value> = Vec::new();
         for item in items {
             if item.get("@removed").is_some() {
                 continue;
             }
-            if let Some(received) = item
-                .get("receivedDateTime")
-                .and_then(Value::as_str)
-                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+            if filtered
+                && let Some(received) = item
+                    .get("receivedDateTime")
+                    .and_then(Value::as_str)
+                    .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
             {
                 newest_seen = newest_seen.max(Some(received));
             }
             match item.get("id").and_then(Value::as_str) {
                 // Graph may return an item twice in one round; it is delivered once.
-                Some(id) if seen.insert(id.to_string()) => fresh.push(item.clone()),
+                Some(id) if seen.insert(id.to_string()) => fresh.push(item),
                 Some(_) => {}
                 None => {
                     deliver::quarantine(ctx, folder, "(no id)", "delta item without an id").await?;
