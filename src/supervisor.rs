@@ -338,7 +338,9 @@ async fn supervised_mailbox(ctx: Arc<MailboxCtx>, metrics: Arc<Metrics>, cancel:
             let (board, address) = (ctx.board.clone(), address.clone());
             async move {
                 let reason = format!("inboxd hit an internal error ({panic}); the mailbox restarts by itself");
-                board.set(&address, MailboxState::Backoff, Some(reason), None).await;
+                // Boxed: inline, this rarely used future (it holds a sink delivery) would size
+                // every sleeping mailbox task by several kilobytes.
+                Box::pin(board.set(&address, MailboxState::Backoff, Some(reason), None)).await;
             }
         },
     )
