@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod domain;
