@@ -1,6 +1,7 @@
 //! Tests of the daemon against the emulator, over real HTTP, with real SQLite files.
 
 mod bench_smoke;
+mod brokers;
 mod cli;
 mod crash;
 mod delegated;

@@ -1,0 +1,1 @@
+//! Reply requests read from a broker.
