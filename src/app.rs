@@ -46,6 +46,8 @@ pub struct App {
     sealer: Option<Arc<Sealer>>,
     /// The file to reload from on SIGHUP or change (None: no reload).
     config_path: Option<PathBuf>,
+    /// Reply requests read from a broker (`[intake]`), checked at start.
+    intake: Option<Arc<crate::intake::Source>>,
 }
 
 /// The HTTP client for Microsoft: rustls, the extra root of `microsoft.ca_file` if any.
@@ -95,6 +97,12 @@ impl App {
         ));
         let apps = build_apps(&config, &http, &metrics).map_err(anyhow::Error::msg)?;
         let board = StatusBoard::new(metrics.clone(), store.clone(), sink.clone());
+        let intake = match &config.intake {
+            Some(c) => Some(Arc::new(
+                crate::intake::Source::open(c).await.map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        };
         let sealer = config.store.encryption_key.as_ref().map(|k| Arc::new(Sealer::new(k)));
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -111,6 +119,7 @@ impl App {
             http,
             sealer,
             config_path: None,
+            intake,
         })
     }
 
@@ -192,6 +201,24 @@ impl App {
                 .await
             }
         });
+        if let Some(source) = self.intake.clone() {
+            let intake = Arc::new(crate::intake::Intake {
+                outbox: outbox.clone(),
+                board: self.board.clone(),
+            });
+            let (metrics, cancel) = (self.metrics.clone(), root.child_token());
+            tasks.spawn(async move {
+                crate::task::supervise(
+                    "intake",
+                    "intake".into(),
+                    &metrics,
+                    cancel.clone(),
+                    || source.run(intake.clone(), cancel.clone()),
+                    |_| async {},
+                )
+                .await
+            });
+        }
         tasks.spawn(crate::auth::watch_expiry(expiries, root.child_token()));
         tasks.spawn(prune_delivered(self.store.clone(), root.child_token()));
         let delegated: Vec<MailboxAddress> = self

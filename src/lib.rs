@@ -15,6 +15,7 @@ pub mod domain;
 pub mod emulator;
 pub mod event;
 pub mod graph;
+pub mod intake;
 pub mod mailbox;
 pub mod metrics;
 pub mod outbound;

@@ -9,7 +9,6 @@ mod rabbitmq;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -221,9 +220,4 @@ impl Drop for Proxy {
 /// The value of `inboxd_sink_unavailable{sink="<sink>"}` in a metrics text.
 pub fn sink_unavailable(metrics: &str, sink: &str) -> Option<f64> {
     crate::support::metric(metrics, "inboxd_sink_unavailable", &format!("sink=\"{sink}\""))
-}
-
-/// Reads a file if it exists.
-pub fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
