@@ -8,16 +8,36 @@
 # The image holds the binary, CA certificates and nothing else (no shell). It runs as
 # uid/gid 65532 ("nonroot") and writes only to /var/lib/inboxd (the SQLite store and a
 # file sink belong there), so it runs unchanged with a read-only root filesystem.
-# Kubernetes manifests: deploy/. CI lints this file with hadolint (.ci/ops-checks) and
-# tests/daemon/image.rs runs the binary the way this image does.
+# Kubernetes manifests: deploy/; operations: docs/operations.md. CI lints this file with
+# hadolint (.ci/ops-checks) and tests/daemon/image.rs runs the binary the way this image does.
 
 # ---------------------------------------------------------------------------------------
-# Build stage. Keep the tag in step with `rust-version` in Cargo.toml; bookworm matches the
-# glibc of the distroless runtime below (debian12).
+# Base images. A release pins both by digest, so that a rebuild gets the same bytes. The
+# defaults carry tags only: this repository's CI cannot reach an image registry to resolve a
+# digest, and a made-up one would be worse than none. Resolve each tag where a registry is
+# reachable (`docker buildx imagetools inspect IMAGE:TAG`, the "Digest:" line) and build with
+#   --build-arg BUILDER_IMAGE=docker.io/library/rust:1.95-slim-bookworm@sha256:<digest>
+#   --build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:<digest>
+# or write them into the defaults below. .ci/ops-checks refuses a digest that is not
+# sha256:<64 hex digits> and lists the base images still unpinned; with
+# INBOXD_REQUIRE_PINNED=1 (release CI) an unpinned one fails it.
+# Keep the rust tag in step with `rust-version` in Cargo.toml; bookworm matches the glibc of
+# the distroless runtime (debian12).
 # ---------------------------------------------------------------------------------------
-FROM rust:1.95-slim-bookworm AS builder
+ARG BUILDER_IMAGE=docker.io/library/rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+# ---------------------------------------------------------------------------------------
+# Build stage.
+# ---------------------------------------------------------------------------------------
+FROM ${BUILDER_IMAGE} AS builder
 
 WORKDIR /build
+
+# The image ships no debug info: the release profile's line tables are for local profiling
+# (they are most of the binary's size). Symbols stay, so a panic's backtrace names functions.
+ENV CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=debuginfo
 
 # 1. Dependencies only, against a placeholder crate: this layer is rebuilt only when
 #    Cargo.toml or Cargo.lock change, not on every source edit. The placeholder's own
@@ -46,8 +66,9 @@ RUN touch src/main.rs src/lib.rs \
 # ---------------------------------------------------------------------------------------
 # Runtime stage: glibc, libgcc, CA certificates and a "nonroot" user (65532), no shell.
 # ---------------------------------------------------------------------------------------
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 
+ARG RUNTIME_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="inboxd" \
@@ -55,7 +76,7 @@ LABEL org.opencontainers.image.title="inboxd" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 
 COPY --from=builder /out/usr/local/bin/inboxd /usr/local/bin/inboxd
 # The data directory exists in the image and belongs to the runtime user, so a fresh named
@@ -80,5 +101,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 # give `docker stop` more than that (docker stop -t 30; compose stop_grace_period).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/inboxd"]
-# Mount the config here (read-only); secrets come from the environment (env:NAME references).
+# Mount the config here (read-only); secrets are env:NAME or file:PATH references (deploy/
+# mounts them as files under /run/secrets/inboxd, so a rotation needs no restart).
 CMD ["run", "--config", "/etc/inboxd/inboxd.toml"]

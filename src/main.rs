@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 
 /// Exit code for a configuration that cannot be used (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
+/// Exit code when another instance holds the store's lock (sysexits EX_TEMPFAIL: it works
+/// once the other one stops).
+const EXIT_LOCKED: u8 = 75;
 
 /// inboxd: Office 365 / Exchange Online mailboxes to contact-center routing.
 #[derive(Parser)]
@@ -118,6 +121,14 @@ async fn main() -> ExitCode {
             {
                 Ok(app) => app,
                 Err(e) => {
+                    if let Some(inboxd::store::StoreError::Locked(path)) = e.downcast_ref() {
+                        tracing::error!(
+                            lock_file = %path.display(),
+                            error = format!("{e:#}"),
+                            "Another inboxd process uses this store; exiting. Stop it, or point store.url elsewhere."
+                        );
+                        return ExitCode::from(EXIT_LOCKED);
+                    }
                     tracing::error!(error = format!("{e:#}"), "Start-up failed.");
                     return ExitCode::FAILURE;
                 }

@@ -30,8 +30,11 @@ pub struct Metrics {
     pub mailboxes: Family<Labels, Gauge>,
     /// Received → acknowledged, seconds.
     pub delivery_lag: Histogram,
-    /// Last successful poll per mailbox, Unix seconds.
+    /// Last successful poll per mailbox, Unix seconds; seeded at start from the store (or the
+    /// start time for a new mailbox) and absent while the mailbox is flagged or disabled.
     pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Each polled mailbox's poll interval, seconds: alert thresholds scale with it.
+    pub poll_interval: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Messages quarantined.
     pub quarantined: Counter,
     /// Outbound messages by final status (`sent`, `failed`).
@@ -60,6 +63,7 @@ impl Metrics {
             mailboxes: Family::default(),
             delivery_lag: Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0]),
             last_success: Family::default(),
+            poll_interval: Family::default(),
             quarantined: Counter::default(),
             outbound: Family::default(),
             credential_expiry: Family::default(),
@@ -101,6 +105,11 @@ impl Metrics {
             m.last_success.clone(),
         );
         registry.register(
+            "inboxd_poll_interval_seconds",
+            "Configured poll interval of a polled mailbox",
+            m.poll_interval.clone(),
+        );
+        registry.register(
             "inboxd_quarantined_messages",
             "Messages quarantined",
             m.quarantined.clone(),
@@ -137,6 +146,10 @@ impl Metrics {
         );
         for task in ["mailbox", "sender"] {
             let _ = m.task_panics.get_or_create(&vec![("task", task.to_string())]);
+        }
+        // From 0, so that the first refused reload is an increase an alert can see.
+        for outcome in ["applied", "invalid"] {
+            let _ = m.config_reloads.get_or_create(&vec![("outcome", outcome.to_string())]);
         }
         for status in ["sent", "failed"] {
             let _ = m.outbound.get_or_create(&vec![("status", status.to_string())]);
@@ -181,6 +194,27 @@ impl Metrics {
         self.last_success
             .get_or_create(&vec![("mailbox", mailbox.to_string())])
             .set(unix_seconds);
+    }
+
+    /// Starts a polled mailbox's series: its poll interval and its last success so far.
+    pub fn mailbox_polled(&self, mailbox: &str, poll_interval_seconds: f64, last_success_unix_seconds: f64) {
+        let labels = vec![("mailbox", mailbox.to_string())];
+        self.poll_interval.get_or_create(&labels).set(poll_interval_seconds);
+        self.last_success.get_or_create(&labels).set(last_success_unix_seconds);
+    }
+
+    /// Drops a flagged mailbox's last success: the flag's own alert speaks for it, and the
+    /// "not polled" alert would only repeat it per mailbox.
+    pub fn hide_last_success(&self, mailbox: &str) {
+        self.last_success.remove(&vec![("mailbox", mailbox.to_string())]);
+    }
+
+    /// Drops every series of a mailbox that is no longer polled (removed or disabled), so no
+    /// alert fires for it until a restart.
+    pub fn forget_mailbox(&self, mailbox: &str) {
+        let labels = vec![("mailbox", mailbox.to_string())];
+        self.last_success.remove(&labels);
+        self.poll_interval.remove(&labels);
     }
 
     /// Counts one configuration reload.

@@ -100,6 +100,18 @@ struct TokenResponse {
 }
 
 /// Seconds as Entra sends them: a number, or a string holding one.
+/// A token's lifetime and when to refresh it, from the endpoint's `expires_in` and optional
+/// `refresh_in` (seconds). Capped: a huge `expires_in` must not overflow the clock or keep a
+/// token for ever; the refresh comes before expiry, by a margin of up to half the lifetime.
+fn lifetimes(expires_in: u64, refresh_in: Option<u64>) -> (Duration, Duration) {
+    let lifetime = Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME);
+    let mut refresh_after = lifetime - REFRESH_MARGIN.min(lifetime / 2);
+    if let Some(refresh_in) = refresh_in {
+        refresh_after = refresh_after.min(Duration::from_secs(refresh_in));
+    }
+    (lifetime, refresh_after)
+}
+
 fn seconds(v: &Option<serde_json::Value>) -> Option<u64> {
     match v.as_ref()? {
         serde_json::Value::Number(n) => n.as_u64(),
@@ -222,12 +234,7 @@ impl TokenEndpoint {
             && let (Some(token), Some(expires_in)) = (body.access_token, seconds(&body.expires_in))
         {
             self.metrics.token_request(&self.name.0, "success");
-            // Capped: a huge `expires_in` must not overflow the clock or keep a token for ever.
-            let lifetime = Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME);
-            let mut refresh_after = lifetime - REFRESH_MARGIN.min(lifetime / 2);
-            if let Some(refresh_in) = seconds(&body.refresh_in) {
-                refresh_after = refresh_after.min(Duration::from_secs(refresh_in));
-            }
+            let (lifetime, refresh_after) = lifetimes(expires_in, seconds(&body.refresh_in));
             // Measured from when the request left: the token may be older than its answer.
             let access = AccessToken {
                 secret: SecretString::from(token),
@@ -295,5 +302,24 @@ pub fn describe(e: &reqwest::Error) -> String {
         kind.to_string()
     } else {
         format!("{kind}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn any_expires_in_gives_a_bounded_lifetime_refreshed_before_expiry(
+            expires_in in proptest::num::u64::ANY,
+            refresh_in in proptest::option::of(proptest::num::u64::ANY),
+        ) {
+            let (lifetime, refresh_after) = lifetimes(expires_in, refresh_in);
+            proptest::prop_assert!(lifetime <= MAX_TOKEN_LIFETIME);
+            proptest::prop_assert!(refresh_after <= lifetime);
+            // Adding them to the clock cannot overflow.
+            let _ = tokio::time::Instant::now() + lifetime;
+        }
     }
 }

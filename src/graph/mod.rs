@@ -171,7 +171,7 @@ impl Graph {
             .when(|e: &CallError| match e {
                 CallError::Graph(g) => {
                     g.is_transient()
-                        && !(g.retry_after.zip(call.max_retry_wait).is_some_and(|(wait, max)| wait > max))
+                        && g.retry_after.zip(call.max_retry_wait).is_none_or(|(wait, max)| wait <= max)
                         && !(g.kind == GraphErrorKind::Malformed
                             && malformed.load(std::sync::atomic::Ordering::Relaxed) >= MALFORMED_RETRIES)
                 }
@@ -427,10 +427,16 @@ fn repair_surrogates(text: &str) -> String {
 
 /// Percent-encodes one URL path segment (mailbox addresses, message ids) for Graph paths.
 pub fn segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
+
+/// What [`segment`] escapes: everything but RFC 3986's unreserved characters, so `@`, `/`, `+`,
+/// `=` and spaces in addresses and ids can never change a path's meaning.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// `innerError.request-id`, spelled however Graph spells it this time.
 fn inner_request_id(error: &Value) -> Option<String> {
@@ -481,6 +487,15 @@ mod tests {
     }
 
     #[test]
+    fn path_segments_escape_everything_that_could_change_the_path() {
+        assert_eq!(segment("support@contoso.com"), "support%40contoso.com");
+        assert_eq!(segment("AAMkAD+/=="), "AAMkAD%2B%2F%3D%3D");
+        assert_eq!(segment("a b?c#d"), "a%20b%3Fc%23d");
+        assert_eq!(segment("inbox"), "inbox");
+        assert_eq!(segment("é"), "%C3%A9");
+    }
+
+    #[test]
     fn lone_surrogates_are_replaced_and_pairs_and_escapes_kept() {
         let page = br#"{"value":[{"id":"1","subject":"bad \ud800 here"},{"id":"2","subject":"pair \ud83d\ude00 and \\u not an escape \udc00"}]}"#;
         assert!(
@@ -501,5 +516,44 @@ mod tests {
             lenient_json(br#"{"value":[{"id":"1","subj"#).is_err(),
             "truncated stays an error"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_fail_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = lenient_json(&bytes);
+        }
+
+        #[test]
+        fn any_string_with_stray_surrogates_still_parses(text in "\\PC{0,40}", cut in 0usize..40, unit in 0xD800u16..0xE000) {
+            // A valid JSON string with a surrogate escape spliced in at a char boundary.
+            let encoded = serde_json::to_string(&text).unwrap();
+            let inner = &encoded[1..encoded.len() - 1];
+            let mut at = cut.min(inner.len());
+            while !inner.is_char_boundary(at) || inner[..at].ends_with('\\') {
+                at -= 1;
+            }
+            let spliced = format!("{{\"s\":\"{}\\u{unit:04x}{}\"}}", &inner[..at], &inner[at..]);
+            let (value, _) = lenient_json(spliced.as_bytes()).expect("repaired");
+            proptest::prop_assert!(value["s"].is_string());
+        }
+
+        #[test]
+        fn retry_after_is_bounded_whatever_graph_sends(value in "\\PC{0,30}") {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+                headers.insert(reqwest::header::RETRY_AFTER, v);
+            }
+            if let Some(wait) = retry_after(&headers) {
+                proptest::prop_assert!(wait <= crate::domain::MAX_WIRE_WAIT);
+            }
+        }
+
+        #[test]
+        fn wire_seconds_never_panic(secs in proptest::num::f64::ANY) {
+            if let Some(d) = crate::domain::bounded_secs(secs, crate::domain::MAX_WIRE_WAIT) {
+                proptest::prop_assert!(d <= crate::domain::MAX_WIRE_WAIT);
+            }
+        }
     }
 }

@@ -47,45 +47,38 @@ fn header<'a>(headers: &'a [Value], name: &str) -> Option<&'a str> {
         .and_then(|h| h.get("value").and_then(Value::as_str))
 }
 
-/// Plain text from HTML, for routing's `body.text`.
+/// Plain text from HTML, for routing's `body.text`: rendered as a browser would lay the text
+/// out (whitespace collapsed, block elements on their own lines, list items marked, links kept
+/// as numbered footnotes with their URLs), one newline style, no line wrapping.
 pub fn html_to_text(html: &str) -> String {
-    let mut out = String::with_capacity(html.len() / 2);
-    let (mut in_tag, mut skip) = (false, false);
-    let mut tag = String::new();
-    for c in html.chars() {
-        match (in_tag, c) {
-            (false, '<') => {
-                in_tag = true;
-                tag.clear();
+    /// Wide enough that no line is wrapped; a line wider still overflows rather than failing.
+    const WIDTH: usize = 100_000;
+    let rendered = html2text::config::plain_no_decorate()
+        .link_footnotes(true)
+        .no_table_borders()
+        .no_link_wrapping()
+        .allow_width_overflow()
+        .string_from_read(html.as_bytes(), WIDTH)
+        .unwrap_or_default();
+    let mut out = String::with_capacity(rendered.len());
+    let mut blank_run = 0;
+    // A no-break space is a space to a reader (and to routing's keyword rules).
+    let rendered = rendered.replace('\u{a0}', " ");
+    for line in rendered.lines() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            blank_run += 1;
+            // At most one blank line between paragraphs.
+            if blank_run > 1 {
+                continue;
             }
-            (true, '>') => {
-                in_tag = false;
-                let name = tag
-                    .trim_start_matches('/')
-                    .split(|c: char| c.is_whitespace() || c == '/')
-                    .next()
-                    .unwrap_or("")
-                    .to_ascii_lowercase();
-                if matches!(name.as_str(), "style" | "script" | "head") {
-                    skip = !tag.starts_with('/');
-                }
-                if matches!(name.as_str(), "br" | "p" | "div" | "tr" | "li" | "hr") && !out.ends_with('\n') {
-                    out.push('\n');
-                }
-            }
-            (true, c) => tag.push(c),
-            (false, c) if !skip => out.push(c),
-            _ => {}
+        } else {
+            blank_run = 0;
         }
+        out.push_str(line);
+        out.push('\n');
     }
-    out.replace("&nbsp;", " ")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
-        .trim()
-        .to_string()
+    out.trim().to_string()
 }
 
 /// Attachments as the event carries them; `cap` = `max_inline_attachment_bytes`.
@@ -237,6 +230,22 @@ mod tests {
     }
 
     #[test]
+    fn outlook_style_html_reads_as_an_agent_would_expect() {
+        let html = "<html><head><style>p{margin:0}</style></head><body>\r\n<div>Hello,</div>\r\n<div><br></div>\r\n\
+                    <div>my&nbsp;order #1042 is late &amp; I'm worried.</div>\r\n<div><br></div>\r\n\
+                    <ul><li>tracking: none</li>\r\n<li>paid: yes</li></ul>\r\n\
+                    <div>See <a href=\"https://shop.example/orders/1042\">my order</a>.</div>\r\n<div>Ann</div></body></html>";
+        let text = html_to_text(html);
+        assert!(!text.contains('\r'), "one newline style: {text:?}");
+        assert!(!text.contains("\n\n\n"), "no tripled blank lines: {text:?}");
+        assert!(text.starts_with("Hello,\n"), "{text:?}");
+        assert!(text.contains("my order #1042 is late & I'm worried."), "{text:?}");
+        assert!(text.contains("* tracking: none\n* paid: yes"), "list items marked: {text:?}");
+        assert!(text.contains("https://shop.example/orders/1042"), "the link's URL kept: {text:?}");
+        assert!(!text.contains("margin"), "styles are not text: {text:?}");
+    }
+
+    #[test]
     fn malformed_messages_are_refused_with_a_reason() {
         let mb = MailboxAddress::parse("a@b.test").unwrap();
         let err = event(&mb, "inbox", &json!({"id": "x", "body": {}}), &[], &[], 10).unwrap_err();
@@ -251,5 +260,66 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    /// Arbitrary JSON values, nested a little.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+            Just(Value::from("2026-01-02T03:04:05Z")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::hash_map(
+                    prop_oneof![
+                        Just("id".to_string()),
+                        Just("receivedDateTime".to_string()),
+                        Just("body".to_string()),
+                        Just("content".to_string()),
+                        Just("contentType".to_string()),
+                        Just("emailAddress".to_string()),
+                        Just("address".to_string()),
+                        Just("from".to_string()),
+                        Just("toRecipients".to_string()),
+                        Just("contentBytes".to_string()),
+                        Just("size".to_string()),
+                        Just("name".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_graph_message_becomes_an_event_or_a_named_reason(
+            m in json_value(),
+            headers in proptest::collection::vec(json_value(), 0..3),
+            attachments in proptest::collection::vec(json_value(), 0..3),
+            cap in 0u64..10,
+        ) {
+            let mb = MailboxAddress::parse("a@b.test").unwrap();
+            match event(&mb, "inbox", &m, &headers, &attachments, cap) {
+                Ok(e) => {
+                    proptest::prop_assert_eq!(&e.dedup_key, &dedup_key(&mb, m["id"].as_str().unwrap()));
+                    for a in &e.attachments {
+                        proptest::prop_assert!(a.content_base64.as_ref().is_none_or(|b| (b.len() as u64) <= cap * 4 / 3 + 4));
+                    }
+                }
+                Err(reason) => proptest::prop_assert!(
+                    ["id", "receivedDateTime", "body", "RFC 3339"].iter().any(|f| reason.contains(f)),
+                    "reason names nothing: {}", reason
+                ),
+            }
+        }
     }
 }

@@ -155,11 +155,10 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String
         for (j, a) in list.iter_mut().enumerate() {
             match contents.remove(&format!("c{i}_{j}")) {
                 Some(Ok(full)) => *a = full,
-                Some(Err(e)) => {
-                    if messages[i].is_ok() {
-                        messages[i] = Err(format!("an attachment could not be read: {e}"));
-                    }
+                Some(Err(e)) if messages[i].is_ok() => {
+                    messages[i] = Err(format!("an attachment could not be read: {e}"));
                 }
+                Some(Err(_)) => {}
                 None => {}
             }
         }
@@ -364,4 +363,28 @@ fn part_error(url: &str, status: u64, part: &Value) -> String {
     format!("GET {path} answered {status} {code} {message}")
         .trim_end()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_twenty_parts_and_sixteen_megabytes() {
+        let mb = 1024 * 1024;
+        let requests: Vec<(String, String, u64)> = (0..45)
+            .map(|i| (format!("c{i}"), format!("/a/{i}"), if i < 5 { 6 * mb } else { 10 }))
+            .collect();
+        let groups = by_bytes(requests);
+        // 6 MB each: two fit in 16 MB; then small ones fill up to 20 parts.
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![2, 2, 20, 20, 1]);
+        assert!(groups.iter().all(|g| g.len() <= BATCH_MAX));
+        // A single attachment larger than the budget still gets a batch of its own.
+        let groups = by_bytes(vec![
+            ("big".into(), "/a/big".into(), 40 * mb),
+            ("s".into(), "/a/s".into(), 1),
+        ]);
+        assert_eq!(groups.len(), 2);
+    }
 }

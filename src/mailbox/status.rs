@@ -104,12 +104,40 @@ impl StatusBoard {
             failing_folders: Vec::new(),
             consent_link,
         };
+        // What the store knew before a restart: when the mailbox last made progress. Seeding it
+        // keeps `last_success_at` across restarts and lets a mailbox stuck since a restart (or
+        // never polled) age like any other instead of having no metric until its first success.
+        let progress = if config.enabled {
+            match self.store.last_progress(&config.address, &config.folders).await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(mailbox = %config.address, error = %e, "Could not read the mailbox's last poll from the store; its last-success metric starts now.");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let view = MailboxView {
+            last_success_at: progress,
+            ..view
+        };
         let old = self
             .views
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(config.address.clone(), view);
         self.metrics.mailbox_state(old.map(|v| v.state), state);
+        if config.enabled {
+            let since = progress.unwrap_or_else(OffsetDateTime::now_utc);
+            self.metrics.mailbox_polled(
+                config.address.as_str(),
+                config.poll_interval.as_secs_f64(),
+                since.unix_timestamp() as f64,
+            );
+        } else {
+            self.metrics.forget_mailbox(config.address.as_str());
+        }
     }
 
     /// Moves a mailbox to `state`; logs and persists only real changes.
@@ -136,6 +164,16 @@ impl StatusBoard {
                 if from != state {
                     view.since = now;
                     self.metrics.mailbox_state(Some(from), state);
+                    if state.is_flagged() {
+                        self.metrics.hide_last_success(mailbox.as_str());
+                    } else if from.is_flagged() {
+                        // Polled again: the series resumes from the last success known.
+                        let last = view.last_success_at.unwrap_or(now);
+                        self.metrics
+                            .last_success
+                            .get_or_create(&vec![("mailbox", mailbox.to_string())])
+                            .set(last.unix_timestamp() as f64);
+                    }
                 }
                 view.state = state;
                 view.reason = reason.clone();
@@ -203,6 +241,9 @@ impl StatusBoard {
         if let Some(view) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get_mut(mailbox) {
             view.last_success_at = Some(now);
             view.delivered_total += delivered;
+        } else {
+            // Removed meanwhile: its series must not come back.
+            return;
         }
         self.metrics
             .poll_succeeded(mailbox.as_str(), now.unix_timestamp() as f64);
@@ -271,6 +312,7 @@ impl StatusBoard {
                 .get_or_create(&vec![("state", old.state.as_str().to_string())])
                 .dec();
         }
+        self.metrics.forget_mailbox(mailbox.as_str());
     }
 
     /// Every mailbox.

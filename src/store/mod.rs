@@ -22,6 +22,12 @@ pub enum StoreError {
     /// The store URL is not one this build can open.
     #[error("store url '{0}' is not supported (use sqlite://PATH)")]
     UnsupportedUrl(String),
+    /// Another process holds the store's lock file: two writers would both poll and send.
+    #[error(
+        "store: lock file {} is held by another inboxd process; only one instance may use this store (stop the other one first)",
+        .0.display()
+    )]
+    Locked(std::path::PathBuf),
 }
 
 /// A mailbox's persisted status.
@@ -259,6 +265,14 @@ pub trait Store: Send + Sync + 'static {
     async fn save_status(&self, mailbox: &MailboxAddress, status: &MailboxStatus) -> Result<(), StoreError>;
     /// Every persisted status.
     async fn statuses(&self) -> Result<Vec<(MailboxAddress, MailboxStatus)>, StoreError>;
+    /// The latest evidence that a mailbox was polled, for the last-success gauge at start: its
+    /// stored last success, or when every one of `folders` last stored a checkpoint (a finished
+    /// round, or the start of its first one), whichever is later. None for a new mailbox.
+    async fn last_progress(
+        &self,
+        mailbox: &MailboxAddress,
+        folders: &[String],
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
 
     /// Stores (replaces) a mailbox's sealed refresh token, atomically.
     async fn save_delegated_token(&self, token: &DelegatedToken) -> Result<(), StoreError>;

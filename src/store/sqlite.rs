@@ -4,7 +4,10 @@
 //! migrations embedded in the binary.
 
 use std::collections::HashSet;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,6 +65,29 @@ pub struct SqliteStore {
     /// written per polled folder and round, and losing the last ones to a power cut only
     /// replays a round (deduplicated by the delivered keys, which stay FULL).
     checkpoints: SqlitePool,
+    /// The exclusive lock on `<database>.lock`, held while any clone lives (None in memory).
+    /// SQLite's own locking serialises writes but lets two daemons poll and send at once.
+    lock: Option<Arc<File>>,
+}
+
+/// Takes the exclusive lock next to the database file, or says which file is held.
+/// An advisory `flock`: the OS releases it when the process dies, even on SIGKILL.
+fn lock_next_to(db: &Path) -> Result<File, StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::Database(format!("open lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked(path)),
+        Err(TryLockError::Error(e)) => Err(StoreError::Database(format!("lock {}: {e}", path.display()))),
+    }
 }
 
 impl SqliteStore {
@@ -93,6 +119,12 @@ impl SqliteStore {
             }
             SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
         };
+        // Before the first connection: a second instance must not even run migrations.
+        let lock = if in_memory {
+            None
+        } else {
+            Some(Arc::new(lock_next_to(options.get_filename())?))
+        };
         let pool = pool_options
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
@@ -113,13 +145,21 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Database(format!("open {url}: {e}")))?
         };
         tracing::debug!(url, "Opened the store.");
-        Ok(SqliteStore { pool, checkpoints })
+        Ok(SqliteStore {
+            pool,
+            checkpoints,
+            lock,
+        })
     }
 
-    /// Closes every connection, waiting for them to finish (checkpoints the WAL on the way out).
+    /// Closes every connection, waiting for them to finish (checkpoints the WAL on the way out),
+    /// then releases the lock so another process may open the store.
     pub async fn close(&self) {
         self.checkpoints.close().await;
         self.pool.close().await;
+        if let Some(lock) = &self.lock {
+            let _ = lock.unlock();
+        }
     }
 }
 
@@ -414,6 +454,39 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err(OP))?;
         Ok(())
+    }
+
+    async fn last_progress(
+        &self,
+        mailbox: &MailboxAddress,
+        folders: &[String],
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        const OP: &str = "read last progress";
+        let success: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT last_success_at FROM mailbox_statuses WHERE mailbox = ?1")
+                .bind(mailbox.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err(OP))?;
+        let success = success.and_then(|(t,)| t).map(|t| from_stored(OP, &t)).transpose()?;
+        // A mailbox has progressed as far as its least recent folder.
+        let mut oldest: Option<OffsetDateTime> = None;
+        for folder in folders {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT updated_at FROM delta_links WHERE mailbox = ?1 AND folder = ?2")
+                    .bind(mailbox.as_str())
+                    .bind(folder)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err(OP))?;
+            let Some((at,)) = row else {
+                oldest = None;
+                break;
+            };
+            let at = from_stored(OP, &at)?;
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        }
+        Ok(success.max(oldest))
     }
 
     async fn statuses(&self) -> Result<Vec<(MailboxAddress, MailboxStatus)>, StoreError> {

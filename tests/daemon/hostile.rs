@@ -381,3 +381,214 @@ async fn a_failing_folder_does_not_stop_the_others() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_410_after_a_long_gap_resyncs_everything_the_gap_held() {
+    let env = Env::new().await;
+    let mailbox = "long-gap@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s"));
+    let daemon = env.start(&toml).await;
+    env.deliver(&mailbox, "before the gap").await;
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(30)).await.len(), 1);
+    daemon.stop().await;
+
+    // The mailbox then stood still for 60 days (flagged, disabled, the pod gone): its last
+    // checkpoint is that old, and mail kept arriving meanwhile.
+    let db = format!("sqlite://{}", env.dir.path().join("inboxd.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let sixty_days_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(60)).unix_timestamp() * 1000;
+    sqlx::query("UPDATE delta_links SET checkpoint_ms = ?1")
+        .bind(sixty_days_ago)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let now = time::OffsetDateTime::now_utc();
+    for days in [45, 31, 10] {
+        let at = (now - time::Duration::days(days))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        env.control(
+            &format!("/_emulator/mailboxes/{mailbox}/messages"),
+            json!({
+                "from": {"name": "C", "address": "c@example.net"}, "to": [{"name": "", "address": mailbox}],
+                "subject": format!("{days} days ago"), "body": {"content_type": "text", "content": "x"}, "received_at": at,
+            }),
+        )
+        .await;
+    }
+    // Graph has long forgotten the delta token.
+    env.control(&format!("/_emulator/mailboxes/{mailbox}/expire-delta"), json!({}))
+        .await;
+
+    let daemon = env.start(&toml).await;
+    let events = env.wait_for_events(4, Duration::from_secs(30)).await;
+    let subjects: HashSet<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        HashSet::from(["before the gap", "45 days ago", "31 days ago", "10 days ago"]),
+        "the resync reaches back to the last checkpoint, not a fixed 30 days"
+    );
+    assert_eq!(events.len(), 4, "nothing announced twice");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_disk_under_the_file_sink_loses_nothing_and_says_so() {
+    let env = Env::new().await;
+    let mailbox = "disk-full@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    for n in 0..3 {
+        env.deliver(&mailbox, &format!("message {n}")).await;
+    }
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s"));
+    let full = toml.replace(&env.events_path().display().to_string(), "/dev/full");
+    let daemon = env.start(&full).await;
+    let down = eventually(Duration::from_secs(30), || async {
+        let (_, metrics) = daemon.get("/metrics", None).await;
+        metric(&metrics, "inboxd_sink_unavailable", "sink=\"file\"") == Some(1.0)
+            && daemon.state(&mailbox).await == "backoff"
+    })
+    .await;
+    assert!(down, "a full disk shows as an unavailable sink and a waiting mailbox");
+    assert!(quarantine(&daemon).await.is_empty());
+    daemon.stop().await;
+
+    // Space again (the real file): every message arrives.
+    let daemon = env.start(&toml).await;
+    assert_eq!(env.wait_for_events(3, Duration::from_secs(30)).await.len(), 3);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_writes_pauses_the_mailbox_and_loses_nothing() {
+    use sqlx::Connection;
+    let env = Env::new().await;
+    let mailbox = "store-locked@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s"));
+    let daemon = env.start(&toml).await;
+    env.deliver(&mailbox, "before").await;
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(30)).await.len(), 1);
+
+    // Another process takes the database's write lock and keeps it (a backup tool, an
+    // operator's sqlite3 shell): inboxd's writes fail after their busy timeout.
+    let db = format!("sqlite://{}", env.dir.path().join("inboxd.db").display());
+    let mut blocker = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker).await.unwrap();
+    for n in 0..3 {
+        env.deliver(&mailbox, &format!("while locked {n}")).await;
+    }
+    let paused = eventually(Duration::from_secs(60), || async {
+        daemon.state(&mailbox).await == "backoff"
+    })
+    .await;
+    assert!(paused, "the mailbox waits for the store");
+    let views = daemon.mailbox_views().await;
+    assert!(
+        views[&mailbox]["reason"].as_str().unwrap_or("").contains("database"),
+        "the reason names the store: {}",
+        views[&mailbox]
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+    let resumed = eventually(Duration::from_secs(60), || async {
+        daemon.state(&mailbox).await == "active"
+    })
+    .await;
+    assert!(resumed, "the mailbox resumes by itself");
+    let events = env.wait_for_events(4, Duration::from_secs(30)).await;
+    let subjects: HashSet<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(subjects.len(), 4, "every message arrived: {subjects:?}");
+    // What the sink received while the store could not record it may come twice, always with
+    // the same key.
+    let mut by_key = std::collections::HashMap::new();
+    for e in &events {
+        by_key
+            .entry(e.dedup_key.clone())
+            .or_insert_with(Vec::new)
+            .push(e.graph_id.clone());
+    }
+    assert!(by_key.values().all(|ids| ids.iter().all(|id| id == &ids[0])));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn throttled_mailboxes_hold_no_permit_the_others_need() {
+    let env = Env::new().await;
+    // More throttled mailboxes than ingest permits (16), each told to wait two minutes.
+    let throttled: Vec<String> = ('a'..='r').map(|c| format!("throttled{c}@contoso.test")).collect();
+    let healthy = "healthy@contoso.test".to_string();
+    let mut all = throttled.clone();
+    all.push(healthy.clone());
+    env.mailboxes(&all).await;
+    for mailbox in &throttled {
+        env.fault_for_mailbox(mailbox, json!({"status": 429, "retry_after": 120, "times": 1000}))
+            .await;
+    }
+    let daemon = env.start(&with_api_token(&env.config(&all, "1s"))).await;
+    let throttled_seen = eventually(Duration::from_secs(60), || async {
+        let requests = env.requests().await;
+        throttled.iter().all(|m| {
+            let local = m.split('@').next().unwrap();
+            requests
+                .iter()
+                .any(|r| r["status"] == 429 && r["path"].as_str().unwrap_or("").contains(local))
+        })
+    })
+    .await;
+    assert!(throttled_seen, "every throttled mailbox got its 429");
+    // The healthy mailbox keeps flowing well within the two minutes the others wait.
+    env.deliver(&healthy, "still flowing").await;
+    let events = env.wait_for_events(1, Duration::from_secs(60)).await;
+    assert_eq!(events.len(), 1, "a healthy mailbox waited behind throttled ones");
+    assert_eq!(events[0].mailbox, healthy);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_remembers_when_each_mailbox_last_worked() {
+    let env = Env::new().await;
+    let mailbox = "remembered@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s"));
+    let daemon = env.start(&toml).await;
+    let polled = eventually(Duration::from_secs(30), || async {
+        daemon.mailbox_views().await[&mailbox]["last_success_at"].is_string()
+    })
+    .await;
+    assert!(polled);
+    daemon.stop().await;
+    let stopped = time::OffsetDateTime::now_utc();
+    let before = {
+        let db = format!("sqlite://{}", env.dir.path().join("inboxd.db").display());
+        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+        let at: String = sqlx::query_scalar("SELECT last_success_at FROM mailbox_statuses WHERE mailbox = ?1")
+            .bind(&mailbox)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+
+    // After the restart Graph fails for this mailbox: it cannot succeed again, yet its view
+    // still says when it last worked.
+    env.fault_for_mailbox(&mailbox, json!({"status": 503, "times": 100_000}))
+        .await;
+    let daemon = env.start(&toml).await;
+    let view = daemon.mailbox_views().await[&mailbox].clone();
+    let shown = time::OffsetDateTime::parse(
+        view["last_success_at"]
+            .as_str()
+            .expect("last success kept across the restart"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    // The last success known, or the last checkpoint if later; never "never", never after the stop.
+    assert!(shown >= before && shown <= stopped, "{view}");
+    daemon.stop().await;
+}

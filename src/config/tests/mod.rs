@@ -345,3 +345,35 @@ fn the_shipped_configs_validate() {
     let config = from_sources(&example, &env, &dir).unwrap_or_else(|e| panic!("inboxd.example.toml:\n{e}"));
     assert_eq!(config.mailboxes.len(), 2);
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_poll_interval_is_accepted_within_bounds_or_refused_by_key(text in "[0-9]{0,22}[a-z ]{0,6}|\\PC{0,12}") {
+        let toml = format!("{BASE}poll_interval = {}\n", toml_string(&text));
+        match load(&toml, &[]) {
+            Ok(config) => {
+                let interval = config.mailboxes[0].poll_interval;
+                proptest::prop_assert!(!interval.is_zero() && interval <= Duration::from_secs(24 * 3600));
+            }
+            Err(errors) => proptest::prop_assert!(
+                errors.iter().any(|e| e.path == "mailboxes[0].poll_interval"),
+                "{}", errors
+            ),
+        }
+    }
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -483,3 +483,33 @@ async fn only_an_answer_about_the_event_itself_rejects_it() {
         assert_eq!(rx.seen_for(&key(0)).len(), 1, "{bad} is not retried");
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn a_signature_verifies_its_own_body_and_time_and_nothing_else(
+        body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        timestamp in 0u64..4_000_000_000,
+        flip in proptest::num::usize::ANY,
+    ) {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+        let signature = sign(&key, timestamp, &body);
+        proptest::prop_assert!(signature.starts_with("v1=") && signature.len() == 3 + 64);
+        let mut payload = format!("{timestamp}.").into_bytes();
+        payload.extend_from_slice(&body);
+        let tag = hex_decode(&signature[3..]);
+        proptest::prop_assert!(hmac::verify(&key, &payload, &tag).is_ok());
+        // Any one changed byte of time or body fails verification.
+        let i = flip % payload.len();
+        payload[i] ^= 0x01;
+        proptest::prop_assert!(hmac::verify(&key, &payload, &tag).is_err());
+        // A later time with the same body does not verify either (no replay).
+        proptest::prop_assert_ne!(sign(&key, timestamp + 1, &body), signature);
+    }
+}
+
+fn hex_decode(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}

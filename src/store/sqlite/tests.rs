@@ -510,19 +510,43 @@ async fn everything_survives_a_restart() {
     let store = SqliteStore::open(&url2).await.unwrap();
     check_everything(&store, &mailbox, &status, &q).await;
 
+    // The first file was closed above: its lock is free again.
     let store = SqliteStore::open(&url).await.unwrap();
     check_everything(&store, &mailbox, &status, &q).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_from_many_tasks_and_two_pools_all_succeed() {
+#[tokio::test]
+async fn a_second_open_of_one_file_is_refused_until_the_first_closes() {
     let dir = tempfile::tempdir().unwrap();
     let url = url_in(dir.path());
-    // Two stores on one file: like two pools racing for SQLite's single write lock.
-    let stores = [
-        SqliteStore::open(&url).await.unwrap(),
-        SqliteStore::open(&url).await.unwrap(),
-    ];
+    let first = SqliteStore::open(&url).await.unwrap();
+    let lock = dir.path().join("data").join("inboxd.db.lock");
+    match SqliteStore::open(&url).await {
+        Err(StoreError::Locked(path)) => assert_eq!(path, lock),
+        other => panic!("expected the lock to be held, got {other:?}"),
+    }
+    // A clone shares the lock; dropping it does not release it.
+    drop(first.clone());
+    assert!(matches!(SqliteStore::open(&url).await, Err(StoreError::Locked(_))));
+    first.close().await;
+    let second = SqliteStore::open(&url).await.unwrap();
+    second.ping().await.unwrap();
+    drop(second);
+    // Dropping (not closing) releases it too, as a process exit does.
+    SqliteStore::open(&url).await.unwrap().ping().await.unwrap();
+    // In-memory stores take no lock.
+    let _a = SqliteStore::open("sqlite::memory:").await.unwrap();
+    let _b = SqliteStore::open("sqlite::memory:").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_from_many_tasks_and_both_pools_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = url_in(dir.path());
+    // One store per file (its lock), but two handles whose connections (four FULL plus the
+    // checkpoint one) race for SQLite's single write lock.
+    let store = SqliteStore::open(&url).await.unwrap();
+    let stores = [store.clone(), store];
     let mailbox = addr("support@contoso.com");
     const TASKS: usize = 16;
     const ROUNDS: usize = 40;
@@ -678,4 +702,65 @@ async fn the_resync_window_starts_at_the_later_of_start_and_checkpoint() {
     store.begin_delta(&mailbox, "archive", "first", None).await.unwrap();
     let window = store.delta_window(&mailbox, "archive").await.unwrap();
     assert_eq!(window.resync_from(Duration::days(1)), None);
+}
+
+#[tokio::test]
+async fn last_progress_is_the_later_of_the_last_success_and_the_oldest_folder_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url_in(dir.path())).await.unwrap();
+    let a = addr("a@contoso.com");
+    let folders = vec!["inbox".to_string(), "archive".to_string()];
+    assert_eq!(store.last_progress(&a, &folders).await.unwrap(), None);
+
+    let set_link_time = |folder: &'static str, at: &'static str| {
+        let store = store.clone();
+        let a = a.clone();
+        async move {
+            store.save_delta_link(&a, folder, "link").await.unwrap();
+            sqlx::query("UPDATE delta_links SET updated_at = ?1 WHERE mailbox = ?2 AND folder = ?3")
+                .bind(at)
+                .bind(a.as_str())
+                .bind(folder)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+    };
+    // One folder checkpointed, the other never: no round of the whole mailbox is known.
+    set_link_time("inbox", "2025-03-04T06:00:00.000000000Z").await;
+    assert_eq!(store.last_progress(&a, &folders).await.unwrap(), None);
+    set_link_time("archive", "2025-03-04T05:00:00.000000000Z").await;
+    assert_eq!(
+        store.last_progress(&a, &folders).await.unwrap(),
+        Some(datetime!(2025-03-04 05:00:00 UTC))
+    );
+    // A stored last success later than the checkpoints wins; an earlier one does not.
+    let status = |at| MailboxStatus {
+        state: MailboxState::Active,
+        reason: None,
+        aadsts: None,
+        since: at,
+        last_success_at: Some(at),
+    };
+    store
+        .save_status(&a, &status(datetime!(2025-03-04 05:30:00 UTC)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_progress(&a, &folders).await.unwrap(),
+        Some(datetime!(2025-03-04 05:30:00 UTC))
+    );
+    store
+        .save_status(&a, &status(datetime!(2025-03-04 04:00:00 UTC)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_progress(&a, &folders).await.unwrap(),
+        Some(datetime!(2025-03-04 05:00:00 UTC))
+    );
+    // Another mailbox's rows do not count.
+    assert_eq!(
+        store.last_progress(&addr("b@contoso.com"), &folders).await.unwrap(),
+        None
+    );
 }
