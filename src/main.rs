@@ -60,9 +60,9 @@ enum Command {
         #[arg(long)]
         tls_cert_out: Option<PathBuf>,
     },
-    /// Runs a benchmark scenario (backlog, idle, steady, reference or all) and prints a JSON report.
+    /// Runs a benchmark scenario (backlog, idle, steady, reference, all, or sinks) and prints a JSON report.
     Bench {
-        /// backlog, idle, steady, reference or all.
+        /// backlog, idle, steady, reference or all; sinks runs the backlog into the file, NATS and RabbitMQ sinks.
         scenario: String,
         /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
         #[arg(long)]

@@ -90,6 +90,7 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
             mailboxes: &plan.mailboxes,
             poll_secs: plan.poll_secs,
             start_at,
+            sink: None,
         },
     )
     .await?;

@@ -240,8 +240,14 @@ mod tests {
         assert!(!text.contains("\n\n\n"), "no tripled blank lines: {text:?}");
         assert!(text.starts_with("Hello,\n"), "{text:?}");
         assert!(text.contains("my order #1042 is late & I'm worried."), "{text:?}");
-        assert!(text.contains("* tracking: none\n* paid: yes"), "list items marked: {text:?}");
-        assert!(text.contains("https://shop.example/orders/1042"), "the link's URL kept: {text:?}");
+        assert!(
+            text.contains("* tracking: none\n* paid: yes"),
+            "list items marked: {text:?}"
+        );
+        assert!(
+            text.contains("https://shop.example/orders/1042"),
+            "the link's URL kept: {text:?}"
+        );
         assert!(!text.contains("margin"), "styles are not text: {text:?}");
     }
 

@@ -216,3 +216,102 @@ fn subject_patterns_match_like_nats() {
     assert!(!subject_matches("a.*", "a.b.c"));
     assert!(!subject_matches("a.b", "a.c"));
 }
+
+/// A `nats-server` of this test's own with TLS (a self-signed certificate) and a password;
+/// killed on drop.
+struct SecureServer {
+    port: u16,
+    ca_file: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SecureServer {
+    async fn start(password: &str) -> SecureServer {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+        std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-js",
+                "--user",
+                "inboxd",
+                "--pass",
+                password,
+            ])
+            .arg("-sd")
+            .arg(dir.path().join("store"))
+            .arg("--tls")
+            .arg("--tlscert")
+            .arg(&cert_file)
+            .arg("--tlskey")
+            .arg(&key_file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (see .ci/services)");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        SecureServer {
+            port,
+            ca_file: cert_file,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SecureServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn tls_and_a_password_work_and_a_wrong_password_is_named_without_echoing_it() {
+    let server = SecureServer::start("s3cret-nats-pw").await;
+    let s = Scratch::new().await;
+    let mut config = s.config(true);
+    config.connection = NatsConnection {
+        url: format!("tls://127.0.0.1:{}", server.port),
+        auth: NatsAuth::UserPassword {
+            user: "inboxd".into(),
+            password: "s3cret-nats-pw".to_string().into(),
+        },
+        ca_file: Some(server.ca_file.clone()),
+        tls: false,
+    };
+    let sink = NatsSink::open(&config).await.unwrap();
+    assert!(sink.deliver(&[sample_event(0)]).await[0].is_ok());
+
+    config.connection.auth = NatsAuth::UserPassword {
+        user: "inboxd".into(),
+        password: "wrong-password-value".to_string().into(),
+    };
+    let err = NatsSink::open(&config).await.unwrap_err().to_string();
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    assert!(!err.contains("wrong-password-value"), "the password leaked: {err}");
+
+    // Without the certificate's root, TLS refuses the server.
+    config.connection.auth = NatsAuth::UserPassword {
+        user: "inboxd".into(),
+        password: "s3cret-nats-pw".to_string().into(),
+    };
+    config.connection.ca_file = None;
+    assert!(NatsSink::open(&config).await.is_err());
+}
