@@ -24,7 +24,8 @@ pub const SCHEMA_HEADER: &str = "inboxd-schema";
 pub struct RabbitSink {
     /// Where and how to connect.
     config: RabbitSinkConfig,
-    /// The open connection and its confirm-mode channel; `None` after a failure.
+    /// The open connection and its confirm-mode channel; `None` after a failure. Locked only
+    /// to take the channel or replace it, never while waiting for confirms.
     link: Mutex<Option<Link>>,
 }
 
@@ -34,6 +35,8 @@ struct Link {
     connection: Connection,
     /// Channel with publisher confirms.
     channel: Channel,
+    /// Counts reconnections, so a batch resets only the link it failed on.
+    generation: u64,
 }
 
 impl std::fmt::Debug for RabbitSink {
@@ -91,38 +94,32 @@ impl RabbitSink {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| format!("cannot enable publisher confirms: {e}"))?;
-        Ok(Link { connection, channel })
+        Ok(Link {
+            connection,
+            channel,
+            generation: 0,
+        })
     }
 
     /// Publishes the batch, then waits for every confirm; one outcome per event, in order.
+    /// Batches of several mailboxes share the channel and are in flight at the same time.
     pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
         if events.is_empty() {
             return Vec::new();
         }
-        // One batch at a time: a failure resets the shared connection under the lock.
-        let mut link = self.link.lock().await;
-        let usable = link
-            .as_ref()
-            .is_some_and(|l| crate::broker::amqp::usable(&l.connection, &l.channel));
-        if !usable {
-            *link = None;
-            match self.connect().await {
-                Ok(l) => *link = Some(l),
-                Err(reason) => {
-                    tracing::warn!(exchange = %self.config.exchange, error = %reason, "RabbitMQ is unavailable; the batch stays pending.");
-                    return events
-                        .iter()
-                        .map(|_| Err(SinkError::Unavailable(reason.clone())))
-                        .collect();
-                }
+        let (generation, channel) = match self.channel().await {
+            Ok(c) => c,
+            Err(reason) => {
+                tracing::warn!(exchange = %self.config.exchange, error = %reason, "RabbitMQ is unavailable; the batch stays pending.");
+                return events
+                    .iter()
+                    .map(|_| Err(SinkError::Unavailable(reason.clone())))
+                    .collect();
             }
-        }
-        let Some(l) = link.as_ref() else {
-            return Vec::new();
         };
         let mut pending: Vec<Result<PublisherConfirm, SinkError>> = Vec::with_capacity(events.len());
         for event in events {
-            pending.push(self.publish(&l.channel, event).await);
+            pending.push(self.publish(&channel, event).await);
         }
         let timeout = self.config.timeout;
         let confirms = pending.into_iter().map(|p| async move {
@@ -146,12 +143,33 @@ impl RabbitSink {
         let outcomes = futures_util::future::join_all(confirms).await;
         if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(SinkError::Unavailable(_)))) {
             tracing::warn!(exchange = %self.config.exchange, error = %e, "RabbitMQ did not confirm a batch; it stays pending.");
-            // Confirms of a failed channel are lost for good; start afresh next time.
-            if !crate::broker::amqp::usable(&l.connection, &l.channel) {
+            // Confirms of a failed channel are lost for good: the next batch starts afresh.
+            let mut link = self.link.lock().await;
+            if link
+                .as_ref()
+                .is_some_and(|l| l.generation == generation && !crate::broker::amqp::usable(&l.connection, &l.channel))
+            {
                 *link = None;
             }
         }
         outcomes
+    }
+
+    /// The open channel (and its generation), connecting first if there is none or it broke.
+    async fn channel(&self) -> Result<(u64, Channel), String> {
+        let mut link = self.link.lock().await;
+        if let Some(l) = link.as_ref()
+            && crate::broker::amqp::usable(&l.connection, &l.channel)
+        {
+            return Ok((l.generation, l.channel.clone()));
+        }
+        let generation = link.as_ref().map_or(0, |l| l.generation + 1);
+        *link = None;
+        let mut fresh = self.connect().await?;
+        fresh.generation = generation;
+        let out = (generation, fresh.channel.clone());
+        *link = Some(fresh);
+        Ok(out)
     }
 
     async fn publish<E: SinkEvent>(&self, channel: &Channel, event: &E) -> Result<PublisherConfirm, SinkError> {

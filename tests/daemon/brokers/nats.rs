@@ -91,19 +91,21 @@ async fn kill_9_mid_ingest_loses_nothing_and_the_stream_holds_no_duplicate() {
 async fn the_broker_killed_and_restarted_mid_ingest_loses_nothing() {
     let mut nats = PrivateNats::start().await;
     let env = Env::new().await;
-    let mailboxes = env.load("natsdown", 4, 50).await;
+    let mailboxes = env.load("natsdown", 4, 250).await;
     let expected = seeded(&env, &mailboxes).await;
     let (stream, prefix) = ("DOWN", "down");
     let toml = with_sink(
         &env.config(&mailboxes, "200ms"),
         &nats_sink(&nats.url(), stream, prefix),
     );
-    env.control("/_emulator/settings", json!({"latency_ms": 100})).await;
+    // Graph-like latency: the ingest takes seconds, so the kill lands in its middle.
+    env.control("/_emulator/settings", json!({"latency_ms": 150})).await;
     let daemon = env.start(&toml).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     assert!(eventually(LIMIT, || async { stream_len(&js, stream, prefix).await > 0 }).await);
-
+    let before_kill = stream_len(&js, stream, prefix).await;
     nats.kill_9();
+    assert!(before_kill < expected.len(), "the kill landed after the ingest");
     // inboxd notices: the sink is reported unavailable.
     assert!(
         eventually(LIMIT, || async {
