@@ -118,6 +118,18 @@ async fn every_event_reaches_the_stream_as_the_file_sink_writes_it() {
 
     let stored = s.messages().await;
     assert_eq!(stored.len(), 22);
+    // Byte for byte what the file sink writes for the same events, one line each.
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::sink::FileSink::open(dir.path().join("events.ndjson"), None)
+        .await
+        .unwrap();
+    assert!(file.deliver(&events).await.iter().all(Result::is_ok));
+    let written = std::fs::read(dir.path().join("events.ndjson")).unwrap();
+    let lines: Vec<&[u8]> = written.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 20);
+    for (line, (_, _, payload)) in lines.iter().zip(&stored) {
+        assert_eq!(*line, payload.as_ref());
+    }
     let token = "support@contoso%2Ecom";
     for (event, (subject, headers, payload)) in events.iter().zip(&stored) {
         assert_eq!(subject, &format!("{}.message.{token}", s.prefix));

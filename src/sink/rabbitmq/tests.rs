@@ -127,6 +127,18 @@ async fn every_event_is_published_persistent_as_the_file_sink_writes_it() {
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     let got = s.drain().await;
     assert_eq!(got.len(), 20);
+    // Byte for byte what the file sink writes for the same events, one line each.
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::sink::FileSink::open(dir.path().join("events.ndjson"), None)
+        .await
+        .unwrap();
+    assert!(file.deliver(&events).await.iter().all(Result::is_ok));
+    let written = std::fs::read(dir.path().join("events.ndjson")).unwrap();
+    let lines: Vec<&[u8]> = written.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 20);
+    for (line, m) in lines.iter().zip(&got) {
+        assert_eq!(*line, m.delivery.data.as_slice());
+    }
     for (event, m) in events.iter().zip(&got) {
         assert_eq!(m.delivery.data, serde_json::to_vec(event).unwrap());
         assert_eq!(
