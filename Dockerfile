@@ -46,7 +46,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --no-default-features \
     && rm -rf src target/release/inboxd target/release/deps/inboxd-* \
         target/release/deps/libinboxd-* target/release/.fingerprint/inboxd-*
 
@@ -58,7 +58,7 @@ COPY migrations ./migrations
 COPY config ./config
 COPY schemas ./schemas
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --no-default-features \
     && install -D -m 0755 target/release/inboxd /out/usr/local/bin/inboxd \
     && /out/usr/local/bin/inboxd --version \
     && mkdir -p /out/var/lib/inboxd /out/etc/inboxd

@@ -50,6 +50,9 @@ pub struct App {
     intake: Option<Arc<crate::intake::Source>>,
 }
 
+/// A background task's future, boxed so differently typed tasks share one supervisor helper.
+type BoxTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The HTTP client for Microsoft: rustls, the extra root of `microsoft.ca_file` if any.
 pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     Ok(http_client_builder(config.microsoft.request_timeout, config.microsoft.ca_file.as_deref())?.build()?)
@@ -172,7 +175,7 @@ impl App {
             mailboxes: supervisor.registry(),
             graph: self.graph.clone(),
             sealer: self.sealer.clone(),
-            redirect_uri: redirect_uri(&self.config, bound),
+            redirect_uri: self.config.server.redirect_uri(bound),
         };
         // Not under `root`: the API keeps answering (readiness 503) while mailboxes drain.
         let server_stop = CancellationToken::new();
@@ -187,40 +190,54 @@ impl App {
             }
         });
         let tasks = TaskTracker::new();
-        tasks.spawn({
-            let (outbox, metrics, cancel) = (outbox.clone(), self.metrics.clone(), root.child_token());
+        // Every background task is supervised: a panic is logged, counted and restarted.
+        let supervised = |task: &'static str,
+                          cancel: CancellationToken,
+                          make: Box<dyn FnMut(CancellationToken) -> BoxTask + Send>| {
+            let metrics = self.metrics.clone();
+            let mut make = make;
             async move {
                 crate::task::supervise(
-                    "sender",
-                    "outbox".into(),
+                    task,
+                    task.into(),
                     &metrics,
                     cancel.clone(),
-                    || outbox.clone().run(cancel.clone()),
+                    || make(cancel.clone()),
                     |_| async {},
                 )
                 .await
             }
-        });
+        };
         if let Some(source) = self.intake.clone() {
             let intake = Arc::new(crate::intake::Intake {
                 outbox: outbox.clone(),
                 board: self.board.clone(),
             });
-            let (metrics, cancel) = (self.metrics.clone(), root.child_token());
-            tasks.spawn(async move {
-                crate::task::supervise(
-                    "intake",
-                    "intake".into(),
-                    &metrics,
-                    cancel.clone(),
-                    || source.run(intake.clone(), cancel.clone()),
-                    |_| async {},
-                )
-                .await
-            });
+            tasks.spawn(supervised(
+                "intake",
+                root.child_token(),
+                Box::new(move |cancel| {
+                    let (source, intake) = (source.clone(), intake.clone());
+                    Box::pin(async move { source.run(intake, cancel).await })
+                }),
+            ));
         }
-        tasks.spawn(crate::auth::watch_expiry(expiries, root.child_token()));
-        tasks.spawn(prune_delivered(self.store.clone(), root.child_token()));
+        tasks.spawn(supervised(
+            "sender",
+            root.child_token(),
+            Box::new(move |cancel| Box::pin(outbox.clone().run(cancel))),
+        ));
+        tasks.spawn(supervised(
+            "credential_expiry",
+            root.child_token(),
+            Box::new(move |cancel| Box::pin(crate::auth::watch_expiry(expiries.clone(), cancel))),
+        ));
+        let store = self.store.clone();
+        tasks.spawn(supervised(
+            "prune_delivered",
+            root.child_token(),
+            Box::new(move |cancel| Box::pin(prune_delivered(store.clone(), cancel))),
+        ));
         let delegated: Vec<MailboxAddress> = self
             .config
             .mailboxes
@@ -228,14 +245,19 @@ impl App {
             .filter(|m| m.access == crate::config::Access::Delegated)
             .map(|m| m.address.clone())
             .collect();
-        tasks.spawn(watch_refresh_inactivity(
-            self.store.clone(),
-            delegated,
+        let store = self.store.clone();
+        tasks.spawn(supervised(
+            "refresh_inactivity",
             root.child_token(),
+            Box::new(move |cancel| Box::pin(watch_refresh_inactivity(store.clone(), delegated.clone(), cancel))),
         ));
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         if let Some(path) = self.config_path.clone() {
-            tasks.spawn(watch_config(path, reload_tx, root.child_token()));
+            tasks.spawn(supervised(
+                "config_watch",
+                root.child_token(),
+                Box::new(move |cancel| Box::pin(watch_config(path.clone(), reload_tx.clone(), cancel))),
+            ));
         }
         tasks.close();
         ready.store(true, Ordering::Relaxed);
@@ -403,23 +425,4 @@ async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "Pruning delivered keys failed; will retry in an hour."),
         }
     }
-}
-
-/// Where the sign-in service sends the browser back: `{server.public_url}/oauth/callback`
-/// (without a public URL, the bound address, which only works on the daemon's own host).
-pub fn redirect_uri(config: &Config, bound: SocketAddr) -> String {
-    match &config.server.public_url {
-        Some(u) => format!("{}/oauth/callback", u.as_str().trim_end_matches('/')),
-        None => format!("http://{bound}/oauth/callback"),
-    }
-}
-
-/// The stable consent link shown for a mailbox: it starts a fresh flow each time it is opened.
-pub fn consent_link(config: &Config, bound: SocketAddr, mailbox: &MailboxAddress) -> String {
-    let base = redirect_uri(config, bound);
-    let base = base.trim_end_matches("/oauth/callback");
-    let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("mailbox", mailbox.as_str())
-        .finish();
-    format!("{base}/oauth/start?{query}")
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
 pub mod config;

@@ -61,6 +61,7 @@ enum Command {
         tls_cert_out: Option<PathBuf>,
     },
     /// Runs a benchmark scenario (backlog, idle, steady, reference, all, or sinks) and prints a JSON report.
+    #[cfg(feature = "bench")]
     Bench {
         /// backlog, idle, steady, reference or all; sinks runs the backlog into the file, NATS and RabbitMQ sinks.
         scenario: String,
@@ -168,6 +169,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "bench")]
         Command::Bench { scenario, smoke, out } => match inboxd::bench::run(&scenario, smoke, out.as_deref()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -50,6 +50,9 @@ pub struct Deps {
 /// busy on a small machine, few enough that a backlog of large messages stays in bounds.
 pub const INGEST_PAGES: usize = 16;
 
+/// How long a reload waits for a stopped mailbox's round to finish before cutting it off.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// Token caches per app registration.
 pub fn build_apps(
     config: &Config,
@@ -169,7 +172,7 @@ impl Supervisor {
         let mut started = Vec::new();
         for mailbox in mailboxes {
             let link = (mailbox.access == Access::Delegated)
-                .then(|| crate::app::consent_link(&self.config, self.deps.bound, &mailbox.address));
+                .then(|| self.config.server.consent_link(self.deps.bound, &mailbox.address));
             self.deps.board.register(mailbox, link).await;
             if let Some(ctx) = self.context(mailbox) {
                 map.insert(mailbox.address.clone(), ctx.clone());
@@ -190,9 +193,15 @@ impl Supervisor {
         let mut map = (**self.registry.load()).clone();
         map.remove(address);
         self.registry.store(Arc::new(map));
-        if let Some((cancel, handle)) = self.running.remove(address) {
+        if let Some((cancel, mut handle)) = self.running.remove(address) {
             cancel.cancel();
-            let _ = handle.await;
+            // A round stops at its next page; one stuck in Graph retries is cut off rather than
+            // holding up the reload (what it had not recorded is delivered again, same keys).
+            if tokio::time::timeout(STOP_WAIT, &mut handle).await.is_err() {
+                tracing::warn!(mailbox = %address, "The mailbox did not stop within {}s; its round was cut off.", STOP_WAIT.as_secs());
+                handle.abort();
+                let _ = handle.await;
+            }
         }
     }
 

@@ -72,61 +72,10 @@ impl CertificateCredential {
     }
 }
 
-/// Reads one DER element: (tag, contents, rest).
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        rest = &rest[n..];
-        len
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The certificate's `notAfter` (UTCTime or GeneralizedTime), for expiry warnings.
+/// The certificate's `notAfter`, for expiry warnings (`None` if it cannot be parsed).
 fn not_after(cert_der: &[u8]) -> Option<time::OffsetDateTime> {
-    let (_, cert, _) = element(cert_der)?;
-    let (_, tbs, _) = element(cert)?;
-    let mut rest = tbs;
-    let (tag, _, after) = element(rest)?;
-    if tag == 0xa0 {
-        rest = after; // explicit version
-    }
-    for _ in 0..3 {
-        rest = element(rest)?.2; // serial, signature algorithm, issuer
-    }
-    let (_, validity, _) = element(rest)?;
-    let (_, _, after_not_before) = element(validity)?;
-    let (tag, text, _) = element(after_not_before)?;
-    let text = std::str::from_utf8(text).ok()?.trim_end_matches('Z');
-    let full = match tag {
-        0x17 => format!(
-            "{}{text}",
-            if text[..2].parse::<u32>().ok()? >= 50 {
-                "19"
-            } else {
-                "20"
-            }
-        ),
-        0x18 => text.to_string(),
-        _ => return None,
-    };
-    let num = |r: std::ops::Range<usize>| full.get(r)?.parse::<u32>().ok();
-    let date = time::Date::from_calendar_date(
-        num(0..4)? as i32,
-        time::Month::try_from(num(4..6)? as u8).ok()?,
-        num(6..8)? as u8,
-    )
-    .ok()?;
-    let t = time::Time::from_hms(num(8..10)? as u8, num(10..12)? as u8, num(12..14).unwrap_or(0) as u8).ok()?;
-    Some(time::PrimitiveDateTime::new(date, t).assume_utc())
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(cert.validity().not_after.to_datetime())
 }
 
 #[cfg(test)]

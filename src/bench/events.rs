@@ -100,6 +100,7 @@ impl EventWatch {
                     if last {
                         return;
                     }
+                    #[allow(clippy::disallowed_methods, reason = "a dedicated OS thread, not a runtime worker")]
                     std::thread::sleep(LOOK_EVERY);
                 }
             }

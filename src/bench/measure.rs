@@ -68,6 +68,7 @@ impl RssSampler {
                     if let Some(rss) = status_bytes(pid, "VmRSS") {
                         peak.fetch_max(rss, Ordering::Relaxed);
                     }
+                    #[allow(clippy::disallowed_methods, reason = "a dedicated OS thread, not a runtime worker")]
                     std::thread::sleep(SAMPLE_EVERY);
                 }
             }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::load::ConfigError;
+use super::error::ConfigError;
 use super::reader::{Errors, Field, Table};
 use super::tree::Node;
 use super::values;

@@ -2,6 +2,7 @@
 //! that reports every problem with its key path.
 
 mod brokers;
+mod error;
 mod load;
 mod mailboxes;
 mod reader;
@@ -24,7 +25,8 @@ pub use brokers::{
     AmqpConnection, NatsAuth, NatsConnection, NatsIntakeConfig, NatsSinkConfig, RabbitIntakeConfig, RabbitSinkConfig,
     Retention, StreamSettings, Template, Topics, mailbox_token,
 };
-pub use load::{ConfigError, ConfigErrors, from_sources, load_file};
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{from_sources, load_file};
 
 use crate::domain::{AppName, MailboxAddress};
 
@@ -60,6 +62,27 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Log level or filter (`info`, `inboxd=debug`); `RUST_LOG` overrides it.
     pub log_level: String,
+}
+
+impl ServerConfig {
+    /// Where the sign-in service sends the browser back: `{public_url}/oauth/callback`
+    /// (without a public URL, the bound address, which only works on the daemon's own host).
+    pub fn redirect_uri(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => format!("{}/oauth/callback", u.as_str().trim_end_matches('/')),
+            None => format!("http://{bound}/oauth/callback"),
+        }
+    }
+
+    /// The stable consent link shown for a mailbox: it starts a fresh flow each time it is opened.
+    pub fn consent_link(&self, bound: SocketAddr, mailbox: &crate::domain::MailboxAddress) -> String {
+        let base = self.redirect_uri(bound);
+        let base = base.trim_end_matches("/oauth/callback");
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("mailbox", mailbox.as_str())
+            .finish();
+        format!("{base}/oauth/start?{query}")
+    }
 }
 
 /// `[store]`.

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use super::load::ConfigError;
+use super::error::ConfigError;
 use super::tree::{Node, child_path};
 
 /// The errors collected so far.

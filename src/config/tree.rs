@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use config::{FileFormat, Source, Value, ValueKind};
 
-use super::load::ConfigError;
+use super::error::ConfigError;
 
 /// Environment variables starting with this override keys: `INBOXD__SERVER__LISTEN`.
 pub(super) const ENV_PREFIX: &str = "INBOXD__";

@@ -109,8 +109,8 @@ pub(crate) fn start(emu: &Shared, spec: LoadSpec) -> Result<Value, String> {
     if !(0.0..=1.0).contains(&spec.attachment_share) {
         return Err("attachment_share must be between 0.0 and 1.0".into());
     }
-    if spec.rate_per_sec.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err("rate_per_sec must be positive".into());
+    if spec.rate_per_sec.is_some_and(|r| !((0.001..=1_000_000.0).contains(&r))) {
+        return Err("rate_per_sec must be between 0.001 and 1000000".into());
     }
     let addresses: Vec<String> = (0..spec.mailboxes)
         .map(|i| format!("{}{i}@{}", spec.address_prefix, spec.domain))
@@ -158,7 +158,8 @@ pub(crate) fn start(emu: &Shared, spec: LoadSpec) -> Result<Value, String> {
         Some(rate) => {
             let emu = emu.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                let period = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::from_secs(1000));
+                let mut tick = tokio::time::interval(period);
                 for n in 0..total {
                     tick.tick().await;
                     let address = &addresses[n % addresses.len().max(1)];

@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc3339;
 use super::MailboxCtx;
 use super::convert;
 use super::fetch;
-use super::poll::{PollError, RoundStats};
+use super::poll::{MAX_WAIT_IN_ROUND, PollError, RoundStats};
 use crate::config::AfterIngest;
 use crate::graph::{Call, segment};
 use crate::sink::SinkError;
@@ -171,7 +171,9 @@ async fn after_ingest(ctx: &MailboxCtx, ids: &[String]) {
                 })
             })
             .collect();
-        let mut call = Call::post("after_ingest", "$batch", json!({"requests": parts}));
+        // Best effort, and never a long wait while this page holds a shared ingest permit.
+        let mut call =
+            Call::post("after_ingest", "$batch", json!({"requests": parts})).max_retry_wait(MAX_WAIT_IN_ROUND);
         call.weight = chunk.len().min(4) as u32;
         match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
             Ok(answer) => {

@@ -77,6 +77,12 @@ fn initial_url(ctx: &MailboxCtx, folder: &str, from: Option<OffsetDateTime>) -> 
         segment(folder)
     ));
     url.query_pairs_mut().append_pair("$select", DELTA_SELECT);
+    received_filter(&mut url, from);
+    url.to_string()
+}
+
+/// Adds `$filter=receivedDateTime ge {from}` (whole seconds, rounded down) when there is a start.
+fn received_filter(url: &mut url::Url, from: Option<OffsetDateTime>) {
     if let Some(t) = from {
         let at = t
             .replace_nanosecond(0)
@@ -86,7 +92,6 @@ fn initial_url(ctx: &MailboxCtx, folder: &str, from: Option<OffsetDateTime>) -> 
         url.query_pairs_mut()
             .append_pair("$filter", &format!("receivedDateTime ge {at}"));
     }
-    url.to_string()
 }
 
 /// The folder's messages by id (list API, not delta), received from `from` on.
@@ -101,15 +106,7 @@ fn list_url(ctx: &MailboxCtx, folder: &str, from: Option<OffsetDateTime>) -> Str
     url.query_pairs_mut()
         .append_pair("$select", "id,receivedDateTime")
         .append_pair("$top", &PAGE_SIZE.to_string());
-    if let Some(t) = from {
-        let at = t
-            .replace_nanosecond(0)
-            .unwrap_or(t)
-            .format(&Rfc3339)
-            .unwrap_or_default();
-        url.query_pairs_mut()
-            .append_pair("$filter", &format!("receivedDateTime ge {at}"));
-    }
+    received_filter(&mut url, from);
     url.to_string()
 }
 

@@ -50,6 +50,7 @@ fn every_scenario_reports_every_figure() {
             break status;
         }
         assert!(started.elapsed() < LIMIT, "bench --smoke still running after {LIMIT:?}");
+        #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
         std::thread::sleep(Duration::from_millis(100));
     };
     let stderr = std::fs::read_to_string(dir.path().join("bench.log")).unwrap();
@@ -118,6 +119,7 @@ fn the_sinks_bench_delivers_the_backlog_into_each_broker() {
             started.elapsed() < LIMIT,
             "bench sinks --smoke still running after {LIMIT:?}"
         );
+        #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
         std::thread::sleep(Duration::from_millis(100));
     };
     let stderr = std::fs::read_to_string(dir.path().join("bench.log")).unwrap();

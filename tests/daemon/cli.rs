@@ -30,6 +30,7 @@ fn inboxd(args: &[&str], vars: &[(&str, &str)], dir: &Path) -> Output {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
@@ -41,6 +42,20 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The exit code of a bad configuration (sysexits `EX_CONFIG`), for `run` and `check-config`.
+const EXIT_CONFIG: i32 = 78;
+
+/// Asserts the process exited with [`EXIT_CONFIG`] (not a crash, a signal or a plain failure).
+fn assert_config_exit(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_CONFIG),
+        "expected exit code {EXIT_CONFIG} (bad configuration), got {:?}:\n{}",
+        out.status,
+        text(out)
+    );
 }
 
 const LITERAL_SECRET: &str = "hunter2-literal-in-the-file";
@@ -90,7 +105,7 @@ app = "fabrikam"
     .unwrap();
     let out = inboxd(&["check-config", "--config", path.to_str().unwrap()], &[], dir.path());
     let output = text(&out);
-    assert!(!out.status.success(), "a broken config passed:\n{output}");
+    assert_config_exit(&out);
     let lines: Vec<&str> = output.lines().collect();
     for key in [
         "defaults.pol_interval",
@@ -169,10 +184,7 @@ app = "contoso"
 
     let out = inboxd(&["run", "--config", path.to_str().unwrap()], &vars, dir.path());
     let output = text(&out);
-    assert!(
-        !out.status.success(),
-        "run started with an http:// graph_url:\n{output}"
-    );
+    assert_config_exit(&out);
     assert!(
         output.contains("microsoft.graph_url"),
         "the refusal does not name the key:\n{output}"
@@ -218,11 +230,32 @@ fn the_shipped_example_config_checks_clean() {
     // Without its environment it must not check clean, and must say which keys lack what.
     let out = inboxd(&["check-config", "--config", example], &vars[3..], dir.path());
     let output = text(&out);
-    assert!(!out.status.success(), "{output}");
+    assert_config_exit(&out);
     for key in ["server.api_tokens", "store.encryption_key", "apps[0].client_secret"] {
         assert!(
             output.contains(key),
             "missing env var for `{key}` not reported:\n{output}"
         );
     }
+}
+
+#[test]
+fn run_and_check_config_exit_78_on_a_file_that_is_not_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let unparseable = dir.path().join("bad.toml");
+    std::fs::write(&unparseable, "[server\nlisten = 127.0.0.1:0\n").unwrap();
+    let missing = dir.path().join("nowhere.toml");
+    for config in [&unparseable, &missing] {
+        for command in ["check-config", "run"] {
+            let out = inboxd(&[command, "--config", config.to_str().unwrap()], &[], dir.path());
+            assert_config_exit(&out);
+            let output = text(&out);
+            assert!(
+                !output.contains("listening on"),
+                "`{command}` bound a port with {}:\n{output}",
+                config.display()
+            );
+        }
+    }
+    assert!(!dir.path().join("inboxd.db").exists(), "a store was created");
 }

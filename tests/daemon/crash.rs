@@ -20,6 +20,8 @@ const EXTRA_PER_RESTART: usize = 3;
 const LATENCY_MS: u64 = 150;
 /// Bound on any wait for the daemon to make progress.
 const PROGRESS_LIMIT: Duration = Duration::from_secs(30);
+/// How long the readiness test holds the daemon's first delta request (inside the grace).
+const HOLD: Duration = Duration::from_secs(8);
 /// `server.shutdown_grace` of `Env::config`, plus a margin for process exit.
 const GRACE_AND_MARGIN: Duration = Duration::from_secs(10 + 5);
 
@@ -165,6 +167,85 @@ fn duplicates(events: &[MessageEvent]) -> Vec<(String, usize)> {
     dups
 }
 
+/// The delta page size the daemon asks Graph for (`Prefer: odata.maxpagesize=N` on its delta
+/// requests, from the emulator's request log): the most a round has in flight at once.
+async fn asked_page_size(env: &Env) -> usize {
+    let log = env.requests().await;
+    let sizes: HashSet<usize> = log
+        .iter()
+        .filter(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/delta")))
+        .filter_map(|e| {
+            let prefer = e["headers"]["prefer"].as_str()?;
+            let at = prefer.find("odata.maxpagesize=")? + "odata.maxpagesize=".len();
+            let digits: String = prefer[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect();
+    assert_eq!(
+        sizes.len(),
+        1,
+        "delta requests should all ask for one page size (odata.maxpagesize): {sizes:?}"
+    );
+    sizes.into_iter().next().unwrap()
+}
+
+/// What `run` re-delivered: per mailbox, messages already in the file before it (`before`) that
+/// it wrote again (`written`). Returns the problems: a mailbox with more than one page (`page`)
+/// re-delivered, or re-delivered messages that were not among that mailbox's last `page`
+/// events before the run (only the page in flight at the kill may come again), or a message
+/// written twice within the run.
+fn redelivery_problems(before: &[MessageEvent], written: &[MessageEvent], page: usize, run: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut per_mailbox: HashMap<&str, Vec<&MessageEvent>> = HashMap::new();
+    for e in before {
+        per_mailbox.entry(e.mailbox.as_str()).or_default().push(e);
+    }
+    let mut again: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut in_run = HashSet::new();
+    let known: HashSet<&str> = before.iter().map(|e| e.graph_id.as_str()).collect();
+    for e in written {
+        if !in_run.insert(e.graph_id.as_str()) {
+            problems.push(format!("run {run} wrote {} twice", e.graph_id));
+        }
+        if known.contains(e.graph_id.as_str()) {
+            again.entry(e.mailbox.as_str()).or_default().push(&e.graph_id);
+        }
+    }
+    for (mailbox, ids) in again {
+        let history = &per_mailbox[mailbox];
+        let last_page: HashSet<&str> = history[history.len().saturating_sub(page)..]
+            .iter()
+            .map(|e| e.graph_id.as_str())
+            .collect();
+        if ids.len() > page {
+            problems.push(format!(
+                "run {run} re-delivered {} messages of {mailbox}, more than the {page} of one page in flight",
+                ids.len()
+            ));
+        }
+        let older: Vec<&&str> = ids.iter().filter(|id| !last_page.contains(**id)).collect();
+        if !older.is_empty() {
+            problems.push(format!(
+                "run {run} re-delivered {} messages of {mailbox} acknowledged before its last page, e.g. {:?}",
+                older.len(),
+                &older[..older.len().min(3)]
+            ));
+        }
+    }
+    problems
+}
+
+/// Panics when the run that turned `before` into `after` re-delivered more than the page in flight
+/// per mailbox (the file only grows: `after` starts with `before`).
+async fn assert_redelivery_bounded(before: &[MessageEvent], after: &[MessageEvent], env: &Env, run: usize) {
+    let prefix: Vec<&str> = after.iter().take(before.len()).map(|e| e.event_id.as_str()).collect();
+    let earlier: Vec<&str> = before.iter().map(|e| e.event_id.as_str()).collect();
+    assert!(prefix == earlier, "run {run} changed events written before it");
+    let page = asked_page_size(env).await;
+    let problems = redelivery_problems(before, &after[before.len()..], page, run);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_ingest_loses_nothing() {
     let started = Instant::now();
@@ -193,6 +274,7 @@ async fn kill_9_during_ingest_loses_nothing() {
                 expected.insert(answer["immutable_id"].as_str().unwrap().to_string(), mailbox.clone());
             }
         }
+        let events_before = read_events(&path);
         let lines_before = count_lines(&path);
         let undelivered = expected.len() - delivered_ids(&path).len().min(expected.len());
         // Every kill lands before half of what is left is delivered, however fast this machine is:
@@ -233,6 +315,7 @@ async fn kill_9_during_ingest_loses_nothing() {
             torn.len()
         );
         let events = read_events(&path);
+        assert_redelivery_bounded(&events_before, &events, &env, run).await;
         let distinct: HashSet<&str> = events.iter().map(|e| e.graph_id.as_str()).collect();
         let dups = events.len() - distinct.len();
         if distinct.len() < expected.len() {
@@ -250,11 +333,13 @@ async fn kill_9_during_ingest_loses_nothing() {
         previous_duplicates = dups;
     }
 
+    let events_before = read_events(&path);
     let mut daemon = env.spawn_binary(&config, KILLS).await;
     wait_all_delivered(&env, &mut daemon, &expected).await;
     stop_gracefully(&mut daemon).await;
 
     let events = read_events(&path);
+    assert_redelivery_bounded(&events_before, &events, &env, KILLS).await;
     let (torn, total_lines) = torn_lines(&path);
     let dups = duplicates(&events);
     let duplicate_events: usize = dups.iter().map(|(_, n)| n - 1).sum();
@@ -361,10 +446,10 @@ async fn sigterm_fails_readiness_and_finishes_the_page_in_flight() {
     let env = Env::new().await;
     let mailboxes = env.load("ready", 1, 5).await;
     let expected = seeded(&env, &mailboxes).await;
-    // The daemon's first delta request is held for 3 s: the drain has something to wait for.
+    // The daemon's first delta request is held: the drain has something to wait for.
     env.control(
         "/_emulator/faults",
-        json!({"path_prefix": "/v1.0/users/", "method": "GET", "delay_ms": 3000, "times": 1}),
+        json!({"path_prefix": "/v1.0/users/", "method": "GET", "delay_ms": HOLD.as_millis() as u64, "times": 1}),
     )
     .await;
     let config = env.write_config(&env.config(&mailboxes, "200ms"));
@@ -394,8 +479,9 @@ async fn sigterm_fails_readiness_and_finishes_the_page_in_flight() {
     let asked = Instant::now();
     daemon.sigterm();
     // Until the signal is handled /readyz may still say 200; the held request keeps the drain
-    // going for about 3 s, so the first other answer comes while the mailbox is draining.
-    let deadline = Instant::now() + Duration::from_secs(2);
+    // going until its hold ends, so the first other answer comes while the mailbox is draining
+    // (this loop is bounded well inside the hold).
+    let deadline = Instant::now() + HOLD - Duration::from_secs(1);
     let answer = loop {
         let answer = daemon.get("/readyz").await;
         if !matches!(answer, Ok((200, _))) || Instant::now() > deadline {
@@ -431,4 +517,76 @@ async fn sigterm_fails_readiness_and_finishes_the_page_in_flight() {
              {exited_after:?} after SIGTERM): {other:?}, expected 503 not_ready; stderr:\n{log}"
         ),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_round_redelivers_at_most_the_page_in_flight() {
+    let env = Env::new().await;
+    // One mailbox, ten pages in one round: a kill after three pages lands mid-round, long before
+    // the round's checkpoint; only what is acknowledged page by page keeps the restart from
+    // starting the round's deliveries over.
+    let mailboxes = env.load("midround", 1, 1_000).await;
+    let expected = seeded(&env, &mailboxes).await;
+    assert_eq!(expected.len(), 1_000);
+    env.control("/_emulator/settings", json!({"latency_ms": 100})).await;
+    let config = env.write_config(&env.config(&mailboxes, "200ms"));
+    let path = env.events_path();
+
+    let mut daemon = env.spawn_binary(&config, 0).await;
+    let page = {
+        let deadline = Instant::now() + PROGRESS_LIMIT;
+        loop {
+            let delta = env
+                .requests()
+                .await
+                .iter()
+                .any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/delta")));
+            if delta {
+                break asked_page_size(&env).await;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no delta request; stderr:\n{}",
+                daemon.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert!(
+        page < 350,
+        "pages of {page} make a round too short to kill in the middle"
+    );
+    let kill_at = 3 * page + page / 2;
+    let deadline = Instant::now() + PROGRESS_LIMIT;
+    while read_events(&path).len() < kill_at {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {kill_at} events within {PROGRESS_LIMIT:?}; stderr:\n{}",
+            read_events(&path).len(),
+            tail(&daemon.stderr(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    daemon.kill_9();
+    let before = read_events(&path);
+    assert!(
+        before.len() < expected.len() - page,
+        "the kill landed after {} of {} events, not mid-round: the test proved nothing",
+        before.len(),
+        expected.len()
+    );
+
+    env.control("/_emulator/settings", json!({"latency_ms": 0})).await;
+    let mut daemon = env.spawn_binary(&config, 1).await;
+    wait_all_delivered(&env, &mut daemon, &expected).await;
+    stop_gracefully(&mut daemon).await;
+    let after = read_events(&path);
+    let problems = violations(&after, &expected);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let redelivered = after.len() - expected.len();
+    println!(
+        "killed after {} events (pages of {page}); the restart re-delivered {redelivered}",
+        before.len()
+    );
+    assert_redelivery_bounded(&before, &after, &env, 1).await;
 }

@@ -130,15 +130,6 @@ fn webhook_config(env: &Env, mailboxes: &[String], url: &str) -> String {
     )
 }
 
-async fn quarantine(daemon: &crate::support::Daemon) -> Vec<Value> {
-    let (status, body) = daemon.get("/v1/quarantine", Some(API_TOKEN)).await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str::<Value>(&body).unwrap()["quarantine"]
-        .as_array()
-        .cloned()
-        .unwrap()
-}
-
 async fn post(daemon: &crate::support::Daemon, path: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(format!("http://{}{path}", daemon.addr))
@@ -190,7 +181,7 @@ async fn a_receiver_that_redirects_then_refuses_then_accepts_gets_every_message(
     .await;
     assert!(all, "accepted {:?}", rx.accepted());
     assert!(
-        quarantine(&daemon).await.is_empty(),
+        daemon.quarantine().await.is_empty(),
         "a refusing receiver quarantines nothing"
     );
     assert_eq!(*rx.login_visits.lock().unwrap(), 0, "a redirect was followed");
@@ -216,12 +207,12 @@ async fn a_rejected_event_is_quarantined_and_replayed_with_its_dedup_key() {
     env.deliver(&mailbox, "another poison subject").await;
     env.deliver(&mailbox, "fine").await;
     let quarantined = eventually(Duration::from_secs(30), || async {
-        quarantine(&daemon).await.len() == 2
+        daemon.quarantine().await.len() == 2
     })
     .await;
-    assert!(quarantined, "quarantine: {:?}", quarantine(&daemon).await);
+    assert!(quarantined, "quarantine: {:?}", daemon.quarantine().await);
     assert!(eventually(Duration::from_secs(30), || async { rx.accepted().len() == 1 }).await);
-    let entries = quarantine(&daemon).await;
+    let entries = daemon.quarantine().await;
     assert!(
         entries.iter().all(|e| e["reason"].as_str().unwrap().contains("422")
             && e["reason"].as_str().unwrap().contains("subject not allowed")),
@@ -241,7 +232,7 @@ async fn a_rejected_event_is_quarantined_and_replayed_with_its_dedup_key() {
     assert!(eventually(Duration::from_secs(30), || async { rx.accepted().len() == 3 }).await);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            quarantine(&daemon).await.is_empty()
+            daemon.quarantine().await.is_empty()
         })
         .await,
         "replayed messages leave the quarantine"
@@ -272,7 +263,11 @@ async fn a_poll_interval_longer_than_five_minutes_polls() {
     let daemon = env.start(&toml).await;
     let events = env.wait_for_events(1, Duration::from_secs(30)).await;
     assert_eq!(events.len(), 1, "the first round runs at once, whatever the interval");
-    assert_eq!(daemon.state(&mailbox).await, "active");
+    let active = eventually(Duration::from_secs(10), || async {
+        daemon.state(&mailbox).await == "active"
+    })
+    .await;
+    assert!(active, "the mailbox task lives on after its first round");
     daemon.stop().await;
 }
 
@@ -309,23 +304,10 @@ async fn a_410_soon_after_start_does_not_deliver_older_mail() {
     let env = Env::new().await;
     let mailbox = "resync@contoso.test".to_string();
     env.mailboxes(std::slice::from_ref(&mailbox)).await;
-    let now = env.control("/_emulator/clock", json!({"advance_secs": 0})).await["now"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let now = time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339).unwrap();
+    let now = env.emulator_now().await;
     for (n, days) in [(0, 5), (1, 5), (2, 2), (3, 1)] {
-        let at = (now - time::Duration::days(days))
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap();
-        env.control(
-            &format!("/_emulator/mailboxes/{mailbox}/messages"),
-            json!({
-                "from": {"name": "Old", "address": "old@example.net"}, "to": [{"name": "", "address": mailbox}],
-                "subject": format!("old {n}"), "body": {"content_type": "text", "content": "old"}, "received_at": at,
-            }),
-        )
-        .await;
+        env.deliver_received(&mailbox, &format!("old {n}"), now - time::Duration::days(days))
+            .await;
     }
     // start_at = "now" (the default), not the test harness's "all".
     let toml = with_api_token(&env.config(std::slice::from_ref(&mailbox), "1s")).replace("start_at = \"all\"\n", "");
@@ -406,17 +388,8 @@ async fn a_410_after_a_long_gap_resyncs_everything_the_gap_held() {
     pool.close().await;
     let now = time::OffsetDateTime::now_utc();
     for days in [45, 31, 10] {
-        let at = (now - time::Duration::days(days))
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap();
-        env.control(
-            &format!("/_emulator/mailboxes/{mailbox}/messages"),
-            json!({
-                "from": {"name": "C", "address": "c@example.net"}, "to": [{"name": "", "address": mailbox}],
-                "subject": format!("{days} days ago"), "body": {"content_type": "text", "content": "x"}, "received_at": at,
-            }),
-        )
-        .await;
+        env.deliver_received(&mailbox, &format!("{days} days ago"), now - time::Duration::days(days))
+            .await;
     }
     // Graph has long forgotten the delta token.
     env.control(&format!("/_emulator/mailboxes/{mailbox}/expire-delta"), json!({}))
@@ -453,7 +426,7 @@ async fn a_full_disk_under_the_file_sink_loses_nothing_and_says_so() {
     })
     .await;
     assert!(down, "a full disk shows as an unavailable sink and a waiting mailbox");
-    assert!(quarantine(&daemon).await.is_empty());
+    assert!(daemon.quarantine().await.is_empty());
     daemon.stop().await;
 
     // Space again (the real file): every message arrives.

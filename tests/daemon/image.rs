@@ -290,6 +290,7 @@ impl Layout {
                 let _ = child.kill();
                 panic!("inboxd healthcheck --url {url} still running after {LIMIT:?}");
             }
+            #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -366,6 +367,7 @@ impl Daemon {
             if Instant::now() > deadline {
                 return None;
             }
+            #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,6 +1,6 @@
 //! The whole pipeline as routing and operations see it: events that match the published
 //! schema, threading and attachments, HTTPS with an extra root, post-ingest actions only
-//! after the sink acknowledged, and the HTTP API.
+//! after the sink acknowledged (a receiver that holds its answers), and the HTTP API.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -11,8 +11,11 @@ use inboxd::emulator::EmulatorOptions;
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, metric, with_api_token, with_defaults, with_microsoft,
+    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, log_path, metric, with_api_token, with_defaults, with_microsoft,
 };
+
+/// Bound on every wait for the daemon (a hang guard on a loaded machine, not what is measured).
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn addr(name: &str) -> String {
     format!("{name}@contoso.test")
@@ -198,7 +201,7 @@ async fn events_of_a_realistic_run_match_the_schema_with_threading_and_attachmen
     let toml = with_defaults(&env.config(&all, "500ms"), "max_inline_attachment_bytes = 1000");
     let daemon = env.start(&toml).await;
     let expected = 3 + 12;
-    let typed = env.wait_for_events(expected, Duration::from_secs(10)).await;
+    let typed = env.wait_for_events(expected, LIMIT).await;
     assert_eq!(typed.len(), expected, "{typed:?}");
     daemon.stop().await;
 
@@ -343,7 +346,7 @@ async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file()
 
     // Without the extra root the certificate is not trusted: nothing gets through.
     let daemon = env.start(&base).await;
-    let refused = eventually(Duration::from_secs(5), || async { daemon.state(&a).await == "backoff" }).await;
+    let refused = eventually(LIMIT, || async { daemon.state(&a).await == "backoff" }).await;
     assert!(
         refused,
         "an untrusted certificate was accepted? {:?}",
@@ -357,10 +360,10 @@ async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file()
     let daemon = env
         .start(&with_microsoft(&base, &format!("ca_file = \"{}\"", ca.display())))
         .await;
-    let events = env.wait_for_events(1, Duration::from_secs(8)).await;
+    let events = env.wait_for_events(1, LIMIT).await;
     assert_eq!(events.len(), 1, "nothing delivered over HTTPS");
     assert_eq!(events[0].subject, "over TLS");
-    let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
+    let active = eventually(LIMIT, || async { daemon.state(&a).await == "active" }).await;
     assert!(active);
     let log = env.requests().await;
     assert!(
@@ -371,7 +374,11 @@ async fn the_pipeline_runs_over_https_with_the_emulator_certificate_as_ca_file()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
+/// Mark-read and move act on every delivered message, and a moved message keeps its immutable
+/// id. (The order, acknowledgement first, is observed in
+/// `after_ingest_actions_wait_for_the_receivers_acknowledgement`; the snapshots below only
+/// catch a gross inversion.)
+async fn after_ingest_marks_read_and_moves_every_delivered_message_keeping_its_id() {
     let env = Env::new().await;
     let (reader, mover) = (addr("reader"), addr("mover"));
     env.mailboxes(&[reader.clone(), mover.clone()]).await;
@@ -394,7 +401,7 @@ async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
 
     // Snapshot the mailbox first, the file second: whatever was already acted on must
     // already be in the file.
-    let done = eventually(Duration::from_secs(8), || async {
+    let done = eventually(LIMIT, || async {
         let read: Vec<String> = env
             .folder_messages(&reader, "inbox")
             .await
@@ -446,6 +453,204 @@ async fn after_ingest_actions_run_only_after_the_event_is_in_the_file() {
     daemon.stop().await;
 }
 
+/// A routing receiver that holds its answer to the message events of some mailboxes until the
+/// test releases each one; everything else it acknowledges at once.
+struct HoldingReceiver {
+    /// Mailboxes whose message events are held.
+    held_mailboxes: HashSet<String>,
+    /// Graph ids of held events waiting for their release.
+    waiting: std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// Graph ids acknowledged (answered 200), in order.
+    acked: std::sync::Mutex<Vec<String>>,
+}
+
+async fn holding_inbound(
+    axum::extract::State(rx): axum::extract::State<std::sync::Arc<HoldingReceiver>>,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let event: Value = serde_json::from_slice(&body).expect("the webhook body is JSON");
+    let id = event["graph_id"].as_str().unwrap_or_default().to_string();
+    let held = event["schema"] == "inboxd.message.v1"
+        && event["mailbox"].as_str().is_some_and(|m| rx.held_mailboxes.contains(m));
+    if held {
+        let (release, released) = tokio::sync::oneshot::channel();
+        let earlier = rx.waiting.lock().unwrap().insert(id.clone(), release);
+        assert!(earlier.is_none(), "{id} sent again while its first delivery was held");
+        released.await.expect("the test releases every held event");
+    }
+    if event["schema"] == "inboxd.message.v1" {
+        rx.acked.lock().unwrap().push(id);
+    }
+    axum::http::StatusCode::OK
+}
+
+impl HoldingReceiver {
+    async fn serve(held_mailboxes: &[String]) -> (std::sync::Arc<HoldingReceiver>, String) {
+        let rx = std::sync::Arc::new(HoldingReceiver {
+            held_mailboxes: held_mailboxes.iter().cloned().collect(),
+            waiting: Default::default(),
+            acked: Default::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/inbound", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/inbound", axum::routing::post(holding_inbound))
+            .with_state(rx.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (rx, url)
+    }
+
+    fn waiting(&self) -> Vec<String> {
+        self.waiting.lock().unwrap().keys().cloned().collect()
+    }
+
+    fn acked(&self) -> Vec<String> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    fn release(&self, id: &str) {
+        let release = self
+            .waiting
+            .lock()
+            .unwrap()
+            .remove(id)
+            .unwrap_or_else(|| panic!("{id} is not held"));
+        release.send(()).expect("the held request is still waiting");
+    }
+}
+
+/// A request the emulator logs now: every request arriving after it has a higher `seq`.
+async fn log_marker(env: &Env, name: &str) -> u64 {
+    let path = format!("/v1.0/users/{name}@marker.test/mailFolders");
+    env.http
+        .get(format!("{}{path}", env.url))
+        .send()
+        .await
+        .expect("the emulator answers the marker");
+    let log = env.requests().await;
+    log.iter()
+        .find(|e| e["path"] == path)
+        .and_then(|e| e["seq"].as_u64())
+        .unwrap_or_else(|| panic!("marker {path} not in the request log"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_ingest_actions_wait_for_the_receivers_acknowledgement() {
+    let env = Env::new().await;
+    let (reader, mover, pacer) = (addr("held-reader"), addr("held-mover"), addr("pacer"));
+    env.mailboxes(&[reader.clone(), mover.clone(), pacer.clone()]).await;
+    for i in 0..3 {
+        env.deliver(&reader, &format!("read me {i}")).await;
+        env.deliver(&mover, &format!("move me {i}")).await;
+    }
+    let (rx, url) = HoldingReceiver::serve(&[reader.clone(), mover.clone()]).await;
+    let mut toml = with_api_token(&env.config(std::slice::from_ref(&pacer), "200ms"));
+    toml.push_str(&format!(
+        "\n[[mailboxes]]\naddress = \"{reader}\"\napp = \"test\"\nafter_ingest = \"mark_read\"\n\
+         \n[[mailboxes]]\naddress = \"{mover}\"\napp = \"test\"\nafter_ingest = \"move:archive\"\n"
+    ));
+    let file_sink = format!("[sink]\ntype = \"file\"\npath = \"{}\"\n", env.events_path().display());
+    assert!(toml.contains(&file_sink));
+    // The receiver's answer may take as long as the test holds it.
+    let toml = toml.replace(
+        &file_sink,
+        &format!(
+            "[sink]\ntype = \"webhook\"\nurl = \"{url}\"\nsigning_secret = \"dev:whsec-order\"\ntimeout = \"300s\"\n"
+        ),
+    );
+    let daemon = env.start(&toml).await;
+
+    // Every event of both mailboxes reached the receiver, which holds its answers.
+    let all_held = eventually(LIMIT, || async { rx.waiting().len() == 6 }).await;
+    assert!(all_held, "held: {:?}", rx.waiting());
+    // The daemon goes on meanwhile: new mail of another mailbox is delivered and acknowledged,
+    // and that mailbox polls several more times.
+    let first = env.deliver(&pacer, "meanwhile").await["immutable_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paced = eventually(LIMIT, || async { rx.acked().contains(&first) }).await;
+    assert!(paced, "the other mailbox stalled while the receiver held events");
+    let mark = log_marker(&env, "pacing").await;
+    let polled = eventually(LIMIT, || async {
+        let prefix = format!("/v1.0/users/{pacer}/");
+        env.requests()
+            .await
+            .iter()
+            .filter(|e| e["seq"].as_u64() > Some(mark) && log_path(e).starts_with(&prefix) && e["status"] == 200)
+            .count()
+            >= 3
+    })
+    .await;
+    assert!(polled, "the other mailbox stopped polling");
+    // Nothing was acknowledged for the held mailboxes, so nothing was acted on.
+    let acted = |log: &[Value]| -> Vec<Value> {
+        log.iter()
+            .filter(|e| {
+                let path = log_path(e);
+                (e["method"] == "PATCH" || path.ends_with("/move"))
+                    && [&reader, &mover]
+                        .iter()
+                        .any(|m| path.starts_with(&format!("/v1.0/users/{m}/messages/")))
+            })
+            .cloned()
+            .collect()
+    };
+    let early = acted(&env.requests().await);
+    assert!(early.is_empty(), "acted on before the receiver acknowledged: {early:?}");
+    assert!(
+        env.folder_messages(&reader, "inbox")
+            .await
+            .iter()
+            .all(|m| m["is_read"] == false)
+    );
+    assert!(env.folder_messages(&mover, "archive").await.is_empty());
+
+    // Released one by one; each release is marked in the request log just before it.
+    let mut released_after: HashMap<String, u64> = HashMap::new();
+    let mut held = rx.waiting();
+    held.sort();
+    for (i, id) in held.iter().enumerate() {
+        let marker = log_marker(&env, &format!("release-{i}")).await;
+        released_after.insert(id.clone(), marker);
+        rx.release(id);
+    }
+    let done = eventually(LIMIT, || async {
+        env.folder_messages(&reader, "inbox")
+            .await
+            .iter()
+            .all(|m| m["is_read"] == true)
+            && env.folder_messages(&mover, "archive").await.len() == 3
+    })
+    .await;
+    assert!(
+        done,
+        "post-ingest actions incomplete: inbox of {reader}: {:?}; archive of {mover}: {:?}",
+        env.folder_messages(&reader, "inbox").await,
+        env.folder_messages(&mover, "archive").await
+    );
+    let log = env.requests().await;
+    let actions = acted(&log);
+    assert_eq!(actions.len(), 6, "one action per message: {actions:?}");
+    for action in &actions {
+        let path = log_path(action);
+        let id = path.trim_end_matches("/move").rsplit('/').next().unwrap().to_string();
+        let released = released_after
+            .get(&id)
+            .unwrap_or_else(|| panic!("acted on {id}, whose event was never acknowledged: {action}"));
+        // The request that carried the action (the `$batch`, or the action itself) arrived
+        // after the receiver was told to acknowledge.
+        let carrier = action["batch"].as_u64().or(action["seq"].as_u64()).unwrap();
+        assert!(
+            carrier > *released,
+            "{} {} (request {carrier}) arrived before its event was acknowledged (after request {released})",
+            action["method"],
+            path
+        );
+    }
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
     let env = Env::new().await;
@@ -456,13 +661,10 @@ async fn health_metrics_and_the_mailbox_api_answer_and_keep_secrets() {
         .start(&with_api_token(&env.config(std::slice::from_ref(&a), "300ms")))
         .await;
     assert_eq!(daemon.get("/livez", None).await.0, 200);
-    let ready = eventually(Duration::from_secs(3), || async {
-        daemon.get("/readyz", None).await.0 == 200
-    })
-    .await;
+    let ready = eventually(LIMIT, || async { daemon.get("/readyz", None).await.0 == 200 }).await;
     assert!(ready, "/readyz never 200");
-    assert_eq!(env.wait_for_events(1, Duration::from_secs(5)).await.len(), 1);
-    let active = eventually(Duration::from_secs(3), || async { daemon.state(&a).await == "active" }).await;
+    assert_eq!(env.wait_for_events(1, LIMIT).await.len(), 1);
+    let active = eventually(LIMIT, || async { daemon.state(&a).await == "active" }).await;
     assert!(active);
 
     let (status, metrics) = daemon.get("/metrics", None).await;

@@ -10,6 +10,11 @@ use serde_json::{Value, json};
 
 use crate::support::{Env, eventually, log_path, log_time, metric, with_api_token, with_microsoft};
 
+/// Bound on every wait for the daemon (a hang guard on a loaded machine, not what is measured).
+const LIMIT: Duration = Duration::from_secs(30);
+/// How long a hung request hangs: longer than any wait of these tests.
+const HANG: Duration = Duration::from_secs(60);
+
 fn addr(name: &str) -> String {
     format!("{name}@contoso.test")
 }
@@ -124,22 +129,15 @@ async fn a_429_storm_with_decimal_retry_after_is_waited_out_and_other_mailboxes_
     }
     let daemon = env.start(&env.config(&[slow.clone(), fast.clone()], "1s")).await;
 
-    // The calm mailbox is done long before the throttled one may even ask again.
-    let calm_done = eventually(Duration::from_secs(3), || async {
-        subjects(&env.events(), &fast).len() == 3
-    })
-    .await;
-    let events = env.events();
-    assert!(
-        calm_done,
+    let events = env.wait_for_events(7, LIMIT).await;
+    // The calm mailbox did not wait behind the throttled one: all of its mail is in the file
+    // before any of the throttled mailbox's (which waits out at least 3 × 1.5 s).
+    let first_slow = events.iter().position(|e| e.mailbox == slow).unwrap_or(events.len());
+    assert_eq!(
+        subjects(&events[..first_slow], &fast).len(),
+        3,
         "the calm mailbox stalled behind the throttled one: {events:?}"
     );
-    assert!(
-        subjects(&events, &slow).is_empty(),
-        "the throttled mailbox delivered before its 429s were over: {events:?}"
-    );
-
-    let events = env.wait_for_events(7, Duration::from_secs(10)).await;
     assert_eq!(
         subjects(&events, &slow),
         (0..4).map(|i| format!("slow {i}")).collect(),
@@ -181,7 +179,7 @@ async fn retry_after_given_as_an_http_date_is_honoured() {
     env.fault_for_mailbox(&a, json!({"status": 429, "retry_after": date, "times": 1}))
         .await;
     let daemon = env.start(&env.config(std::slice::from_ref(&a), "300ms")).await;
-    let events = env.wait_for_events(1, Duration::from_secs(8)).await;
+    let events = env.wait_for_events(1, LIMIT).await;
     assert_eq!(events.len(), 1, "mail lost after a dated Retry-After");
     let log = env.requests().await;
     let mine = mailbox_requests(&log, &a);
@@ -204,45 +202,48 @@ async fn a_throttled_mailbox_slows_down_alone() {
     let (slow, fast) = (addr("slow"), addr("busy"));
     env.mailboxes(&[slow.clone(), fast.clone()]).await;
     env.deliver(&slow, "slow 0").await;
-    env.fault_for_mailbox(&slow, json!({"status": 429, "retry_after": "2.5", "times": 2}))
+    // Throttled until the test lifts it: whatever the busy mailbox gets done meanwhile, it got
+    // done while the other one was held back.
+    env.fault_for_mailbox(&slow, json!({"status": 429, "retry_after": "2.5"}))
         .await;
     let daemon = env.start(&env.config(&[slow.clone(), fast.clone()], "300ms")).await;
+    let throttled = eventually(LIMIT, || async {
+        mailbox_requests(&env.requests().await, &slow)
+            .iter()
+            .any(|e| e["status"] == 429)
+    })
+    .await;
+    assert!(throttled, "the throttled mailbox was never throttled");
 
-    // While the slow mailbox waits out 2 × 2.5 s, new mail of the busy one keeps flowing.
-    let started = tokio::time::Instant::now();
+    // While the slow mailbox waits out its 429s, new mail of the busy one keeps flowing.
     for i in 0..3 {
         let subject = format!("busy {i}");
         env.deliver(&fast, &subject).await;
-        let arrived = eventually(Duration::from_millis(2500), || async {
-            subjects(&env.events(), &fast).contains(&subject)
-        })
-        .await;
+        let arrived = eventually(LIMIT, || async { subjects(&env.events(), &fast).contains(&subject) }).await;
         assert!(
             arrived,
-            "{subject} of the busy mailbox not delivered within 2.5 s while another mailbox was throttled"
+            "{subject} of the busy mailbox not delivered while another mailbox was throttled"
         );
     }
-    let throttled_for = started.elapsed();
+    let log = env.requests().await;
+    assert!(
+        mailbox_requests(&log, &slow).iter().all(|e| e["status"] == 429),
+        "the throttling was lifted early"
+    );
     let events = env.events();
     assert!(
-        subjects(&events, &slow).is_empty() || throttled_for >= Duration::from_secs(5),
-        "the throttled mailbox did not wait: {events:?}"
-    );
-    let log = env.requests().await;
-    let busy_during_throttle = mailbox_requests(&log, &fast).len();
-    assert!(
-        busy_during_throttle >= 3,
-        "the busy mailbox barely polled: {busy_during_throttle} requests"
+        subjects(&events, &slow).is_empty(),
+        "delivered despite the 429s: {events:?}"
     );
 
-    let events = env.wait_for_events(4, Duration::from_secs(8)).await;
-    assert!(
-        subjects(&events, &slow).contains("slow 0"),
-        "throttled mailbox lost mail: {events:?}"
-    );
+    env.clear_faults().await;
+    let delivered = eventually(LIMIT, || async { subjects(&env.events(), &slow).contains("slow 0") }).await;
+    assert!(delivered, "throttled mailbox lost mail: {:?}", env.events());
+    let events = env.events();
     assert_no_duplicates(&events);
+    assert_eq!(events.len(), 4, "{events:?}");
     let log = env.requests().await;
-    assert_eq!(assert_retry_after_honoured(&log, &slow), 2);
+    assert!(assert_retry_after_honoured(&log, &slow) >= 1);
     // Only the throttled mailbox paused: the other never saw a 429 and was never made to wait.
     assert!(mailbox_requests(&log, &fast).iter().all(|e| e["status"] != 429));
     daemon.stop().await;
@@ -258,8 +259,10 @@ async fn server_errors_resets_and_malformed_bodies_lose_nothing_and_the_mailbox_
         env.deliver(&b, &format!("b {i}")).await;
         env.deliver(&c, &format!("c {i}")).await;
     }
-    // c's first delta request hangs longer than microsoft.request_timeout.
-    env.fault_for_mailbox(&c, json!({"delay_ms": 6000, "times": 1})).await;
+    // c's first delta request hangs longer than microsoft.request_timeout, and longer than the
+    // test waits for c's mail: only a request given up and retried can deliver it.
+    env.fault_for_mailbox(&c, json!({"delay_ms": HANG.as_millis() as u64, "times": 1}))
+        .await;
     env.fault_for_mailbox(&a, json!({"status": 503, "times": 2})).await;
     env.fault_for_mailbox(&b, json!({"reset": true, "times": 1})).await;
     env.fault_for_mailbox(&b, json!({"malformed": true, "times": 1})).await;
@@ -267,10 +270,9 @@ async fn server_errors_resets_and_malformed_bodies_lose_nothing_and_the_mailbox_
         &with_api_token(&env.config(&[a.clone(), b.clone(), c.clone()], "1s")),
         "request_timeout = \"1s\"",
     );
-    let started = time::OffsetDateTime::now_utc();
     let daemon = env.start(&toml).await;
 
-    let events = env.wait_for_events(9, Duration::from_secs(10)).await;
+    let events = env.wait_for_events(9, LIMIT).await;
     assert_eq!(
         subjects(&events, &c).len(),
         3,
@@ -283,7 +285,7 @@ async fn server_errors_resets_and_malformed_bodies_lose_nothing_and_the_mailbox_
         "resets / malformed bodies lost mail: {events:?}"
     );
     assert_no_duplicates(&events);
-    let recovered = eventually(Duration::from_secs(8), || async {
+    let recovered = eventually(LIMIT, || async {
         let views = daemon.mailbox_views().await;
         [&a, &b, &c].iter().all(|m| views[m.as_str()]["state"] == "active")
     })
@@ -315,15 +317,17 @@ async fn server_errors_resets_and_malformed_bodies_lose_nothing_and_the_mailbox_
         "{:?}",
         statuses(&b)
     );
-    // c's hung request was given up: its retry was answered well before the hang ended.
-    let c_done = log
+    // c's hung request was given up (a request whose client left is not logged): the delta
+    // request that delivered c's mail is not the held one.
+    let c_polls: Vec<&Value> = log
         .iter()
-        .find(|e| log_path(e).starts_with(&format!("/v1.0/users/{c}/mailFolders")) && e["status"] == 200)
-        .map(log_time)
-        .expect("c was polled");
+        .filter(|e| log_path(e).starts_with(&format!("/v1.0/users/{c}/mailFolders")))
+        .collect();
     assert!(
-        c_done - started < time::Duration::milliseconds(5000),
-        "c waited out the 6 s hang instead of timing out after 1 s (started {started}, polled {c_done})"
+        c_polls
+            .iter()
+            .all(|e| e["duration_ms"].as_f64().is_some_and(|d| d < HANG.as_millis() as f64)),
+        "a delta request of c waited out the hang: {c_polls:?}"
     );
     // Every fault fired as often as it was meant to.
     let listed = env.control_get("/_emulator/faults").await;
@@ -344,9 +348,9 @@ async fn an_expired_delta_token_starts_over_without_losing_or_repeating_mail() {
         env.deliver(&a, &format!("before {i}")).await;
     }
     let daemon = env.start(&env.config(std::slice::from_ref(&a), "300ms")).await;
-    assert_eq!(env.wait_for_events(4, Duration::from_secs(5)).await.len(), 4);
+    assert_eq!(env.wait_for_events(4, LIMIT).await.len(), 4);
     // Wait until a round has persisted its delta link and polls with it.
-    let polls_with_delta_link = eventually(Duration::from_secs(5), || async {
+    let polls_with_delta_link = eventually(LIMIT, || async {
         env.requests()
             .await
             .iter()
@@ -360,7 +364,7 @@ async fn an_expired_delta_token_starts_over_without_losing_or_repeating_mail() {
     for i in 0..3 {
         env.deliver(&a, &format!("after {i}")).await;
     }
-    let events = env.wait_for_events(7, Duration::from_secs(8)).await;
+    let events = env.wait_for_events(7, LIMIT).await;
     let got = subjects(&events, &a);
     for i in 0..3 {
         assert!(
@@ -370,7 +374,7 @@ async fn an_expired_delta_token_starts_over_without_losing_or_repeating_mail() {
     }
     // Give a re-announcement the chance to show up: two more rounds after the last one seen.
     let seen = env.requests().await.len();
-    let more_rounds = eventually(Duration::from_secs(5), || async {
+    let more_rounds = eventually(LIMIT, || async {
         env.requests()
             .await
             .iter()
@@ -405,7 +409,7 @@ async fn replays_updates_and_removed_entries_produce_no_extra_events() {
         env.deliver(&a, &format!("m {i:03}")).await;
     }
     let daemon = env.start(&env.config(std::slice::from_ref(&a), "300ms")).await;
-    let events = env.wait_for_events(total, Duration::from_secs(8)).await;
+    let events = env.wait_for_events(total, LIMIT).await;
     assert_eq!(subjects(&events, &a).len(), total, "mail lost across pages");
     let log = env.requests().await;
     let next_pages = log
@@ -461,7 +465,7 @@ async fn replays_updates_and_removed_entries_produce_no_extra_events() {
         assert_eq!(status, 200, "patch: {body}");
     }
     env.deliver(&a, "the last one").await;
-    let events = env.wait_for_events(total + 1, Duration::from_secs(5)).await;
+    let events = env.wait_for_events(total + 1, LIMIT).await;
     assert!(
         subjects(&events, &a).contains("the last one"),
         "mail after removals lost"
@@ -469,7 +473,7 @@ async fn replays_updates_and_removed_entries_produce_no_extra_events() {
     // The round that found the last one also carried the removals and updates; one more
     // round must not announce anything either.
     let seen = env.requests().await.len();
-    let another_round = eventually(Duration::from_secs(5), || async {
+    let another_round = eventually(LIMIT, || async {
         env.requests()
             .await
             .iter()

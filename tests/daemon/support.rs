@@ -73,16 +73,22 @@ impl Env {
         answer
     }
 
-    /// GETs from the control API.
+    /// GETs from the control API; panics on a non-2xx or unreadable answer, so a check that
+    /// "nothing happened" never passes on an error it did not look at.
     pub async fn control_get(&self, path: &str) -> Value {
-        self.http
+        let resp = self
+            .http
             .get(format!("{}{path}", self.url))
             .send()
             .await
-            .unwrap()
-            .json()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status();
+        let text = resp
+            .text()
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("GET {path}: {status}, unreadable body: {e}"));
+        assert!(status.is_success(), "GET {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {status}, not JSON ({e}): {text}"))
     }
 
     /// Creates mailboxes in the test tenant.
@@ -109,10 +115,11 @@ impl Env {
 
     /// The emulator's request log.
     pub async fn requests(&self) -> Vec<Value> {
-        self.control_get("/_emulator/requests").await["requests"]
+        let answer = self.control_get("/_emulator/requests").await;
+        answer["requests"]
             .as_array()
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("request log without a 'requests' array: {answer}"))
     }
 
     /// Where the file sink writes.
@@ -214,12 +221,46 @@ client_secret = "env:{SECRET_ENV}"
     }
 }
 
-/// Parses an NDJSON event file (a torn last line from a killed writer is ignored).
+/// The message events (`inboxd.message.v1`) of an NDJSON event file; other event kinds in the
+/// file are skipped. Panics on a complete line that is not a JSON object, or a message event
+/// that does not parse: only a last line without its newline (a write cut short by a kill, or
+/// still being written) is ignored.
 pub fn read_events(path: &Path) -> Vec<MessageEvent> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+    complete_lines(path)
+        .into_iter()
+        .filter(|e| e["schema"] == "inboxd.message.v1")
+        .map(|e| {
+            serde_json::from_value(e.clone()).unwrap_or_else(|err| panic!("message event does not parse ({err}): {e}"))
+        })
+        .collect()
+}
+
+/// Every complete (newline-terminated) line of an NDJSON file, parsed; no file yet is no line.
+/// Panics when the file cannot be read or a complete line is not a JSON object.
+pub fn complete_lines(path: &Path) -> Vec<Value> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    };
+    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    bytes[..end]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_slice::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "line {} of {} is not a JSON object: {}",
+                        i + 1,
+                        path.display(),
+                        String::from_utf8_lossy(l)
+                    )
+                })
+        })
         .collect()
 }
 
@@ -543,20 +584,26 @@ impl Env {
 
     /// Events in the file sink as raw JSON (what routing reads, not what our type parses).
     pub fn raw_events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.events_path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
+        complete_lines(&self.events_path())
+    }
+
+    /// The `inboxd.mailbox_state.v1` events of `mailbox` in the file sink, in order.
+    pub fn state_events(&self, mailbox: &str) -> Vec<Value> {
+        self.raw_events()
+            .into_iter()
+            .filter(|e| e["schema"] == "inboxd.mailbox_state.v1" && e["mailbox"] == mailbox)
             .collect()
     }
 
     /// The messages of a folder as the emulator holds them.
     pub async fn folder_messages(&self, address: &str, folder: &str) -> Vec<Value> {
-        self.control_get(&format!("/_emulator/mailboxes/{address}/folders/{folder}/messages"))
-            .await
+        let listing = self
+            .control_get(&format!("/_emulator/mailboxes/{address}/folders/{folder}/messages"))
+            .await;
+        listing
             .as_array()
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("folder listing of {address}/{folder} is not an array: {listing}"))
     }
 
     /// An app-only access token of the test app, straight from the emulator's token endpoint.
@@ -602,13 +649,19 @@ impl Daemon {
     pub async fn mailbox_views(&self) -> HashMap<String, Value> {
         let (status, body) = self.get("/v1/mailboxes", Some(API_TOKEN)).await;
         assert_eq!(status, 200, "/v1/mailboxes: {body}");
-        let body: Value = serde_json::from_str(&body).unwrap();
+        let body: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("/v1/mailboxes is not JSON ({e}): {body}"));
         body["mailboxes"]
             .as_array()
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("/v1/mailboxes without a 'mailboxes' array: {body}"))
             .into_iter()
-            .map(|v| (v["address"].as_str().unwrap_or_default().to_string(), v))
+            .map(|v| {
+                let address = v["address"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("view without an address: {v}"));
+                (address.to_string(), v)
+            })
             .collect()
     }
 
@@ -668,4 +721,45 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
             metric == name && series.contains(labels)
         })
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+impl Daemon {
+    /// `GET /v1/quarantine` with [`API_TOKEN`]: the entries, newest first.
+    pub async fn quarantine(&self) -> Vec<Value> {
+        let (status, body) = self.get("/v1/quarantine", Some(API_TOKEN)).await;
+        assert_eq!(status, 200, "/v1/quarantine: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()["quarantine"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("/v1/quarantine: {body}"))
+    }
+}
+
+impl Env {
+    /// The emulator's clock now.
+    pub async fn emulator_now(&self) -> time::OffsetDateTime {
+        let now = self.control("/_emulator/clock", json!({"advance_secs": 0})).await["now"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339).unwrap()
+    }
+
+    /// Delivers a text message whose receipt time is `received_at`.
+    pub async fn deliver_received(&self, address: &str, subject: &str, received_at: time::OffsetDateTime) -> Value {
+        let at = received_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        self.control(
+            &format!("/_emulator/mailboxes/{address}/messages"),
+            json!({
+                "from": {"name": "Customer", "address": "customer@example.net"},
+                "to": [{"name": "", "address": address}],
+                "subject": subject,
+                "body": {"content_type": "text", "content": format!("Body of {subject}")},
+                "received_at": at,
+            }),
+        )
+        .await
+    }
 }

@@ -41,29 +41,36 @@ pub(super) async fn list(
         "SELECT id, mailbox, folder, graph_id, reason, at FROM quarantine
          WHERE ?1 IS NULL OR mailbox = ?1 ORDER BY at DESC, rowid DESC"
     };
-    let rows = sqlx::query_as::<_, (String, String, String, String, String, String)>(sql)
+    let rows = sqlx::query_as::<_, Row>(sql)
         .bind(mailbox.map(MailboxAddress::as_str))
         .fetch_all(pool)
         .await
         .map_err(db_err(OP))?;
-    rows.into_iter()
-        .map(|(id, mailbox, folder, graph_id, reason, at)| {
-            Ok(QuarantineEntry {
-                id,
-                mailbox: to_address(OP, &mailbox)?,
-                folder,
-                graph_id,
-                reason,
-                at: from_stored(OP, &at)?,
-            })
-        })
-        .collect()
+    rows.into_iter().map(|row| entry(OP, row)).collect()
+}
+
+/// A row of `id, mailbox, folder, graph_id, reason, at`.
+type Row = (String, String, String, String, String, String);
+
+/// A stored row as an entry.
+fn entry(
+    operation: &'static str,
+    (id, mailbox, folder, graph_id, reason, at): Row,
+) -> Result<QuarantineEntry, StoreError> {
+    Ok(QuarantineEntry {
+        id,
+        mailbox: to_address(operation, &mailbox)?,
+        folder,
+        graph_id,
+        reason,
+        at: from_stored(operation, &at)?,
+    })
 }
 
 /// Flags one entry for replay and returns it.
 pub(super) async fn request_one(pool: &SqlitePool, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
     const OP: &str = "request replay";
-    let row = sqlx::query_as::<_, (String, String, String, String, String, String)>(
+    let row = sqlx::query_as::<_, Row>(
         "UPDATE quarantine SET replay_requested = 1 WHERE id = ?1
          RETURNING id, mailbox, folder, graph_id, reason, at",
     )
@@ -71,17 +78,7 @@ pub(super) async fn request_one(pool: &SqlitePool, id: &str) -> Result<Option<Qu
     .fetch_optional(pool)
     .await
     .map_err(db_err(OP))?;
-    row.map(|(id, mailbox, folder, graph_id, reason, at)| {
-        Ok(QuarantineEntry {
-            id,
-            mailbox: to_address(OP, &mailbox)?,
-            folder,
-            graph_id,
-            reason,
-            at: from_stored(OP, &at)?,
-        })
-    })
-    .transpose()
+    row.map(|row| entry(OP, row)).transpose()
 }
 
 /// Flags every entry of a mailbox for replay.
