@@ -300,3 +300,92 @@ async fn rabbitmq_requests_are_stored_once_and_malformed_ones_dead_lettered() {
         .await;
     s.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_requests_are_sent_exactly_once_across_kill_9() {
+    const REQUESTS: usize = 12;
+    let env = Env::new().await;
+    env.mailboxes(&[SUPPORT.into(), ANN.into()]).await;
+    // `s.exchange` doubles as the dead-letter exchange; the requests have a queue of their own.
+    let s = Scratch::new().await;
+    let requests = unique("requests-");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    s.channel
+        .queue_declare(requests.as_str().into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    for i in 0..REQUESTS {
+        let mut headers = FieldTable::default();
+        for (k, v) in [
+            ("Inboxd-Mailbox", SUPPORT.to_string()),
+            ("Inboxd-Action", "send".to_string()),
+            ("Idempotency-Key", format!("k{i}")),
+        ] {
+            headers.insert(k.into(), AMQPValue::LongString(LongString::from(v.as_str())));
+        }
+        let body = serde_json::to_vec(&new_mail(&format!("Queued {i}"))).unwrap();
+        // Twice: routing retried, and the same key is the same request.
+        for _ in 0..2 {
+            s.channel
+                .basic_publish(
+                    "".into(),
+                    requests.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_headers(headers.clone()),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let config = env.write_config(&format!(
+        "{}\n[intake]\ntype = \"rabbitmq\"\nqueue = \"{requests}\"\ndead_letter_exchange = \"{}\"\n",
+        env.config(&[SUPPORT.to_string()], "1s"),
+        s.exchange
+    ));
+    env.control("/_emulator/settings", json!({"latency_ms": 100})).await;
+    for run in 0..3 {
+        let before = sent_subjects(&env).await.len();
+        let mut daemon = env.spawn_binary(&config, run).await;
+        assert!(
+            eventually(LIMIT, || async { sent_subjects(&env).await.len() > before }).await,
+            "run {run} sent nothing; stderr:\n{}",
+            daemon.stderr()
+        );
+        daemon.kill_9();
+    }
+    env.control("/_emulator/settings", json!({"latency_ms": 0})).await;
+    let mut daemon = env.spawn_binary(&config, 3).await;
+    assert!(
+        eventually(LIMIT, || async { sent_subjects(&env).await.len() >= REQUESTS }).await,
+        "not every request sent; stderr:\n{}",
+        daemon.stderr()
+    );
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let drained = eventually(LIMIT, || async {
+        s.channel
+            .queue_declare(requests.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok_and(|q| q.message_count() == 0 && q.consumer_count() == 1)
+    })
+    .await;
+    daemon.sigterm();
+    daemon.wait_exit(Duration::from_secs(20)).await;
+    assert!(drained, "requests left in the queue");
+    let mut sent = sent_subjects(&env).await;
+    sent.sort();
+    let mut wanted: Vec<String> = (0..REQUESTS).map(|i| format!("Queued {i}")).collect();
+    wanted.sort();
+    assert_eq!(sent, wanted, "each request sent exactly once");
+    let _ = s
+        .channel
+        .queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    s.cleanup().await;
+}
