@@ -46,6 +46,8 @@ pub struct App {
     sealer: Option<Arc<Sealer>>,
     /// The file to reload from on SIGHUP or change (None: no reload).
     config_path: Option<PathBuf>,
+    /// Reply requests read from a broker (`[intake]`), checked at start.
+    intake: Option<Arc<crate::intake::Source>>,
 }
 
 /// A background task's future, boxed so differently typed tasks share one supervisor helper.
@@ -98,6 +100,12 @@ impl App {
         ));
         let apps = build_apps(&config, &http, &metrics).map_err(anyhow::Error::msg)?;
         let board = StatusBoard::new(metrics.clone(), store.clone(), sink.clone());
+        let intake = match &config.intake {
+            Some(c) => Some(Arc::new(
+                crate::intake::Source::open(c).await.map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        };
         let sealer = config
             .store
             .encryption_key
@@ -136,6 +144,7 @@ impl App {
             http,
             sealer,
             config_path: None,
+            intake,
         })
     }
 
@@ -235,6 +244,20 @@ impl App {
                 .await
             }
         };
+        if let Some(source) = self.intake.clone() {
+            let intake = Arc::new(crate::intake::Intake {
+                outbox: outbox.clone(),
+                board: self.board.clone(),
+            });
+            tasks.spawn(supervised(
+                "intake",
+                root.child_token(),
+                Box::new(move |cancel| {
+                    let (source, intake) = (source.clone(), intake.clone());
+                    Box::pin(async move { source.run(intake, cancel).await })
+                }),
+            ));
+        }
         tasks.spawn(supervised(
             "sender",
             root.child_token(),

@@ -10,11 +10,13 @@ pub trait SinkEvent: Serialize + Send + Sync {
     fn event_id(&self) -> &str;
     /// `dedup_key`.
     fn dedup_key(&self) -> &str;
-    /// The mailbox, for log lines.
+    /// The mailbox, for log lines and broker subjects.
     fn mailbox(&self) -> &str;
+    /// `schema`: which kind of event (brokers route each kind to its own subject).
+    fn schema(&self) -> &str;
 }
 
-/// Every event type has the same three fields the sinks need.
+/// Every event type has the same four fields the sinks need.
 macro_rules! sink_event {
     ($($t:ty),*) => {
         $(impl SinkEvent for $t {
@@ -26,6 +28,9 @@ macro_rules! sink_event {
             }
             fn mailbox(&self) -> &str {
                 &self.mailbox
+            }
+            fn schema(&self) -> &str {
+                &self.schema
             }
         })*
     };

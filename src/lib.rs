@@ -9,12 +9,14 @@ pub mod app;
 pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod emulator;
 pub mod event;
 pub mod graph;
+pub mod intake;
 pub mod mailbox;
 pub mod metrics;
 pub mod notify;

@@ -60,10 +60,10 @@ enum Command {
         #[arg(long)]
         tls_cert_out: Option<PathBuf>,
     },
-    /// Runs a benchmark scenario (backlog, idle, steady, reference, notify or all) and prints a JSON report.
+    /// Runs a benchmark scenario (backlog, idle, steady, reference, notify, all, or sinks) and prints a JSON report.
     #[cfg(feature = "bench")]
     Bench {
-        /// backlog, idle, steady, reference, notify or all (all leaves notify out).
+        /// backlog, idle, steady, reference, notify or all (all leaves notify and sinks out); sinks runs the backlog into the file, NATS and RabbitMQ sinks.
         scenario: String,
         /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
         #[arg(long)]

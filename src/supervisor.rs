@@ -352,6 +352,9 @@ fn sink_shape(config: &Config) -> String {
     match &config.sink {
         crate::config::SinkConfig::File { path, max_bytes } => format!("file {} {max_bytes:?}", path.display()),
         crate::config::SinkConfig::Webhook { url, timeout, .. } => format!("webhook {url} {timeout:?}"),
+        // Secrets print as redacted, so a rotated password is not seen as a change here.
+        crate::config::SinkConfig::Nats(c) => format!("nats {c:?}"),
+        crate::config::SinkConfig::Rabbitmq(c) => format!("rabbitmq {c:?}"),
     }
 }
 

@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use super::{ApiState, error};
 use crate::domain::MailboxAddress;
 use crate::outbound::{ApiRequest, Kind};
-use crate::store::{OutboundRecord, OutboundStatus, SendStep};
+use crate::store::OutboundRecord;
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 255;
@@ -125,25 +125,14 @@ async fn enqueue(
         );
     }
     let now = OffsetDateTime::now_utc();
-    let record = OutboundRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        mailbox: mailbox.clone(),
-        idempotency_key: key,
-        request_hash: hash.clone(),
-        request: serde_json::to_string(&request).unwrap_or_default(),
-        kind: request.kind.as_str().to_string(),
-        status: OutboundStatus::Queued,
-        step: SendStep::New,
-        draft_id: None,
-        error: None,
-        attempts: 0,
-        next_attempt_at: now,
-        created_at: now,
-        updated_at: now,
-        submitted_at: None,
-        internet_message_id: None,
-        conversation_id: None,
-    };
+    let record = OutboundRecord::queued(
+        &mailbox,
+        key,
+        hash.clone(),
+        serde_json::to_string(&request).unwrap_or_default(),
+        request.kind.as_str(),
+        now,
+    );
     drop(request);
     let stored = match s.outbox.store().enqueue_outbound(&record).await {
         Ok(stored) => stored,

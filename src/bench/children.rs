@@ -160,6 +160,8 @@ pub struct DaemonSpec<'a> {
     pub start_at: &'a str,
     /// `notifications.safety_poll_interval` in seconds; `None`: notifications off.
     pub safety_poll_secs: Option<u64>,
+    /// The `[sink]` keys; `None` is the file sink the event watch reads.
+    pub sink: Option<&'a str>,
 }
 
 /// The daemon under test.
@@ -179,11 +181,14 @@ impl Daemon {
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n[store]\nurl = \"sqlite://{db}\"\n\n\
              [microsoft]\nauthority_host = \"{emulator}\"\ngraph_url = \"{emulator}\"\n\n\
-             [sink]\ntype = \"file\"\npath = \"{events}\"\n\n\
+             [sink]\n{sink}\n\n\
              [defaults]\npoll_interval = \"{poll}s\"\nfolders = [\"inbox\"]\nafter_ingest = \"none\"\nstart_at = \"{start}\"\n\n\
              [[apps]]\nname = \"bench\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"env:{SECRET_ENV}\"\n",
             db = dir.join("inboxd.db").display(),
-            events = events.display(),
+            sink = spec.sink.map_or_else(
+                || format!("type = \"file\"\npath = \"{}\"", events.display()),
+                str::to_string
+            ),
             poll = spec.poll_secs,
             start = spec.start_at,
         );

@@ -9,6 +9,7 @@ mod reference;
 mod report;
 mod run;
 mod scenario;
+mod sinks;
 
 use std::path::Path;
 
@@ -20,7 +21,7 @@ use run::DaemonRun;
 use scenario::{Kind, Plan};
 
 /// Scenario names `bench` takes.
-pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify or all";
+pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify, all, or sinks (needs NATS and RabbitMQ)";
 
 /// Runs `scenario` (or `all` of them) at full size or, with `smoke`, tiny; prints the report
 /// and fails when the report is incomplete.
@@ -28,10 +29,26 @@ pub async fn run(scenario: &str, smoke: bool, out: Option<&Path>) -> anyhow::Res
     let exe = std::env::current_exe().context("locating the inboxd binary")?;
     let kinds = match scenario {
         "all" => vec![Kind::Backlog, Kind::Idle, Kind::Steady, Kind::Reference],
+        "sinks" => Vec::new(),
         name => vec![Kind::parse(name).with_context(|| format!("unknown scenario '{name}' (use {SCENARIOS})"))?],
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = measure::machine();
+    if scenario == "sinks" {
+        let mut report = sinks::run(&exe, smoke).await?;
+        report.insert("machine".into(), machine);
+        report.insert("command".into(), json!(command));
+        let text = serde_json::to_string_pretty(&report)?;
+        println!("{text}");
+        if let Some(path) = out {
+            std::fs::write(path, format!("{text}\n")).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let problems = report["problems"].as_array().cloned().unwrap_or_default();
+        if !problems.is_empty() {
+            bail!("incomplete report: {problems:?}");
+        }
+        return Ok(());
+    }
     let mut reports = Vec::new();
     let mut backlog: Option<DaemonRun> = None;
     for kind in kinds {

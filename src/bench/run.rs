@@ -139,6 +139,7 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
             poll_secs: plan.poll_secs,
             start_at,
             safety_poll_secs: plan.safety_poll_secs,
+            sink: None,
         },
     )
     .await?;

@@ -1,6 +1,7 @@
 //! Configuration: the schema (this file), loading from TOML + environment, and validation
 //! that reports every problem with its key path.
 
+mod brokers;
 mod error;
 mod load;
 mod mailboxes;
@@ -21,6 +22,10 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 use url::Url;
 
+pub use brokers::{
+    AmqpConnection, NatsAuth, NatsConnection, NatsIntakeConfig, NatsSinkConfig, RabbitIntakeConfig, RabbitSinkConfig,
+    Retention, StreamSettings, Template, Topics, mailbox_token,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{from_sources, load_file};
 
@@ -37,6 +42,8 @@ pub struct Config {
     pub microsoft: MicrosoftConfig,
     /// Where events go.
     pub sink: SinkConfig,
+    /// Reply requests read from a broker, if configured.
+    pub intake: Option<IntakeConfig>,
     /// App registrations.
     pub apps: Vec<AppConfig>,
     /// Mailboxes, with `[defaults]` already applied.
@@ -180,6 +187,19 @@ pub enum SinkConfig {
         /// Per-request timeout.
         timeout: Duration,
     },
+    /// Publish to a NATS JetStream stream.
+    Nats(NatsSinkConfig),
+    /// Publish to a RabbitMQ exchange.
+    Rabbitmq(RabbitSinkConfig),
+}
+
+/// `[intake]`: where reply requests are read from, besides the HTTP API.
+#[derive(Debug, Clone)]
+pub enum IntakeConfig {
+    /// A durable JetStream consumer.
+    Nats(NatsIntakeConfig),
+    /// A RabbitMQ queue.
+    Rabbitmq(RabbitIntakeConfig),
 }
 
 /// An `[[apps]]` entry.

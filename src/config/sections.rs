@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::brokers;
 use super::mailboxes;
 use super::reader::{Errors, Table};
 use super::secrets::Secrets;
@@ -27,6 +28,13 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         super::notifications::notifications(table, encryption_key_given, errors)
     };
     let outbound = root.section("outbound", errors).and_then(|t| outbound(t, errors));
+    let intake = match root.get("intake") {
+        None => Some(None),
+        Some(field) => field
+            .table(errors)
+            .and_then(|t| brokers::intake(t, secrets, errors))
+            .map(Some),
+    };
     let defaults = {
         let mut table = root
             .section("defaults", errors)
@@ -64,6 +72,7 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         store: store?,
         microsoft: microsoft?,
         sink: sink?,
+        intake: intake?,
         apps: apps?,
         mailboxes: mailboxes?,
         notifications: notifications?,
@@ -213,10 +222,23 @@ fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
 
 const FILE_ONLY: &str = "applies only to type = \"file\"";
 const WEBHOOK_ONLY: &str = "applies only to type = \"webhook\"";
+const SINK_TYPES: &str = "\"file\", \"webhook\", \"nats\" or \"rabbitmq\"";
+
+/// Broker keys on a file or webhook sink (`url` and `timeout` are shared with the webhook).
+fn refuse_broker_keys(t: &mut Table<'_>, errors: &mut Errors) {
+    let rabbit_only = brokers::RABBIT_SINK_KEYS
+        .into_iter()
+        .filter(|k| !brokers::NATS_SINK_KEYS.contains(k));
+    for key in brokers::NATS_SINK_KEYS.into_iter().chain(rabbit_only) {
+        if key != "timeout" {
+            t.refuse(key, errors, "applies only to type = \"nats\" or \"rabbitmq\"");
+        }
+    }
+}
 
 fn sink(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<SinkConfig> {
     let type_field = t.get_or("type", "file");
-    let sink = match type_field.text(errors, "\"file\" or \"webhook\"")?.trim() {
+    let sink = match type_field.text(errors, SINK_TYPES)?.trim() {
         "file" => {
             let path = t.get_or("path", "./data/inbound.ndjson").non_empty(errors);
             let max_bytes = match t.get("max_bytes") {
@@ -229,6 +251,7 @@ fn sink(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<
             for key in ["url", "signing_secret", "timeout"] {
                 t.refuse(key, errors, WEBHOOK_ONLY);
             }
+            refuse_broker_keys(&mut t, errors);
             (|| {
                 Some(SinkConfig::File {
                     path: PathBuf::from(path?),
@@ -246,6 +269,7 @@ fn sink(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<
             for key in ["path", "max_bytes"] {
                 t.refuse(key, errors, FILE_ONLY);
             }
+            refuse_broker_keys(&mut t, errors);
             (|| {
                 Some(SinkConfig::Webhook {
                     url: url?,
@@ -254,13 +278,26 @@ fn sink(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<
                 })
             })()
         }
+        "nats" => {
+            for key in ["path", "max_bytes", "signing_secret"] {
+                t.refuse(key, errors, "applies only to type = \"file\" or \"webhook\"");
+            }
+            brokers::nats_sink(&mut t, secrets, errors)
+        }
+        "rabbitmq" => {
+            for key in ["path", "max_bytes", "signing_secret"] {
+                t.refuse(key, errors, "applies only to type = \"file\" or \"webhook\"");
+            }
+            brokers::rabbit_sink(&mut t, secrets, errors)
+        }
         other => {
-            type_field.fail(
-                errors,
-                format!("'{other}' is not a sink type; expected \"file\" or \"webhook\""),
-            );
+            type_field.fail(errors, format!("'{other}' is not a sink type; expected {SINK_TYPES}"));
             // The other keys are known; they just cannot be checked without a type.
-            for key in ["path", "max_bytes", "url", "signing_secret", "timeout"] {
+            for key in ["path", "max_bytes", "url", "signing_secret", "timeout"]
+                .into_iter()
+                .chain(brokers::NATS_SINK_KEYS)
+                .chain(brokers::RABBIT_SINK_KEYS)
+            {
                 let _ = t.get(key);
             }
             None

@@ -1,10 +1,14 @@
-//! Where events go: an NDJSON file or a signed webhook. Only an acknowledgement from
-//! the sink lets the checkpoint advance.
+//! Where events go: an NDJSON file, a signed webhook, a NATS JetStream stream or a RabbitMQ
+//! exchange. Only an acknowledgement from the sink lets the checkpoint advance.
 
 mod file;
+mod nats;
+mod rabbitmq;
 mod webhook;
 
 pub use file::FileSink;
+pub use nats::NatsSink;
+pub use rabbitmq::RabbitSink;
 pub use webhook::WebhookSink;
 
 use crate::config::SinkConfig;
@@ -29,6 +33,10 @@ enum Kind {
     File(FileSink),
     /// HTTP receiver.
     Webhook(WebhookSink),
+    /// JetStream stream.
+    Nats(Box<NatsSink>),
+    /// RabbitMQ exchange.
+    Rabbitmq(Box<RabbitSink>),
 }
 
 /// The configured sink, and whether it is answering.
@@ -54,6 +62,8 @@ impl Sink {
                 "webhook",
                 Kind::Webhook(WebhookSink::new(http, url.clone(), signing_secret.clone(), *timeout)),
             ),
+            SinkConfig::Nats(c) => ("nats", Kind::Nats(Box::new(NatsSink::open(c).await?))),
+            SinkConfig::Rabbitmq(c) => ("rabbitmq", Kind::Rabbitmq(Box::new(RabbitSink::open(c).await?))),
         };
         let unavailable = metrics
             .sink_unavailable
@@ -64,11 +74,14 @@ impl Sink {
     }
 
     /// Delivers events; one outcome per event, in order. `Ok` means durably acknowledged
-    /// (the file sink has fsynced; the webhook answered 2xx).
+    /// (the file sink has fsynced; the webhook answered 2xx; the stream sent its PubAck; the
+    /// exchange confirmed without returning the event).
     pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
         let outcomes = match &self.kind {
             Kind::File(f) => f.deliver(events).await,
             Kind::Webhook(w) => w.deliver(events).await,
+            Kind::Nats(n) => n.deliver(events).await,
+            Kind::Rabbitmq(r) => r.deliver(events).await,
         };
         if outcomes.iter().any(|o| matches!(o, Err(SinkError::Unavailable(_)))) {
             self.unavailable.set(1);

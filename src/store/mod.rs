@@ -235,6 +235,38 @@ pub struct OutboundRecord {
     pub conversation_id: Option<String>,
 }
 
+impl OutboundRecord {
+    /// A new request as the API or the intake stores it: queued, nothing done yet.
+    pub fn queued(
+        mailbox: &MailboxAddress,
+        idempotency_key: String,
+        request_hash: String,
+        request: String,
+        kind: &str,
+        now: OffsetDateTime,
+    ) -> OutboundRecord {
+        OutboundRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            mailbox: mailbox.clone(),
+            idempotency_key,
+            request_hash,
+            request,
+            kind: kind.to_string(),
+            status: OutboundStatus::Queued,
+            step: SendStep::New,
+            draft_id: None,
+            error: None,
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            updated_at: now,
+            submitted_at: None,
+            internet_message_id: None,
+            conversation_id: None,
+        }
+    }
+}
+
 /// What the daemon needs to remember across restarts.
 #[async_trait]
 pub trait Store: SubscriptionStore + Send + Sync + 'static {

@@ -94,3 +94,47 @@ fn every_scenario_reports_every_figure() {
     assert!(number(reference, "daemon_to_reference_throughput") > 0.0);
     assert!(number(reference, "reference_graph_api_requests") > 0.0);
 }
+
+#[test]
+fn the_sinks_bench_delivers_the_backlog_into_each_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sinks.json");
+    let log = std::fs::File::create(dir.path().join("bench.log")).unwrap();
+    let mut bench = Kill(
+        Command::new(BIN)
+            .args(["bench", "sinks", "--smoke", "--out"])
+            .arg(&out)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = bench.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "bench sinks --smoke still running after {LIMIT:?}"
+        );
+        #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("bench.log")).unwrap();
+    assert!(status.success(), "bench sinks --smoke failed: {stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["problems"], serde_json::json!([]));
+    for sink in ["file", "nats", "rabbitmq"] {
+        let r = &report["sinks"][sink];
+        assert_eq!(r["complete"], true, "{sink}: {r}");
+        assert_eq!(number(r, "messages_delivered"), number(&report, "messages_seeded"));
+        assert!(number(r, "messages_per_s") > 0.0);
+    }
+    for broker in ["nats", "rabbitmq"] {
+        let held = number(&report["sinks"][broker], "broker_events_held");
+        assert!(held >= number(&report, "messages_seeded"), "{broker} holds {held}");
+    }
+    assert!(number(&report, "nats_to_file_throughput") > 0.0);
+}

@@ -3,6 +3,7 @@
 mod api_limits;
 #[cfg(feature = "bench")]
 mod bench_smoke;
+mod brokers;
 mod cli;
 mod consent_safety;
 mod crash;

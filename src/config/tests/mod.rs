@@ -1,5 +1,6 @@
 //! What an operator sees: configs that load, and the list of problems for those that don't.
 
+mod brokers;
 mod notifications;
 mod rules;
 mod secrets;
