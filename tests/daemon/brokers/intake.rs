@@ -68,6 +68,15 @@ async fn publish(js: &jetstream::Context, subject: String, headers: HeaderMap, b
         .unwrap();
 }
 
+/// The daemon's config for the kill tests. A send cut off by SIGKILL before Graph heard it is
+/// retried after a tenth of `outbound.confirm_within` (60 s by default): 20 s keeps that at 2 s.
+fn killed_config(env: &Env) -> String {
+    format!(
+        "{}\n[outbound]\nconfirm_within = \"20s\"\n",
+        env.config(&[SUPPORT.to_string()], "1s")
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_requests_are_sent_exactly_once_across_kill_9() {
     const REQUESTS: usize = 12;
@@ -75,7 +84,7 @@ async fn nats_requests_are_sent_exactly_once_across_kill_9() {
     env.mailboxes(&[SUPPORT.into(), ANN.into()]).await;
     let js = jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
     let (stream, prefix, intake) = nats_intake(&js).await;
-    let config = env.write_config(&format!("{}{intake}", env.config(&[SUPPORT.to_string()], "1s")));
+    let config = env.write_config(&format!("{}{intake}", killed_config(&env)));
     for i in 0..REQUESTS {
         let body = serde_json::to_vec(&new_mail(&format!("Queued {i}"))).unwrap();
         publish(
@@ -343,7 +352,7 @@ async fn rabbitmq_requests_are_sent_exactly_once_across_kill_9() {
     }
     let config = env.write_config(&format!(
         "{}\n[intake]\ntype = \"rabbitmq\"\nqueue = \"{requests}\"\ndead_letter_exchange = \"{}\"\n",
-        env.config(&[SUPPORT.to_string()], "1s"),
+        killed_config(&env),
         s.exchange
     ));
     env.control("/_emulator/settings", json!({"latency_ms": 100})).await;
