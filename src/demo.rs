@@ -378,9 +378,20 @@ async fn consent_story(
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("no consent_url"))?
         .to_string();
-    // /oauth/start → the sign-in page (emulator) → /oauth/callback on the daemon.
+    // /oauth/start → the sign-in page (emulator) → /oauth/callback on the daemon, carrying the
+    // cookie /oauth/start sets, as a browser would: the callback checks it.
+    let mut cookies: Vec<String> = Vec::new();
     for _ in 0..3 {
-        let resp = no_redirects.get(&url).send().await?;
+        let mut request = no_redirects.get(&url);
+        if !cookies.is_empty() {
+            request = request.header(reqwest::header::COOKIE, cookies.join("; "));
+        }
+        let resp = request.send().await?;
+        for set in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+            if let Some(pair) = set.to_str().ok().and_then(|c| c.split(';').next()) {
+                cookies.push(pair.trim().to_string());
+            }
+        }
         match resp
             .headers()
             .get(reqwest::header::LOCATION)

@@ -259,3 +259,34 @@ fn run_and_check_config_exit_78_on_a_file_that_is_not_a_valid_config() {
     }
     assert!(!dir.path().join("inboxd.db").exists(), "a store was created");
 }
+
+#[tokio::test]
+async fn the_demo_delivers_replies_and_completes_the_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    // The demo stops by itself at its `--for` deadline at the latest.
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["demo", "--for", "60s", "--data"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the demo finishes within its own deadline")
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Delivered 8 of 8 messages"), "{stdout}");
+    assert!(stdout.contains("/reply: sent"), "{stdout}");
+    assert!(
+        stdout.contains("after consent: state \"active\", 1 message(s) delivered"),
+        "the consent story completes: {stdout}"
+    );
+}
