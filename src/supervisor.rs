@@ -152,6 +152,8 @@ impl Supervisor {
             fallback,
             on_fallback: Default::default(),
             wake: Default::default(),
+            // Replays asked for before a restart are found by the first round.
+            replay_pending: std::sync::atomic::AtomicBool::new(true),
             poll_override: Default::default(),
             gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
             store: self.deps.store.clone(),

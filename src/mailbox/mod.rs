@@ -46,6 +46,9 @@ pub struct MailboxCtx {
     pub on_fallback: std::sync::atomic::AtomicBool,
     /// Wakes a sleeping mailbox (consent completed, a change notification): poll now.
     pub wake: tokio::sync::Notify,
+    /// Set when a quarantine replay may be due (at start, and by the replay API), so an idle
+    /// round does not ask the store every time.
+    pub replay_pending: std::sync::atomic::AtomicBool,
     /// Milliseconds between successful rounds while change notifications are healthy (the
     /// safety poll); 0: `config.poll_interval`.
     pub poll_override: std::sync::atomic::AtomicU64,

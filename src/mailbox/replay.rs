@@ -2,6 +2,7 @@
 //! delivered with their original `dedup_key`, then released from the quarantine.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
@@ -14,6 +15,19 @@ const CHUNK: usize = 20;
 
 /// Replays everything due for this mailbox.
 pub async fn run(ctx: &MailboxCtx) -> Result<RoundStats, PollError> {
+    if !ctx.replay_pending.swap(false, Ordering::SeqCst) {
+        return Ok(RoundStats::default());
+    }
+    let result = replay_due(ctx).await;
+    if result.is_err() {
+        // What could not be replayed stays due: look again next round.
+        ctx.replay_pending.store(true, Ordering::SeqCst);
+    }
+    result
+}
+
+/// Replays the entries the store holds as due.
+async fn replay_due(ctx: &MailboxCtx) -> Result<RoundStats, PollError> {
     let due = ctx.store.replays_due(&ctx.config.address).await?;
     if due.is_empty() {
         return Ok(RoundStats::default());

@@ -201,25 +201,14 @@ mod tests {
     use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store};
 
     fn row(mailbox: &MailboxAddress, key: &str, now: OffsetDateTime) -> OutboundRecord {
-        OutboundRecord {
-            id: uuid::Uuid::new_v4().to_string(),
-            mailbox: mailbox.clone(),
-            idempotency_key: key.into(),
-            request_hash: format!("hash-{key}"),
-            request: format!("{{\"kind\":\"reply\",\"payload\":\"{}\"}}", "x".repeat(10_000)),
-            kind: "reply".into(),
-            status: OutboundStatus::Queued,
-            step: SendStep::New,
-            draft_id: None,
-            error: None,
-            attempts: 0,
-            next_attempt_at: now,
-            created_at: now,
-            updated_at: now,
-            submitted_at: None,
-            internet_message_id: None,
-            conversation_id: None,
-        }
+        OutboundRecord::queued(
+            mailbox,
+            key.into(),
+            format!("hash-{key}"),
+            format!("{{\"kind\":\"reply\",\"payload\":\"{}\"}}", "x".repeat(10_000)),
+            "reply",
+            now,
+        )
     }
 
     #[tokio::test]
