@@ -51,6 +51,8 @@ pub struct ApiState {
     pub redirect_uri: String,
     /// Rate limit of `/oauth/start` per client address.
     pub consent_limiter: Arc<limit::PerClient>,
+    /// Replicas on a shared store: every mailbox is listed with its owner.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Largest reply, forward or new message: 150 MB of attachments, base64-encoded, plus the rest.
@@ -198,7 +200,13 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 }
 
 async fn mailboxes(State(s): State<ApiState>) -> Response {
-    Json(json!({"mailboxes": s.board.all()})).into_response()
+    match &s.cluster {
+        None => Json(json!({"mailboxes": s.board.all()})).into_response(),
+        Some(cluster) => match crate::cluster::annotate(cluster, s.board.all(), None).await {
+            Ok(all) => Json(json!({"mailboxes": all})).into_response(),
+            Err(e) => store_unavailable(&e),
+        },
+    }
 }
 
 async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> Response {
@@ -209,6 +217,19 @@ async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> Resp
             format!("'{address}' is not an email address"),
         );
     };
+    if let Some(cluster) = &s.cluster {
+        return match crate::cluster::annotate(cluster, s.board.get(&address).into_iter().collect(), Some(&address))
+            .await
+        {
+            Ok(mut one) if !one.is_empty() => Json(one.swap_remove(0)).into_response(),
+            Ok(_) => error(
+                StatusCode::NOT_FOUND,
+                "unknown_mailbox",
+                format!("{address} is not configured"),
+            ),
+            Err(e) => store_unavailable(&e),
+        };
+    }
     match s.board.get(&address) {
         Some(view) => Json(view).into_response(),
         None => error(

@@ -1,0 +1,72 @@
+//! `/v1/mailboxes` on any replica: the mailboxes this replica runs as its status board shows
+//! them, every other one as the shared store last recorded it; each with its `owner`.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::Cluster;
+use crate::config::Access;
+use crate::domain::{MailboxAddress, MailboxState};
+use crate::mailbox::MailboxView;
+use crate::store::{Store, StoreError};
+
+/// The configured mailboxes (or only `only`), each with its `owner` (null while nobody holds
+/// its lease).
+pub async fn annotate(
+    cluster: &Cluster,
+    local: Vec<MailboxView>,
+    only: Option<&MailboxAddress>,
+) -> Result<Vec<Value>, StoreError> {
+    let now = OffsetDateTime::now_utc();
+    let store = cluster.store();
+    let owners = store.owners(now).await?;
+    let statuses: HashMap<MailboxAddress, _> = store.statuses().await?.into_iter().collect();
+    let totals = store.delivered_totals().await?;
+    let mut local: HashMap<String, MailboxView> = local.into_iter().map(|v| (v.address.clone(), v)).collect();
+    let mut out = Vec::new();
+    for m in cluster.configured().iter() {
+        if only.is_some_and(|o| *o != m.address) {
+            continue;
+        }
+        let view = match local.remove(m.address.as_str()) {
+            Some(v) if cluster.fence.holds(&m.address) => v,
+            _ => {
+                let status = statuses.get(&m.address);
+                MailboxView {
+                    address: m.address.to_string(),
+                    app: m.app.to_string(),
+                    access: if m.access == Access::App { "app" } else { "delegated" },
+                    state: match status {
+                        _ if !m.enabled => MailboxState::Disabled,
+                        Some(s) => s.state,
+                        None => MailboxState::Starting,
+                    },
+                    reason: status.and_then(|s| s.reason.clone()),
+                    aadsts: status.and_then(|s| s.aadsts),
+                    consent_url: None,
+                    since: status.map_or(now, |s| s.since),
+                    last_success_at: status.and_then(|s| s.last_success_at),
+                    delivered_total: totals.get(&m.address).copied().unwrap_or(0),
+                    failing_folders: Vec::new(),
+                    consent_link: None,
+                    notifications: None,
+                }
+            }
+        };
+        let mut json = serde_json::to_value(&view).map_err(|e| StoreError::Database(format!("mailbox view: {e}")))?;
+        if let Value::Object(map) = &mut json {
+            map.insert(
+                "owner".into(),
+                owners
+                    .get(&m.address)
+                    .cloned()
+                    .flatten()
+                    .map_or(Value::Null, Value::String),
+            );
+        }
+        out.push(json);
+    }
+    Ok(out)
+}
