@@ -12,10 +12,12 @@ CREATE TABLE replicas (
 -- One lease per mailbox. `owner` is NULL once released; `epoch` grows by one at every claim,
 -- and every write that matters checks it, so a replica that lost the lease cannot overwrite
 -- its successor's work.
+-- `claimed_ms` is when the current epoch began (handover times are read from it).
 CREATE TABLE mailbox_leases (
     mailbox    TEXT   PRIMARY KEY,
     owner      TEXT,
     epoch      BIGINT NOT NULL DEFAULT 0,
-    expires_ms BIGINT NOT NULL DEFAULT 0
+    expires_ms BIGINT NOT NULL DEFAULT 0,
+    claimed_ms BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX mailbox_leases_owner ON mailbox_leases (owner);

@@ -31,7 +31,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 /// Connections per replica: mailbox tasks write in short transactions.
-const MAX_CONNECTIONS: u32 = 8;
+const MAX_CONNECTIONS: u32 = 5;
 /// How long a caller waits for a connection; short, so an unreachable database shows as
 /// store errors (and lost leases) rather than hung mailbox tasks.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -113,7 +113,7 @@ impl PgStore {
         // Each replica prefers a different order (hashed with its id): replicas claiming at
         // once mostly want different rows.
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "UPDATE mailbox_leases SET owner = $1, epoch = epoch + 1, expires_ms = $2 + $3
+            "UPDATE mailbox_leases SET owner = $1, epoch = epoch + 1, expires_ms = $2 + $3, claimed_ms = $2
              WHERE mailbox IN (
                  SELECT mailbox FROM mailbox_leases
                  WHERE mailbox = ANY($4) AND (owner IS NULL OR expires_ms <= $2)

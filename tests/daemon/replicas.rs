@@ -1,0 +1,568 @@
+//! Three real `inboxd run` processes sharing the local PostgreSQL (a schema of their own per
+//! test) and one emulator: the mailboxes split evenly, a killed replica's mailboxes move to
+//! the others within the lease TTL plus a poll interval with nothing lost, a paused replica
+//! does not poll what it lost, and terminated connections heal by themselves. PostgreSQL must
+//! answer on 127.0.0.1:5432 (`.ci/postgres` starts it); these tests fail when it does not.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use inboxd::event::MessageEvent;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use time::OffsetDateTime;
+
+use crate::support::{API_TOKEN, Binary, Env, SECRET, SECRET_ENV, TENANT, eventually, log_path, log_time, read_events};
+
+/// Replicas per test.
+const REPLICAS: usize = 3;
+/// `cluster.lease_ttl` of these tests: short, so a takeover fits in a test.
+const TTL: Duration = Duration::from_secs(3);
+/// `cluster.heartbeat_interval`.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// `poll_interval` of the mailboxes.
+const POLL: Duration = Duration::from_secs(2);
+/// Bound on waits for the cluster to settle or the mail to arrive.
+const LIMIT: Duration = Duration::from_secs(40);
+
+fn server() -> String {
+    std::env::var("INBOXD_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+async fn admin() -> PgConnection {
+    let url = server();
+    PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is required and did not answer at {url} ({e}); start it with .ci/postgres (127.0.0.1:5432, trust auth, database `test`)")
+    })
+}
+
+/// A schema of its own, dropped at the end.
+struct Schema(String);
+
+impl Schema {
+    async fn create() -> Schema {
+        let name = format!("r_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut admin().await)
+            .await
+            .unwrap();
+        Schema(name)
+    }
+
+    /// The store URL of the replicas: this schema, and its name on their connections.
+    fn url(&self) -> String {
+        format!(
+            "{}?options=-c%20search_path%3D{}&application_name={}",
+            server(),
+            self.0,
+            self.0
+        )
+    }
+
+    /// A connection that works in this schema.
+    async fn connect(&self) -> PgConnection {
+        let mut conn = admin().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path = {}", self.0)))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&server()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {name} CASCADE")))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Each replica signs in as its own app registration, so the emulator's request log tells
+/// the replicas apart.
+fn client_id(replica: usize) -> String {
+    format!("8c7b6a59-4d3e-4f2a-9b1c-0d9e8f7a6b{replica:02}")
+}
+
+fn replica_id(replica: usize) -> String {
+    format!("r{replica}")
+}
+
+/// The emulator, the schema and the replicas' configs.
+struct Setup {
+    env: Env,
+    schema: Schema,
+    configs: Vec<PathBuf>,
+}
+
+impl Setup {
+    async fn new(mailboxes: &[String]) -> Setup {
+        let env = Env::new().await;
+        let schema = Schema::create().await;
+        let mut configs = Vec::new();
+        for i in 0..REPLICAS {
+            env.control(
+                "/_emulator/apps",
+                json!({"tenant_id": TENANT, "client_id": client_id(i), "client_secret": SECRET, "roles": ["Mail.ReadWrite", "Mail.Send"]}),
+            )
+            .await;
+            let mut toml = format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "10s"
+api_tokens = ["dev:{API_TOKEN}"]
+
+[store]
+url = "{store}"
+
+[cluster]
+replica_id = "{replica}"
+lease_ttl = "{ttl}s"
+heartbeat_interval = "{heartbeat}s"
+
+[microsoft]
+authority_host = "{url}"
+graph_url = "{url}"
+
+[sink]
+type = "file"
+path = "{events}"
+
+[defaults]
+poll_interval = "{poll}s"
+start_at = "all"
+
+[[apps]]
+name = "test"
+tenant_id = "{TENANT}"
+client_id = "{client}"
+client_secret = "env:{SECRET_ENV}"
+"#,
+                store = schema.url(),
+                replica = replica_id(i),
+                ttl = TTL.as_secs(),
+                heartbeat = HEARTBEAT.as_secs(),
+                url = env.url,
+                events = env.dir.path().join(format!("inbound-{i}.ndjson")).display(),
+                poll = POLL.as_secs(),
+                client = client_id(i),
+            );
+            for m in mailboxes {
+                toml.push_str(&format!("\n[[mailboxes]]\naddress = \"{m}\"\napp = \"test\"\n"));
+            }
+            let path = env.dir.path().join(format!("inboxd-{i}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            configs.push(path);
+        }
+        Setup { env, schema, configs }
+    }
+
+    /// Starts every replica at once.
+    async fn start_all(&self) -> Vec<Binary> {
+        let (a, b, c) = tokio::join!(
+            self.env.spawn_binary(&self.configs[0], 0),
+            self.env.spawn_binary(&self.configs[1], 1),
+            self.env.spawn_binary(&self.configs[2], 2),
+        );
+        vec![a, b, c]
+    }
+
+    /// Every replica's message events.
+    fn events(&self) -> Vec<MessageEvent> {
+        (0..REPLICAS)
+            .flat_map(|i| read_events(&self.env.dir.path().join(format!("inbound-{i}.ndjson"))))
+            .collect()
+    }
+
+    /// Distinct graph ids delivered so far.
+    fn delivered(&self) -> HashSet<String> {
+        self.events().into_iter().map(|e| e.graph_id).collect()
+    }
+}
+
+/// `/v1/mailboxes` of one replica: address → owner (None: nobody right now).
+async fn owners(binary: &Binary) -> Option<HashMap<String, Option<String>>> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/v1/mailboxes", binary.addr()))
+        .bearer_auth(API_TOKEN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body: Value = resp.json().await.ok()?;
+    Some(
+        body["mailboxes"]
+            .as_array()?
+            .iter()
+            .map(|m| {
+                (
+                    m["address"].as_str().unwrap_or_default().to_string(),
+                    m["owner"].as_str().map(str::to_string),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Mailboxes per owner.
+fn spread(owners: &HashMap<String, Option<String>>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for owner in owners.values().flatten() {
+        *counts.entry(owner.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// True when every mailbox has an owner among `replicas` and their counts are within one.
+fn even(owners: &HashMap<String, Option<String>>, replicas: &[String], total: usize) -> bool {
+    let counts = spread(owners);
+    let per: Vec<usize> = replicas.iter().map(|r| counts.get(r).copied().unwrap_or(0)).collect();
+    owners.len() == total
+        && owners
+            .values()
+            .all(|o| o.as_ref().is_some_and(|o| replicas.contains(o)))
+        && per.iter().max().unwrap_or(&0) - per.iter().min().unwrap_or(&0) <= 1
+}
+
+/// Waits (bounded) until `binary` shows every mailbox owned by one of `replicas`, spread
+/// within one of even; returns whether it did and the last owners seen.
+async fn settle(binary: &Binary, replicas: &[String], total: usize) -> (bool, HashMap<String, Option<String>>) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let seen = owners(binary).await.unwrap_or_default();
+        if even(&seen, replicas, total) || tokio::time::Instant::now() > deadline {
+            return (even(&seen, replicas, total), seen);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Delta requests in the emulator's log: (time, mailbox address, client id).
+async fn delta_polls(env: &Env) -> Vec<(OffsetDateTime, String, String)> {
+    env.requests()
+        .await
+        .iter()
+        .filter(|e| log_path(e).contains("/delta"))
+        .filter_map(|e| {
+            Some((
+                log_time(e),
+                e["mailbox"].as_str()?.to_lowercase(),
+                e["app"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Fails unless every message was delivered, and each one always with the same dedup key.
+fn check_nothing_lost(setup: &Setup, expected: &HashSet<String>) -> usize {
+    let events = setup.events();
+    let mut keys: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for e in &events {
+        keys.entry(&e.graph_id).or_default().insert(&e.dedup_key);
+    }
+    let missing: Vec<_> = expected.iter().filter(|id| !keys.contains_key(id.as_str())).collect();
+    assert!(missing.is_empty(), "{} messages never delivered", missing.len());
+    let split: Vec<_> = keys.iter().filter(|(_, k)| k.len() > 1).collect();
+    assert!(
+        split.is_empty(),
+        "messages delivered under different dedup keys: {split:?}"
+    );
+    events.len() - keys.len()
+}
+
+/// Graph ids of every message in the mailboxes.
+async fn seeded(env: &Env, mailboxes: &[String]) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for m in mailboxes {
+        ids.extend(env.inbox_ids(m).await);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_split_the_mailboxes_and_take_over_a_killed_one() {
+    let env_mailboxes = 9;
+    let per_mailbox = 40;
+    let addresses: Vec<String> = (0..env_mailboxes).map(|n| format!("k{n}@load.example.com")).collect();
+    let setup = Setup::new(&addresses).await;
+    setup.env.load("k", env_mailboxes, per_mailbox).await;
+    setup
+        .env
+        .control("/_emulator/settings", json!({"latency_ms": 50}))
+        .await;
+    // Mail keeps arriving in every mailbox until after the takeover: the kill lands mid-ingest.
+    let (stop_feeding, feeding) = tokio::sync::watch::channel(false);
+    let feeder = tokio::spawn(feed(setup.env.url.clone(), addresses.clone(), feeding));
+
+    // Three replicas at once against an empty schema.
+    let mut replicas = setup.start_all().await;
+    let ids: Vec<String> = (0..REPLICAS).map(replica_id).collect();
+    let (settled, last) = settle(&replicas[1], &ids, env_mailboxes).await;
+    println!("spread at start: {:?}", spread(&last));
+    assert!(settled, "mailboxes not spread within one of even: {last:?}");
+    let migrations: Vec<(i64, bool)> = sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut setup.schema.connect().await)
+        .await
+        .unwrap();
+    println!("migrations recorded once each: {migrations:?}");
+    assert_eq!(migrations, vec![(1, true), (2, true)]);
+
+    // Mid-ingest: the backlog delivered and new mail flowing.
+    let backlog = env_mailboxes * per_mailbox;
+    let started = eventually(LIMIT, || async { setup.delivered().len() >= backlog }).await;
+    assert!(started, "the backlog was not delivered");
+    let victims: Vec<String> = last
+        .iter()
+        .filter(|(_, o)| o.as_deref() == Some("r0"))
+        .map(|(m, _)| m.clone())
+        .collect();
+    replicas[0].kill_9();
+    let killed_at = OffsetDateTime::now_utc();
+    let at_kill = setup.delivered().len();
+    println!(
+        "SIGKILL r0 (owner of {} mailboxes) with {at_kill} messages delivered, mail still arriving",
+        victims.len(),
+    );
+
+    // Each of its mailboxes is polled again by a survivor.
+    let mut resumed: HashMap<String, OffsetDateTime> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while resumed.len() < victims.len() && tokio::time::Instant::now() < deadline {
+        for (at, mailbox, app) in delta_polls(&setup.env).await {
+            if at > killed_at && app != client_id(0) && victims.contains(&mailbox) {
+                let first = resumed.entry(mailbox).or_insert(at);
+                *first = (*first).min(at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved = resumed.len() == victims.len();
+    assert!(
+        moved,
+        "not every mailbox of the killed replica was polled again: {resumed:?}"
+    );
+    let handover = resumed.values().map(|at| *at - killed_at).max().unwrap();
+    println!(
+        "last of r0's mailboxes polled again {:.2}s after SIGKILL (lease TTL {}s + poll interval {}s)",
+        handover.as_seconds_f64(),
+        TTL.as_secs(),
+        POLL.as_secs()
+    );
+    assert!(
+        handover <= time::Duration::try_from(TTL + POLL).unwrap(),
+        "handover took {handover}"
+    );
+
+    let _ = stop_feeding.send(true);
+    let fed = feeder.await.unwrap();
+    let expected = seeded(&setup.env, &addresses).await;
+    assert_eq!(expected.len(), backlog + fed);
+    let all = eventually(LIMIT, || async { setup.delivered().len() == expected.len() }).await;
+    assert!(all, "only {} of {} delivered", setup.delivered().len(), expected.len());
+    let duplicates = check_nothing_lost(&setup, &expected);
+    let survivors = owners(&replicas[1]).await.unwrap_or_default();
+    println!(
+        "delivered {} messages, {duplicates} duplicates (same dedup_key); spread after: {:?}",
+        expected.len(),
+        spread(&survivors)
+    );
+    assert!(even(&survivors, &ids[1..], env_mailboxes), "{survivors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_does_not_poll_the_mailboxes_it_lost() {
+    let addresses: Vec<String> = (0..6).map(|n| format!("p{n}@contoso.com")).collect();
+    let setup = Setup::new(&addresses).await;
+    setup.env.mailboxes(&addresses).await;
+    for m in &addresses {
+        setup.env.deliver(m, "before the pause").await;
+    }
+    let replicas = setup.start_all().await;
+    let ids: Vec<String> = (0..REPLICAS).map(replica_id).collect();
+    let (settled, last) = settle(&replicas[1], &ids, addresses.len()).await;
+    assert!(settled, "not spread: {last:?}");
+    assert!(eventually(LIMIT, || async { setup.delivered().len() == addresses.len() }).await);
+    let lost: Vec<String> = last
+        .iter()
+        .filter(|(_, o)| o.as_deref() == Some("r0"))
+        .map(|(m, _)| m.clone())
+        .collect();
+
+    signal("-STOP", &replicas[0]);
+    let paused_at = OffsetDateTime::now_utc();
+    let taken = eventually(LIMIT, || async {
+        owners(&replicas[1])
+            .await
+            .is_some_and(|o| lost.iter().all(|m| matches!(o.get(m), Some(Some(r)) if r != "r0")))
+    })
+    .await;
+    assert!(taken, "r0's mailboxes were not taken over while it was paused");
+    println!(
+        "r0 paused; its {} mailboxes taken over after {:.2}s",
+        lost.len(),
+        (OffsetDateTime::now_utc() - paused_at).as_seconds_f64()
+    );
+    for m in &lost {
+        setup.env.deliver(m, "during the pause").await;
+    }
+    let n = addresses.len() + lost.len();
+    assert!(eventually(LIMIT, || async { setup.delivered().len() == n }).await);
+
+    let resumed_at = OffsetDateTime::now_utc();
+    signal("-CONT", &replicas[0]);
+    // Let it wake, find its leases gone, and rejoin: its heartbeat shows again.
+    // It wakes, finds each lease gone (renewal refused, or its own deadline passed) and says so.
+    let noticed = eventually(LIMIT, || async {
+        let log = replicas[0].stderr();
+        lost.iter().all(|m| {
+            log.lines().any(|l| {
+                l.contains(&format!("\"mailbox\":\"{m}\""))
+                    && (l.contains("Lost the mailbox's lease") || l.contains("could not be renewed in time"))
+            })
+        })
+    })
+    .await;
+    assert!(
+        noticed,
+        "r0 did not notice it lost its leases:\n{}",
+        replicas[0].stderr()
+    );
+    let mut conn = setup.schema.connect().await;
+    let claims: HashMap<String, (Option<String>, i64)> =
+        sqlx::query_as::<_, (String, Option<String>, i64)>("SELECT mailbox, owner, claimed_ms FROM mailbox_leases")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(m, o, c)| (m, (o, c)))
+            .collect();
+    let mut stale = Vec::new();
+    let mut reclaimed = 0;
+    for (at, mailbox, app) in delta_polls(&setup.env).await {
+        if app != client_id(0) || at < resumed_at || !lost.contains(&mailbox) {
+            continue;
+        }
+        // Allowed only under a lease r0 claimed anew after it resumed.
+        match claims.get(&mailbox) {
+            Some((Some(owner), claimed_ms))
+                if owner == "r0" && i128::from(*claimed_ms) * 1_000_000 <= at.unix_timestamp_nanos() =>
+            {
+                reclaimed += 1
+            }
+            _ => stale.push((at, mailbox)),
+        }
+    }
+    let metrics = replicas[0].get("/metrics").await.map(|(_, t)| t).unwrap_or_default();
+    let refusals = crate::support::metric(&metrics, "inboxd_fencing_rejections_total", "");
+    println!(
+        "after SIGCONT: {} delta polls by r0 for mailboxes it lost, {reclaimed} under a lease claimed anew; fencing refusals on r0: {refusals:?}",
+        stale.len()
+    );
+    assert!(stale.is_empty(), "r0 polled mailboxes it no longer owned: {stale:?}");
+    let total = check_nothing_lost(&setup, &seeded(&setup.env, &addresses).await);
+    println!("nothing lost; {total} duplicates");
+}
+
+/// Delivers a message to each mailbox in turn, every 20 ms, until told to stop; returns how many.
+async fn feed(url: String, addresses: Vec<String>, mut stop: tokio::sync::watch::Receiver<bool>) -> usize {
+    let http = reqwest::Client::new();
+    let mut sent = 0;
+    while !*stop.borrow() {
+        let address = &addresses[sent % addresses.len()];
+        let resp = http
+            .post(format!("{url}/_emulator/mailboxes/{address}/messages"))
+            .json(&json!({
+                "from": {"name": "Customer", "address": "customer@example.net"},
+                "to": [{"name": "", "address": address}],
+                "subject": format!("live {sent}"),
+                "body": {"content_type": "text", "content": "arrived during the test"},
+            }))
+            .send()
+            .await
+            .expect("emulator answers");
+        assert!(resp.status().is_success(), "deliver: {}", resp.status());
+        sent += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    sent
+}
+
+/// Sends a signal to a replica.
+fn signal(which: &str, binary: &Binary) {
+    let status = std::process::Command::new("kill")
+        .arg(which)
+        .arg(binary.pid().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_recover_by_themselves_when_their_connections_are_terminated() {
+    let addresses: Vec<String> = (0..6).map(|n| format!("t{n}@load.example.com")).collect();
+    let setup = Setup::new(&addresses).await;
+    setup.env.load("t", addresses.len(), 30).await;
+    setup
+        .env
+        .control("/_emulator/settings", json!({"latency_ms": 50}))
+        .await;
+    let expected = seeded(&setup.env, &addresses).await;
+    let mut replicas = setup.start_all().await;
+    let mut admin = admin().await;
+    let mut terminated = 0;
+    for round in 1..=3 {
+        let reached = eventually(LIMIT, || async {
+            setup.delivered().len() >= expected.len() * round / 5
+        })
+        .await;
+        assert!(reached, "ingest stalled before termination {round}");
+        let n: Vec<bool> =
+            sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(&setup.schema.0)
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+        terminated += n.len();
+    }
+    println!(
+        "terminated {terminated} connections of the replicas in 3 rounds, at {} of {} delivered",
+        setup.delivered().len(),
+        expected.len()
+    );
+    let all = eventually(LIMIT, || async { setup.delivered().len() == expected.len() }).await;
+    assert!(all, "only {} of {} delivered", setup.delivered().len(), expected.len());
+    let duplicates = check_nothing_lost(&setup, &expected);
+    for (i, r) in replicas.iter_mut().enumerate() {
+        assert!(r.wait_exit(Duration::ZERO).await.is_none(), "replica {i} exited");
+        let ready = r.get("/readyz").await.map(|(s, _)| s).unwrap_or(0);
+        assert_eq!(ready, 200, "replica {i} not ready");
+    }
+    let ids: Vec<String> = (0..REPLICAS).map(replica_id).collect();
+    let (settled, last) = settle(&replicas[0], &ids, addresses.len()).await;
+    println!(
+        "all {} delivered, {duplicates} duplicates; spread: {:?}",
+        expected.len(),
+        spread(&last)
+    );
+    assert!(settled, "{last:?}");
+}
