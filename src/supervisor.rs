@@ -304,7 +304,16 @@ impl Supervisor {
                 self.config.server.listen.to_string(),
                 new.server.listen.to_string(),
             ),
-            ("store.url", self.config.store.url.clone(), new.store.url.clone()),
+            (
+                "store.url",
+                crate::store::postgres::redacted(&self.config.store.url),
+                crate::store::postgres::redacted(&new.store.url),
+            ),
+            (
+                "cluster",
+                format!("{:?}", self.config.cluster),
+                format!("{:?}", new.cluster),
+            ),
             (
                 "microsoft.graph_url",
                 self.config.microsoft.graph_url.to_string(),
