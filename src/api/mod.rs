@@ -240,6 +240,22 @@ async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> Resp
     }
 }
 
+/// A configured mailbox as this replica knows it: from its own board, or (replicas on a shared
+/// store) as the store last recorded one that another replica runs.
+pub(crate) async fn view(s: &ApiState, mailbox: &MailboxAddress) -> Option<crate::mailbox::MailboxView> {
+    if let Some(view) = s.board.get(mailbox) {
+        return Some(view);
+    }
+    let cluster = s.cluster.as_ref()?;
+    match crate::cluster::remote(cluster, mailbox).await {
+        Ok(view) => view,
+        Err(e) => {
+            tracing::warn!(mailbox = %mailbox, error = %e, "Cannot read the mailbox from the store.");
+            None
+        }
+    }
+}
+
 /// Quarantined messages, newest first; `?mailbox=` narrows to one mailbox.
 async fn quarantine(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
     let mailbox = match q.get("mailbox").map(|m| MailboxAddress::parse(m)).transpose() {

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use view::annotate;
+pub use view::{annotate, remote};
 
 use crate::config::{ClusterConfig, MailboxConfig};
 use crate::domain::MailboxAddress;

@@ -7,10 +7,10 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::Cluster;
-use crate::config::Access;
+use crate::config::{Access, MailboxConfig};
 use crate::domain::{MailboxAddress, MailboxState};
 use crate::mailbox::MailboxView;
-use crate::store::{Store, StoreError};
+use crate::store::{MailboxStatus, Store, StoreError};
 
 /// The configured mailboxes (or only `only`), each with its `owner` (null while nobody holds
 /// its lease).
@@ -32,28 +32,7 @@ pub async fn annotate(
         }
         let view = match local.remove(m.address.as_str()) {
             Some(v) if cluster.fence.holds(&m.address) => v,
-            _ => {
-                let status = statuses.get(&m.address);
-                MailboxView {
-                    address: m.address.to_string(),
-                    app: m.app.to_string(),
-                    access: if m.access == Access::App { "app" } else { "delegated" },
-                    state: match status {
-                        _ if !m.enabled => MailboxState::Disabled,
-                        Some(s) => s.state,
-                        None => MailboxState::Starting,
-                    },
-                    reason: status.and_then(|s| s.reason.clone()),
-                    aadsts: status.and_then(|s| s.aadsts),
-                    consent_url: None,
-                    since: status.map_or(now, |s| s.since),
-                    last_success_at: status.and_then(|s| s.last_success_at),
-                    delivered_total: totals.get(&m.address).copied().unwrap_or(0),
-                    failing_folders: Vec::new(),
-                    consent_link: None,
-                    notifications: None,
-                }
-            }
+            _ => stored_view(m, statuses.get(&m.address), totals.get(&m.address).copied(), now),
         };
         let mut json = serde_json::to_value(&view).map_err(|e| StoreError::Database(format!("mailbox view: {e}")))?;
         if let Value::Object(map) = &mut json {
@@ -69,4 +48,55 @@ pub async fn annotate(
         out.push(json);
     }
     Ok(out)
+}
+
+/// A mailbox another replica runs, as the shared store last recorded it.
+fn stored_view(
+    m: &MailboxConfig,
+    status: Option<&MailboxStatus>,
+    delivered_total: Option<u64>,
+    now: OffsetDateTime,
+) -> MailboxView {
+    MailboxView {
+        address: m.address.to_string(),
+        app: m.app.to_string(),
+        access: if m.access == Access::App { "app" } else { "delegated" },
+        state: match status {
+            _ if !m.enabled => MailboxState::Disabled,
+            Some(s) => s.state,
+            None => MailboxState::Starting,
+        },
+        reason: status.and_then(|s| s.reason.clone()),
+        aadsts: status.and_then(|s| s.aadsts),
+        consent_url: None,
+        since: status.map_or(now, |s| s.since),
+        last_success_at: status.and_then(|s| s.last_success_at),
+        delivered_total: delivered_total.unwrap_or(0),
+        failing_folders: Vec::new(),
+        consent_link: None,
+        notifications: None,
+    }
+}
+
+/// One configured mailbox this replica does not run, as the shared store knows it (None:
+/// not configured).
+pub async fn remote(cluster: &Cluster, mailbox: &MailboxAddress) -> Result<Option<MailboxView>, StoreError> {
+    let configured = cluster.configured();
+    let Some(m) = configured.iter().find(|m| m.address == *mailbox) else {
+        return Ok(None);
+    };
+    let store = cluster.store();
+    let status = store
+        .statuses()
+        .await?
+        .into_iter()
+        .find(|(a, _)| a == mailbox)
+        .map(|(_, s)| s);
+    let total = store.delivered_total(mailbox).await?;
+    Ok(Some(stored_view(
+        m,
+        status.as_ref(),
+        Some(total),
+        OffsetDateTime::now_utc(),
+    )))
 }

@@ -695,3 +695,90 @@ async fn a_sqlite_store_moves_to_postgres_with_nothing_lost_or_repeated() {
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|e| e.subject == "after the move"));
 }
+
+/// POSTs a new message through a replica's API; returns the status and the answer.
+async fn send_through(binary: &Binary, mailbox: &str, key: &str, subject: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/mailboxes/{mailbox}/send", binary.addr()))
+        .bearer_auth(API_TOKEN)
+        .header("Idempotency-Key", key)
+        .json(&json!({
+            "to": [{"name": "Customer", "address": "customer@example.net"}],
+            "subject": subject,
+            "body": {"content_type": "text", "content": "Sent by one replica of three."},
+        }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the replica answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_asked_of_any_replica_are_sent_once_even_when_one_is_killed() {
+    let addresses: Vec<String> = (0..6).map(|n| format!("out{n}@contoso.com")).collect();
+    let setup = Setup::new(&addresses).await;
+    setup.env.mailboxes(&addresses).await;
+    let mut replicas = setup.start_all().await;
+    let ids: Vec<String> = (0..REPLICAS).map(replica_id).collect();
+    let (settled, _) = settle(&replicas[1], &ids, addresses.len()).await;
+    assert!(settled, "mailboxes not spread");
+
+    // Every replica accepts a message for every mailbox; the same key asked of another replica
+    // answers with the same id. Halfway, r0 is killed and its share goes to the others.
+    let mut asked: HashMap<String, String> = HashMap::new();
+    let mut killed = false;
+    for (n, mailbox) in addresses.iter().enumerate() {
+        if n == addresses.len() / 2 {
+            replicas[0].kill_9();
+            killed = true;
+        }
+        for via in 0..REPLICAS {
+            let via = if killed && via == 0 { 1 } else { via };
+            let key = format!("key-{n}-{via}");
+            let subject = format!("Ticket {n}-{via}");
+            let (status, answer) = send_through(&replicas[via], mailbox, &key, &subject).await;
+            assert_eq!(status, 202, "{answer}");
+            let id = answer["id"].as_str().expect("an outbound id").to_string();
+            let again = if via == 2 { 1 } else { 2 };
+            let (status, repeat) = send_through(&replicas[again], mailbox, &key, &subject).await;
+            assert!(status == 200 || status == 202, "{status} {repeat}");
+            assert_eq!(
+                repeat["id"].as_str(),
+                Some(id.as_str()),
+                "the key is unique across replicas"
+            );
+            asked.insert(subject, mailbox.clone());
+        }
+    }
+
+    // Each message reaches Sent Items exactly once.
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        copies.clear();
+        for mailbox in &addresses {
+            for m in setup.env.folder_messages(mailbox, "sentitems").await {
+                if let Some(subject) = m["subject"].as_str() {
+                    *copies.entry(subject.to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        if asked.keys().all(|s| copies.contains_key(s)) || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sent: usize = copies.values().sum();
+    println!(
+        "{} messages asked of three replicas (one killed halfway), {} distinct sent, {sent} copies in Sent Items",
+        asked.len(),
+        copies.len()
+    );
+    let missing: Vec<_> = asked.keys().filter(|s| !copies.contains_key(*s)).collect();
+    assert!(missing.is_empty(), "never sent: {missing:?}");
+    let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(copies.len(), asked.len());
+}
