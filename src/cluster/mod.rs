@@ -230,7 +230,12 @@ impl Cluster {
                         if !self.fence.holds(&mailbox) {
                             continue;
                         }
-                        if let Some(ctx) = registry.load().get(&mailbox) {
+                        let ctx = registry.load().get(&mailbox).cloned();
+                        if let Some(ctx) = ctx {
+                            // A new grant stored elsewhere: forget a cached failure of the old one.
+                            if let crate::auth::TokenSource::Delegated(tokens) = &ctx.tokens {
+                                tokens.reset().await;
+                            }
                             ctx.replay_pending.store(true, std::sync::atomic::Ordering::SeqCst);
                             ctx.wake.notify_one();
                         }
