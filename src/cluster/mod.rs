@@ -21,7 +21,7 @@ pub use view::{annotate, remote};
 use crate::config::{ClusterConfig, MailboxConfig};
 use crate::domain::MailboxAddress;
 use crate::metrics::Metrics;
-use crate::store::postgres::Fence;
+use crate::store::postgres::{Fence, Wake};
 use crate::store::{PgStore, StoreError};
 
 /// The mailboxes this replica holds leases for.
@@ -224,7 +224,7 @@ impl Cluster {
                 };
                 match next {
                     Ok(n) => {
-                        let Ok(mailbox) = MailboxAddress::parse(n.payload()) else {
+                        let Some((why, mailbox)) = Wake::parse(n.payload()) else {
                             continue;
                         };
                         if !self.fence.holds(&mailbox) {
@@ -233,7 +233,7 @@ impl Cluster {
                         let ctx = registry.load().get(&mailbox).cloned();
                         if let Some(ctx) = ctx {
                             // A new grant stored elsewhere: forget a cached failure of the old one.
-                            if let crate::auth::TokenSource::Delegated(tokens) = &ctx.tokens {
+                            if let (Wake::Grant, crate::auth::TokenSource::Delegated(tokens)) = (why, &ctx.tokens) {
                                 tokens.reset().await;
                             }
                             ctx.replay_pending.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -22,7 +22,7 @@ use super::{
 use crate::domain::{MailboxAddress, MailboxState};
 
 pub use fence::Fence;
-pub use leases::{LeaseCounts, LeaseGrant, WAKE_CHANNEL};
+pub use leases::{LeaseCounts, LeaseGrant, WAKE_CHANNEL, Wake};
 
 /// The schema, in version order (embedded by hand, as for SQLite: no sqlx `macros` feature).
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -483,7 +483,7 @@ impl Store for PgStore {
         // A new grant (consent, import) may complete on any replica; rotations are fenced.
         let tx = self.pool.begin().await.map_err(db_err("save delegated token"))?;
         delegated::save_token(tx, token).await?;
-        self.notify_wake(&token.mailbox).await
+        self.notify_wake(&token.mailbox, Wake::Grant).await
     }
 
     async fn delegated_token(&self, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError> {
@@ -555,14 +555,14 @@ impl Store for PgStore {
     async fn request_replay(&self, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
         let entry = quarantine::request_one(&self.pool, id).await?;
         if let Some(e) = &entry {
-            self.notify_wake(&e.mailbox).await?;
+            self.notify_wake(&e.mailbox, Wake::Replay).await?;
         }
         Ok(entry)
     }
 
     async fn request_replays(&self, mailbox: &MailboxAddress) -> Result<u64, StoreError> {
         let n = quarantine::request_all(&self.pool, mailbox).await?;
-        self.notify_wake(mailbox).await?;
+        self.notify_wake(mailbox, Wake::Replay).await?;
         Ok(n)
     }
 

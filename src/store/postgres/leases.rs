@@ -26,6 +26,31 @@ pub struct LeaseGrant {
 /// completed or a replay was asked for on another replica).
 pub const WAKE_CHANNEL: &str = "inboxd_wake";
 
+/// Why a mailbox's owner is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A consent or import stored a new refresh token: forget the old one's failures.
+    Grant,
+    /// A quarantine replay was asked for.
+    Replay,
+}
+
+impl Wake {
+    fn as_str(self) -> &'static str {
+        match self {
+            Wake::Grant => "grant",
+            Wake::Replay => "replay",
+        }
+    }
+
+    /// Reads a notification's payload: why, and which mailbox.
+    pub fn parse(payload: &str) -> Option<(Wake, MailboxAddress)> {
+        let (why, mailbox) = payload.split_once(' ')?;
+        let why = [Wake::Grant, Wake::Replay].into_iter().find(|w| w.as_str() == why)?;
+        Some((why, MailboxAddress::parse(mailbox).ok()?))
+    }
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -226,11 +251,12 @@ impl PgStore {
             .collect()
     }
 
-    /// Asks the mailbox's owner, wherever it runs, to look at the mailbox now.
-    pub async fn notify_wake(&self, mailbox: &MailboxAddress) -> Result<(), StoreError> {
+    /// Asks the mailbox's owner, wherever it runs, to look at the mailbox now: `why` is
+    /// [`Wake::Grant`] (a new refresh token was stored) or [`Wake::Replay`].
+    pub async fn notify_wake(&self, mailbox: &MailboxAddress, why: Wake) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(WAKE_CHANNEL)
-            .bind(mailbox.as_str())
+            .bind(format!("{} {mailbox}", why.as_str()))
             .execute(&self.pool)
             .await
             .map_err(db_err("notify the mailbox's owner"))?;

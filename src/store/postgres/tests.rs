@@ -228,3 +228,52 @@ async fn past_its_local_validity_a_replica_neither_polls_nor_sends_nor_writes() 
     // The unfenced store (the API's reads, other replicas' rows) is unaffected.
     assert_eq!(base.outbound_due_mailboxes(now).await.unwrap(), vec![m]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_or_a_new_grant_on_any_replica_wakes_the_owner() {
+    use super::Wake;
+    use crate::store::{DelegatedToken, QuarantineEntry};
+    let schema = Schema::create().await;
+    let store = schema.open().await;
+    let mut listener = store.wake_listener().await.unwrap();
+    let m = addr("m@x.test");
+    store
+        .quarantine(&QuarantineEntry {
+            id: String::new(),
+            mailbox: m.clone(),
+            folder: "inbox".into(),
+            graph_id: "g1".into(),
+            reason: "sink refused: 400".into(),
+            at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.request_replays(&m).await.unwrap(), 1);
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Wake::parse(heard.payload()), Some((Wake::Replay, m.clone())));
+    // A consent completed on a replica that does not own the mailbox: stored unfenced, and the
+    // owner hears of it. A rotation by a non-owner is refused.
+    let (fence, _) = replica("elsewhere");
+    let other = store.fenced(fence);
+    let token = DelegatedToken {
+        mailbox: m.clone(),
+        sealed_token: vec![1, 2, 3],
+        scopes: "Mail.Read".into(),
+        last_used_at: OffsetDateTime::now_utc(),
+    };
+    other.save_granted_token(&token).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Wake::parse(heard.payload()), Some((Wake::Grant, m.clone())));
+    assert!(matches!(
+        other.save_delegated_token(&token).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(store.delegated_token(&m).await.unwrap(), Some(token));
+    assert_eq!(Wake::parse("nonsense"), None);
+}
