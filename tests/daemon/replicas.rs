@@ -782,3 +782,41 @@ async fn replies_asked_of_any_replica_are_sent_once_even_when_one_is_killed() {
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
     assert_eq!(copies.len(), asked.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_with_sigterm_hands_its_mailboxes_over_before_they_expire() {
+    let addresses: Vec<String> = (0..6).map(|n| format!("term{n}@contoso.com")).collect();
+    let setup = Setup::new(&addresses).await;
+    setup.env.mailboxes(&addresses).await;
+    let mut replicas = setup.start_all().await;
+    let ids: Vec<String> = (0..REPLICAS).map(replica_id).collect();
+    let (settled, last) = settle(&replicas[1], &ids, addresses.len()).await;
+    assert!(settled, "not spread: {last:?}");
+    for (i, r) in replicas.iter().enumerate() {
+        let text = r.get("/metrics").await.map(|(_, t)| t).unwrap_or_default();
+        let held = crate::support::metric(&text, "inboxd_leases", "state=\"held\"");
+        assert_eq!(held, Some(2.0), "replica {i}: {held:?}");
+    }
+
+    let stopped_at = std::time::Instant::now();
+    replicas[0].sigterm();
+    assert!(
+        replicas[0].wait_exit(LIMIT).await.is_some_and(|s| s.success()),
+        "r0 did not exit cleanly"
+    );
+    let (moved, last) = settle(&replicas[1], &ids[1..], addresses.len()).await;
+    let handover = stopped_at.elapsed();
+    println!(
+        "SIGTERM r0: its mailboxes owned by the others {:.2}s later (lease TTL {}s); spread {:?}",
+        handover.as_secs_f64(),
+        TTL.as_secs(),
+        spread(&last)
+    );
+    assert!(moved, "{last:?}");
+    assert!(
+        handover < TTL,
+        "took {handover:?}: released leases are taken at the next heartbeat, not at expiry"
+    );
+    let log = replicas[0].stderr();
+    assert!(log.contains("Released this replica's mailbox leases"), "{log}");
+}
