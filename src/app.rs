@@ -374,14 +374,14 @@ impl App {
         );
         let deadline = tokio::time::Instant::now() + grace;
         supervisor.drain(grace).await;
-        if let Some(cluster) = &self.cluster {
-            // Stopped here: the other replicas may take over at once.
-            cluster.leave().await;
-        }
         if tokio::time::timeout_at(deadline, tasks.wait()).await.is_err() {
             tracing::warn!(
                 "Shutdown grace period over while an outbound send was in flight; it resumes after restart."
             );
+        }
+        if let Some(cluster) = &self.cluster {
+            // Mailboxes and sends stopped here: the other replicas may take over at once.
+            cluster.leave().await;
         }
         server_stop.cancel();
         let _ = server.await;
