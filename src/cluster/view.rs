@@ -25,8 +25,11 @@ pub async fn annotate(
     let statuses: HashMap<MailboxAddress, _> = store.statuses().await?.into_iter().collect();
     let totals = store.delivered_totals().await?;
     let mut local: HashMap<String, MailboxView> = local.into_iter().map(|v| (v.address.clone(), v)).collect();
+    let configured = cluster.configured();
+    let mut sorted: Vec<&MailboxConfig> = configured.iter().collect();
+    sorted.sort_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
     let mut out = Vec::new();
-    for m in cluster.configured().iter() {
+    for m in sorted {
         if only.is_some_and(|o| *o != m.address) {
             continue;
         }
