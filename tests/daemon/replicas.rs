@@ -820,3 +820,74 @@ async fn a_replica_stopped_with_sigterm_hands_its_mailboxes_over_before_they_exp
     let log = replicas[0].stderr();
     assert!(log.contains("Released this replica's mailbox leases"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_removed_from_the_config_is_released_and_claimed_by_nobody() {
+    let addresses: Vec<String> = (0..6).map(|n| format!("cfg{n}@contoso.com")).collect();
+    let setup = Setup::new(&addresses).await;
+    setup.env.mailboxes(&addresses).await;
+    let replicas = setup.start_all().await;
+    let ids: Vec<String> = (0..REPLICAS).map(replica_id).collect();
+    let (settled, _) = settle(&replicas[0], &ids, addresses.len()).await;
+    assert!(settled, "not spread");
+
+    // The same ConfigMap change reaches every replica: one mailbox less.
+    let removed = addresses[0].clone();
+    for path in &setup.configs {
+        let toml = std::fs::read_to_string(path).unwrap();
+        let edited = toml.replace(
+            &format!("\n[[mailboxes]]\naddress = \"{removed}\"\napp = \"test\"\n"),
+            "\n",
+        );
+        assert_ne!(toml, edited);
+        std::fs::write(path, edited).unwrap();
+    }
+    let changed_at = OffsetDateTime::now_utc();
+    let mut conn = setup.schema.connect().await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut released = false;
+    while !released && tokio::time::Instant::now() < deadline {
+        let owner: Option<Option<String>> = sqlx::query_scalar("SELECT owner FROM mailbox_leases WHERE mailbox = $1")
+            .bind(&removed)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        released = matches!(owner, Some(None));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the removed mailbox's lease was not released");
+    let (settled, last) = settle(&replicas[1], &ids, addresses.len() - 1).await;
+    assert!(settled && !last.contains_key(&removed), "{last:?}");
+    // Several heartbeats later nobody has claimed it, and nobody polls it.
+    let quiet_from = OffsetDateTime::now_utc();
+    let mut beats = 0;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while beats < 3 && tokio::time::Instant::now() < deadline {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas WHERE heartbeat_ms > $1")
+            .bind(i64::try_from(quiet_from.unix_timestamp_nanos() / 1_000_000).unwrap() + 1000 * beats)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if n == REPLICAS as i64 {
+            beats += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(beats, 3, "the replicas stopped heartbeating");
+    let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM mailbox_leases WHERE mailbox = $1")
+        .bind(&removed)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let polled: Vec<_> = delta_polls(&setup.env)
+        .await
+        .into_iter()
+        .filter(|(at, m, _)| *m == removed && *at > quiet_from)
+        .collect();
+    println!(
+        "{removed} removed at {changed_at}: lease released, owner now {owner:?}, {} polls of it since",
+        polled.len()
+    );
+    assert_eq!(owner, None);
+    assert!(polled.is_empty(), "{polled:?}");
+}
