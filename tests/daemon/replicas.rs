@@ -891,3 +891,65 @@ async fn a_mailbox_removed_from_the_config_is_released_and_claimed_by_nobody() {
     assert_eq!(owner, None);
     assert!(polled.is_empty(), "{polled:?}");
 }
+
+/// The `field` count of each log line of a replica whose message is `message`.
+fn logged_counts(binary: &Binary, message: &str, field: &str) -> Vec<u64> {
+    binary
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            let fields = if v["fields"].is_object() { &v["fields"] } else { &v };
+            (fields["message"] == message).then(|| fields[field].as_u64())?
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_replica_takes_its_share_a_few_mailboxes_at_a_time() {
+    let addresses: Vec<String> = (0..12).map(|n| format!("join{n}@contoso.com")).collect();
+    let setup = Setup::new(&addresses).await;
+    setup.env.mailboxes(&addresses).await;
+    let (a, b) = tokio::join!(
+        setup.env.spawn_binary(&setup.configs[0], 0),
+        setup.env.spawn_binary(&setup.configs[1], 1),
+    );
+    let ids: Vec<String> = (0..REPLICAS).map(replica_id).collect();
+    let (settled, last) = settle(&a, &ids[..2], addresses.len()).await;
+    assert!(settled, "two replicas did not split 12 mailboxes: {last:?}");
+
+    // Only what happens from the join on counts (the first two may have rebalanced at start).
+    let gave_before: Vec<usize> = [&a, &b]
+        .iter()
+        .map(|r| logged_counts(r, "Gave up leases towards an even split.", "released").len())
+        .collect();
+    let joined_at = std::time::Instant::now();
+    let c = setup.env.spawn_binary(&setup.configs[2], 2).await;
+    let (settled, last) = settle(&a, &ids, addresses.len()).await;
+    let took = joined_at.elapsed();
+    assert!(settled, "the third replica did not get its share: {last:?}");
+    let claims = logged_counts(&c, "Claimed mailbox leases.", "claimed");
+    let gave: Vec<Vec<u64>> = [&a, &b]
+        .iter()
+        .zip(&gave_before)
+        .map(|(r, before)| logged_counts(r, "Gave up leases towards an even split.", "released")[*before..].to_vec())
+        .collect();
+    let text = c.get("/metrics").await.map(|(_, t)| t).unwrap_or_default();
+    let handovers = crate::support::metric(&text, "inboxd_lease_handovers_total", "");
+    println!(
+        "r2 joined: spread {:?} after {:.1}s; released per heartbeat by r0 {:?} and r1 {:?}; r2's claims {claims:?}; handovers {handovers:?}",
+        spread(&last),
+        took.as_secs_f64(),
+        gave[0],
+        gave[1]
+    );
+    assert_eq!(claims.iter().sum::<u64>(), 4, "{claims:?}");
+    // Each of the two others gives up at most a quarter of its share (one) per heartbeat.
+    assert_eq!(gave.iter().flatten().sum::<u64>(), 4, "{gave:?}");
+    assert!(
+        gave.iter().flatten().all(|n| *n == 1),
+        "moved too many at once: {gave:?}"
+    );
+    assert_eq!(handovers, Some(4.0));
+    drop(b);
+}
