@@ -277,3 +277,30 @@ async fn a_replay_or_a_new_grant_on_any_replica_wakes_the_owner() {
     assert_eq!(store.delegated_token(&m).await.unwrap(), Some(token));
     assert_eq!(Wake::parse("nonsense"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_used_when_asked_and_an_unverifiable_server_is_refused() {
+    // Debian's PostgreSQL serves TLS with a self-signed ("snakeoil") certificate.
+    let schema = Schema::create().await;
+    let url = |mode: &str| {
+        format!(
+            "{}?sslmode={mode}&options=-c%20search_path%3D{}",
+            crate::store::suite::pg::server_url(),
+            schema.name
+        )
+    };
+    let store = PgStore::open(&url("require")).await.unwrap();
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert!(ssl, "sslmode=require must encrypt");
+    store.close().await;
+    match PgStore::open(&url("verify-full")).await {
+        Err(StoreError::Database(message)) => {
+            assert!(message.starts_with("open "), "{message}");
+            println!("verify-full against a self-signed server: {message}");
+        }
+        other => panic!("a certificate no trusted root signed must be refused, got {other:?}"),
+    }
+}
