@@ -5,6 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
+use super::html_text::html_to_text;
 use crate::domain::MailboxAddress;
 use crate::event::{EmailAddress, EventAttachment, EventBody, MESSAGE_SCHEMA, MessageEvent};
 
@@ -45,40 +46,6 @@ fn header<'a>(headers: &'a [Value], name: &str) -> Option<&'a str> {
                 .is_some_and(|n| n.eq_ignore_ascii_case(name))
         })
         .and_then(|h| h.get("value").and_then(Value::as_str))
-}
-
-/// Plain text from HTML, for routing's `body.text`: rendered as a browser would lay the text
-/// out (whitespace collapsed, block elements on their own lines, list items marked, links kept
-/// as numbered footnotes with their URLs), one newline style, no line wrapping.
-pub fn html_to_text(html: &str) -> String {
-    /// Wide enough that no line is wrapped; a line wider still overflows rather than failing.
-    const WIDTH: usize = 100_000;
-    let rendered = html2text::config::plain_no_decorate()
-        .link_footnotes(true)
-        .no_table_borders()
-        .no_link_wrapping()
-        .allow_width_overflow()
-        .string_from_read(html.as_bytes(), WIDTH)
-        .unwrap_or_default();
-    let mut out = String::with_capacity(rendered.len());
-    let mut blank_run = 0;
-    // A no-break space is a space to a reader (and to routing's keyword rules).
-    let rendered = rendered.replace('\u{a0}', " ");
-    for line in rendered.lines() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            blank_run += 1;
-            // At most one blank line between paragraphs.
-            if blank_run > 1 {
-                continue;
-            }
-        } else {
-            blank_run = 0;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.trim().to_string()
 }
 
 /// Attachments as the event carries them; `cap` = `max_inline_attachment_bytes`.
@@ -227,28 +194,6 @@ mod tests {
         );
         assert_eq!(e.dedup_key, dedup_key(&mb, "AAkA1"));
         assert_eq!(e.mailbox, "support@contoso.test");
-    }
-
-    #[test]
-    fn outlook_style_html_reads_as_an_agent_would_expect() {
-        let html = "<html><head><style>p{margin:0}</style></head><body>\r\n<div>Hello,</div>\r\n<div><br></div>\r\n\
-                    <div>my&nbsp;order #1042 is late &amp; I'm worried.</div>\r\n<div><br></div>\r\n\
-                    <ul><li>tracking: none</li>\r\n<li>paid: yes</li></ul>\r\n\
-                    <div>See <a href=\"https://shop.example/orders/1042\">my order</a>.</div>\r\n<div>Ann</div></body></html>";
-        let text = html_to_text(html);
-        assert!(!text.contains('\r'), "one newline style: {text:?}");
-        assert!(!text.contains("\n\n\n"), "no tripled blank lines: {text:?}");
-        assert!(text.starts_with("Hello,\n"), "{text:?}");
-        assert!(text.contains("my order #1042 is late & I'm worried."), "{text:?}");
-        assert!(
-            text.contains("* tracking: none\n* paid: yes"),
-            "list items marked: {text:?}"
-        );
-        assert!(
-            text.contains("https://shop.example/orders/1042"),
-            "the link's URL kept: {text:?}"
-        );
-        assert!(!text.contains("margin"), "styles are not text: {text:?}");
     }
 
     #[test]

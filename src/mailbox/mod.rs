@@ -4,6 +4,7 @@
 pub mod convert;
 mod deliver;
 mod fetch;
+mod html_text;
 mod poll;
 mod replay;
 mod status;
