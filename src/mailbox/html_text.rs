@@ -23,9 +23,35 @@ pub fn html_to_text(html: &str) -> String {
 
 /// Elements that start on a new line.
 const BLOCK: &[&str] = &[
-    "address", "article", "aside", "center", "dd", "details", "dialog", "div", "dl", "dt", "fieldset",
-    "figcaption", "figure", "footer", "form", "header", "hr", "main", "nav", "ol", "section", "summary",
-    "table", "tbody", "tfoot", "thead", "tr", "ul", "caption",
+    "address",
+    "article",
+    "aside",
+    "center",
+    "dd",
+    "details",
+    "dialog",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "header",
+    "hr",
+    "main",
+    "nav",
+    "ol",
+    "section",
+    "summary",
+    "table",
+    "tbody",
+    "tfoot",
+    "thead",
+    "tr",
+    "ul",
+    "caption",
 ];
 /// Elements set off by a blank line.
 const PARAGRAPH: &[&str] = &["blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "p", "pre"];
@@ -87,29 +113,37 @@ impl Renderer {
         self.out.push(c);
     }
 
-    /// Character data between tags.
+    /// Character data between tags: literal runs are copied whole, whitespace and character
+    /// references are looked at one by one.
     fn text(&mut self, s: &str) {
-        let mut rest = s;
-        while !rest.is_empty() {
-            let end = rest.find(['&', ' ', '\t', '\n', '\r', '\x0c']).unwrap_or(rest.len());
-            if end > 0 {
-                self.settle();
-                self.out.push_str(&rest[..end]);
-                rest = &rest[end..];
+        let bytes = s.as_bytes();
+        let (mut run, mut i) = (0, 0);
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b != b'&' && !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') {
+                i += 1;
                 continue;
             }
-            let c = rest.as_bytes()[0];
-            if c == b'&' {
-                let (decoded, used) = entity(rest);
+            if run < i {
+                self.settle();
+                self.out.push_str(&s[run..i]);
+            }
+            if b == b'&' {
+                let (decoded, used) = entity(&s[i..]);
                 match decoded {
-                    Some(ch) => self.character(ch),
+                    Some(c) => self.character(c),
                     None => self.visible('&'),
                 }
-                rest = &rest[used..];
+                i += used;
             } else {
-                self.whitespace(c);
-                rest = &rest[1..];
+                self.whitespace(b);
+                i += 1;
             }
+            run = i;
+        }
+        if run < bytes.len() {
+            self.settle();
+            self.out.push_str(&s[run..]);
         }
     }
 
@@ -216,7 +250,9 @@ impl Renderer {
             }
             "ul" | "ol" => {
                 self.breaks(1);
-                let start = attribute(attrs, "start").and_then(|s| s.trim().parse().ok()).unwrap_or(1);
+                let start = attribute(attrs, "start")
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(1);
                 self.lists.push((name == "ol").then_some(start));
             }
             "td" | "th" => self.want_space = self.want_breaks == 0,
@@ -392,14 +428,14 @@ fn decode_entities(s: &str) -> String {
 
 /// Latin-1 names in code point order from U+00A0.
 const LATIN1: [&str; 96] = [
-    "nbsp", "iexcl", "cent", "pound", "curren", "yen", "brvbar", "sect", "uml", "copy", "ordf", "laquo", "not",
-    "shy", "reg", "macr", "deg", "plusmn", "sup2", "sup3", "acute", "micro", "para", "middot", "cedil", "sup1",
-    "ordm", "raquo", "frac14", "frac12", "frac34", "iquest", "Agrave", "Aacute", "Acirc", "Atilde", "Auml",
-    "Aring", "AElig", "Ccedil", "Egrave", "Eacute", "Ecirc", "Euml", "Igrave", "Iacute", "Icirc", "Iuml", "ETH",
-    "Ntilde", "Ograve", "Oacute", "Ocirc", "Otilde", "Ouml", "times", "Oslash", "Ugrave", "Uacute", "Ucirc",
-    "Uuml", "Yacute", "THORN", "szlig", "agrave", "aacute", "acirc", "atilde", "auml", "aring", "aelig", "ccedil",
-    "egrave", "eacute", "ecirc", "euml", "igrave", "iacute", "icirc", "iuml", "eth", "ntilde", "ograve", "oacute",
-    "ocirc", "otilde", "ouml", "divide", "oslash", "ugrave", "uacute", "ucirc", "uuml", "yacute", "thorn", "yuml",
+    "nbsp", "iexcl", "cent", "pound", "curren", "yen", "brvbar", "sect", "uml", "copy", "ordf", "laquo", "not", "shy",
+    "reg", "macr", "deg", "plusmn", "sup2", "sup3", "acute", "micro", "para", "middot", "cedil", "sup1", "ordm",
+    "raquo", "frac14", "frac12", "frac34", "iquest", "Agrave", "Aacute", "Acirc", "Atilde", "Auml", "Aring", "AElig",
+    "Ccedil", "Egrave", "Eacute", "Ecirc", "Euml", "Igrave", "Iacute", "Icirc", "Iuml", "ETH", "Ntilde", "Ograve",
+    "Oacute", "Ocirc", "Otilde", "Ouml", "times", "Oslash", "Ugrave", "Uacute", "Ucirc", "Uuml", "Yacute", "THORN",
+    "szlig", "agrave", "aacute", "acirc", "atilde", "auml", "aring", "aelig", "ccedil", "egrave", "eacute", "ecirc",
+    "euml", "igrave", "iacute", "icirc", "iuml", "eth", "ntilde", "ograve", "oacute", "ocirc", "otilde", "ouml",
+    "divide", "oslash", "ugrave", "uacute", "ucirc", "uuml", "yacute", "thorn", "yuml",
 ];
 
 /// Other names mail commonly carries.
@@ -561,7 +597,9 @@ mod tests {
     #[test]
     fn links() {
         assert_eq!(
-            html_to_text("<a href='https://x.example/a?b=1&amp;c=2'>here</a> <a href=\"https://y.example\">https://y.example</a> <a href=\"mailto:ann@x.net\">ann@x.net</a> <a href=#top>top</a> <a href=\"https://z.example\"></a>"),
+            html_to_text(
+                "<a href='https://x.example/a?b=1&amp;c=2'>here</a> <a href=\"https://y.example\">https://y.example</a> <a href=\"mailto:ann@x.net\">ann@x.net</a> <a href=#top>top</a> <a href=\"https://z.example\"></a>"
+            ),
             "here[1] https://y.example ann@x.net top <https://z.example>\n\n[1]: https://x.example/a?b=1&c=2"
         );
     }
