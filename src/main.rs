@@ -63,7 +63,7 @@ enum Command {
     /// Runs a benchmark scenario (backlog, idle, steady, reference, notify, all, or sinks) and prints a JSON report.
     #[cfg(feature = "bench")]
     Bench {
-        /// backlog, idle, steady, reference, notify or all (all leaves notify and sinks out); sinks runs the backlog into the file, NATS and RabbitMQ sinks.
+        /// backlog, idle, steady, reference, notify or all (all leaves notify and sinks out); sinks runs the backlog into the file, NATS and RabbitMQ sinks; compare OLD.json NEW.json prints the ratios of two reports.
         scenario: String,
         /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
         #[arg(long)]
@@ -71,6 +71,8 @@ enum Command {
         /// Also write the report to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// With `compare`: the old and the new report.
+        reports: Vec<PathBuf>,
     },
     /// Exits 0 when the daemon's /livez answers (for the container's HEALTHCHECK).
     Healthcheck {
@@ -170,7 +172,12 @@ async fn main() -> ExitCode {
             }
         }
         #[cfg(feature = "bench")]
-        Command::Bench { scenario, smoke, out } => match inboxd::bench::run(&scenario, smoke, out.as_deref()).await {
+        Command::Bench {
+            scenario,
+            smoke,
+            out,
+            reports,
+        } => match inboxd::bench::run(&scenario, smoke, out.as_deref(), &reports).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("inboxd bench: {e:#}");

@@ -3,6 +3,7 @@
 //! one JSON report goes to stdout (and to `--out`).
 
 mod children;
+pub mod compare;
 mod events;
 mod measure;
 mod reference;
@@ -21,11 +22,26 @@ use run::DaemonRun;
 use scenario::{Kind, Plan};
 
 /// Scenario names `bench` takes.
-pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify, all, or sinks (needs NATS and RabbitMQ)";
+pub const SCENARIOS: &str =
+    "backlog, idle, steady, reference, notify, all, sinks (needs NATS and RabbitMQ), or compare OLD.json NEW.json";
 
 /// Runs `scenario` (or `all` of them) at full size or, with `smoke`, tiny; prints the report
 /// and fails when the report is incomplete.
-pub async fn run(scenario: &str, smoke: bool, out: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(
+    scenario: &str,
+    smoke: bool,
+    out: Option<&Path>,
+    reports: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    if scenario == "compare" {
+        let [old, new] = reports else {
+            bail!("compare takes two report files: inboxd bench compare OLD.json NEW.json");
+        };
+        return compare::run(old, new);
+    }
+    if !reports.is_empty() {
+        bail!("only compare takes report files");
+    }
     let exe = std::env::current_exe().context("locating the inboxd binary")?;
     let kinds = match scenario {
         "all" => vec![Kind::Backlog, Kind::Idle, Kind::Steady, Kind::Reference],
