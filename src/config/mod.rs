@@ -166,6 +166,9 @@ pub struct MicrosoftConfig {
     /// Items after which Graph ends a delta filtered on receipt time (5,000 as documented; an
     /// emulator may use fewer). A round that reaches it is split so nothing is skipped.
     pub filtered_delta_cap: usize,
+    /// Bytes of mail (bodies and attachments, with the copies made while turning them into
+    /// events) held in process at once, all mailboxes together; pages are sized to fit.
+    pub in_flight_bytes: u64,
 }
 
 /// `[sink]`.

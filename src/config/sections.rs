@@ -193,6 +193,11 @@ fn store(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> (Optio
     (store, given)
 }
 
+/// `microsoft.in_flight_bytes` when not set: 64 MiB.
+const DEFAULT_IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// Below this a single ordinary message would not fit.
+const MIN_IN_FLIGHT_BYTES: u64 = 4 << 20;
+
 fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
     let authority_host = https_url(&t.get_or("authority_host", "https://login.microsoftonline.com"), errors);
     let graph_url = https_url(&t.get_or("graph_url", "https://graph.microsoft.com"), errors);
@@ -210,8 +215,15 @@ fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
         None => Some(5_000),
         Some(field) => field.int_in(errors, 1, 1_000_000).and_then(|v| usize::try_from(v).ok()),
     };
+    let in_flight_bytes = match t.get("in_flight_bytes") {
+        None => Some(DEFAULT_IN_FLIGHT_BYTES),
+        Some(field) => field
+            .int_in(errors, MIN_IN_FLIGHT_BYTES as i64, 1 << 40)
+            .and_then(|v| u64::try_from(v).ok()),
+    };
     t.finish(errors);
     Some(MicrosoftConfig {
+        in_flight_bytes: in_flight_bytes?,
         authority_host: authority_host?,
         graph_url: graph_url?,
         ca_file: ca_file?,

@@ -92,36 +92,45 @@ pub fn attachments(list: &[Value], cap: u64) -> Vec<EventAttachment> {
         .collect()
 }
 
-/// Builds the event. `headers` and `attachment_list` come from the delta item or a follow-up fetch.
+/// Builds the event. `headers` and `attachment_list` come from the delta item or a follow-up
+/// fetch. The body is taken out of `m`, not copied: it can be megabytes.
 pub fn event(
     mailbox: &MailboxAddress,
     folder: &str,
-    m: &Value,
+    m: &mut Value,
     headers: &[Value],
     attachment_list: &[Value],
     cap: u64,
 ) -> Result<MessageEvent, String> {
-    let graph_id = m.get("id").and_then(Value::as_str).ok_or("the message has no id")?;
+    let graph_id = m
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("the message has no id")?
+        .to_string();
     let received_at = m
         .get("receivedDateTime")
         .and_then(Value::as_str)
-        .ok_or("the message has no receivedDateTime")?;
-    time::OffsetDateTime::parse(received_at, &time::format_description::well_known::Rfc3339)
+        .ok_or("the message has no receivedDateTime")?
+        .to_string();
+    time::OffsetDateTime::parse(&received_at, &time::format_description::well_known::Rfc3339)
         .map_err(|_| format!("receivedDateTime '{received_at}' is not RFC 3339"))?;
-    let body = m.get("body").ok_or("the message has no body")?;
-    let content = body.get("content").and_then(Value::as_str).unwrap_or_default();
+    let body = m.get_mut("body").ok_or("the message has no body")?;
     let is_html = body
         .get("contentType")
         .and_then(Value::as_str)
         .is_none_or(|t| t.eq_ignore_ascii_case("html"));
+    let content = match body.get_mut("content").map(Value::take) {
+        Some(Value::String(s)) => s,
+        _ => String::new(),
+    };
     let body = if is_html {
         EventBody {
-            text: Some(html_to_text(content)),
-            html: Some(content.to_string()),
+            text: Some(html_to_text(&content)),
+            html: Some(content),
         }
     } else {
         EventBody {
-            text: Some(content.to_string()),
+            text: Some(content),
             html: None,
         }
     };
@@ -134,10 +143,10 @@ pub fn event(
     Ok(MessageEvent {
         schema: MESSAGE_SCHEMA.to_string(),
         event_id: uuid::Uuid::new_v4().to_string(),
-        dedup_key: dedup_key(mailbox, graph_id),
+        dedup_key: dedup_key(mailbox, &graph_id),
         mailbox: mailbox.to_string(),
         folder: folder.to_string(),
-        graph_id: graph_id.to_string(),
+        graph_id,
         internet_message_id,
         conversation_id: m
             .get("conversationId")
@@ -153,7 +162,7 @@ pub fn event(
         to: addresses(m.get("toRecipients")),
         cc: addresses(m.get("ccRecipients")),
         reply_to: addresses(m.get("replyTo")),
-        received_at: received_at.to_string(),
+        received_at,
         body,
         attachments: attachments(attachment_list, cap),
     })
@@ -182,7 +191,7 @@ mod tests {
             json!({"name": "small.txt", "contentType": "text/plain", "size": 3, "contentBytes": "YWJj"}),
             json!({"name": "big.bin", "contentType": "application/pdf", "size": 6, "contentBytes": "YWJjZGVm"}),
         ];
-        let e = event(&mb, "inbox", &m, &headers, &atts, 4).unwrap();
+        let e = event(&mb, "inbox", &mut m.clone(), &headers, &atts, 4).unwrap();
         assert_eq!(e.in_reply_to.as_deref(), Some("<a@x>"));
         assert_eq!(e.references, vec!["<r@x>", "<a@x>"]);
         assert_eq!(e.body.text.as_deref(), Some("Hello & bye"));
@@ -199,12 +208,12 @@ mod tests {
     #[test]
     fn malformed_messages_are_refused_with_a_reason() {
         let mb = MailboxAddress::parse("a@b.test").unwrap();
-        let err = event(&mb, "inbox", &json!({"id": "x", "body": {}}), &[], &[], 10).unwrap_err();
+        let err = event(&mb, "inbox", &mut json!({"id": "x", "body": {}}), &[], &[], 10).unwrap_err();
         assert!(err.contains("receivedDateTime"), "{err}");
         let err = event(
             &mb,
             "inbox",
-            &json!({"id": "x", "receivedDateTime": "yesterday", "body": {}}),
+            &mut json!({"id": "x", "receivedDateTime": "yesterday", "body": {}}),
             &[],
             &[],
             10,
@@ -259,7 +268,7 @@ mod tests {
             cap in 0u64..10,
         ) {
             let mb = MailboxAddress::parse("a@b.test").unwrap();
-            match event(&mb, "inbox", &m, &headers, &attachments, cap) {
+            match event(&mb, "inbox", &mut m.clone(), &headers, &attachments, cap) {
                 Ok(e) => {
                     proptest::prop_assert_eq!(&e.dedup_key, &dedup_key(&mb, m["id"].as_str().unwrap()));
                     for a in &e.attachments {

@@ -9,9 +9,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use super::MailboxCtx;
 use super::convert::DELTA_SELECT;
 use super::deliver::{self, Mode};
+use super::{MailboxCtx, budget};
 use crate::config::StartAt;
 use crate::graph::{Call, CallError, GraphErrorKind, segment};
 use crate::sink::SinkError;
@@ -126,7 +126,7 @@ async fn salvage(ctx: &MailboxCtx, folder: &str) -> Result<(String, OffsetDateTi
     let mut stats = RoundStats::default();
     loop {
         ctx.gate.wait_unpaused().await;
-        let _page = ctx.ingest.acquire().await.expect("ingest semaphore is never closed");
+        let _page = ctx.ingest.page().await;
         let call = Call::get("list", url)
             .prefer("IdType=\"ImmutableId\"")
             .max_retry_wait(MAX_WAIT_IN_ROUND);
@@ -191,10 +191,11 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         }
         // A throttled mailbox waits here, before taking a permit others could use.
         ctx.gate.wait_unpaused().await;
-        // One page in memory per permit: a backlog in many mailboxes cannot exhaust memory.
-        let _page = ctx.ingest.acquire().await.expect("ingest semaphore is never closed");
+        // One page in memory per permit, sized to its share of the budget: a backlog in many
+        // mailboxes, or of large messages, cannot exhaust memory.
+        let _page = ctx.ingest.page().await;
         let call = Call::get("delta", link.clone())
-            .prefer(format!("odata.maxpagesize={PAGE_SIZE}"))
+            .prefer(format!("odata.maxpagesize={}", ctx.page_size.get()))
             .prefer("IdType=\"ImmutableId\"")
             .max_retry_wait(MAX_WAIT_IN_ROUND);
         let page = match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
@@ -241,6 +242,9 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         let Some(Value::Array(items)) = page.get_mut("value").map(Value::take) else {
             return Err(PollError::Malformed("no 'value' array".into()));
         };
+        let cap = ctx.config.max_inline_attachment_bytes;
+        let weight: u64 = items.iter().map(|m| budget::weight(m, cap)).sum();
+        ctx.page_size.learn(&ctx.ingest, weight, items.len());
         let mut fresh: Vec<Value> = Vec::new();
         for item in items {
             if item.get("@removed").is_some() {

@@ -13,6 +13,7 @@ mod guarantees;
 mod hostile;
 mod image;
 mod lock;
+mod memory;
 mod monitoring;
 mod notifications;
 mod outbound;
