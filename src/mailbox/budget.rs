@@ -83,19 +83,14 @@ impl PageSize {
     }
 }
 
-/// What a delta item weighs in memory: its body and the attachments it announces it has
-/// (their size is not known yet; the cap bounds what is kept).
-pub fn weight(item: &Value, attachment_cap: u64) -> u64 {
+/// What a delta item weighs in memory without its attachments (their content is read after
+/// the page, and counted then): its body, headers, addresses and the rest of the event.
+pub fn weight(item: &Value) -> u64 {
     let body = item
         .pointer("/body/content")
         .and_then(Value::as_str)
         .map_or(0, |s| s.len() as u64);
-    let attachments = match item.get("hasAttachments").and_then(Value::as_bool) {
-        Some(true) => attachment_cap.min(1 << 20),
-        _ => 0,
-    };
-    // Headers, addresses and the rest of the event.
-    body + attachments + 2_048
+    body + 2_048
 }
 
 #[cfg(test)]
@@ -130,11 +125,8 @@ mod tests {
     }
 
     #[test]
-    fn weight_counts_the_body_and_announced_attachments() {
-        let plain = json!({"body": {"content": "x".repeat(1000)}});
-        let with = json!({"body": {"content": "x".repeat(1000)}, "hasAttachments": true});
-        assert_eq!(weight(&plain, 3_000_000), 3_048);
-        assert_eq!(weight(&with, 3_000_000), 3_048 + (1 << 20));
-        assert_eq!(weight(&with, 10), 3_058);
+    fn weight_counts_the_body_and_the_rest_of_the_event() {
+        assert_eq!(weight(&json!({"body": {"content": "x".repeat(1000)}})), 3_048);
+        assert_eq!(weight(&json!({"id": "partial"})), 2_048);
     }
 }

@@ -57,6 +57,8 @@ pub struct RoundStats {
     pub delivered: u64,
     /// Messages quarantined.
     pub quarantined: u64,
+    /// Attachment content read (what the next page's size is learnt from, with the bodies).
+    pub attachment_bytes: u64,
 }
 
 impl RoundStats {
@@ -64,6 +66,7 @@ impl RoundStats {
     pub fn add(&mut self, other: RoundStats) {
         self.delivered += other.delivered;
         self.quarantined += other.quarantined;
+        self.attachment_bytes += other.attachment_bytes;
     }
 }
 
@@ -242,9 +245,8 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         let Some(Value::Array(items)) = page.get_mut("value").map(Value::take) else {
             return Err(PollError::Malformed("no 'value' array".into()));
         };
-        let cap = ctx.config.max_inline_attachment_bytes;
-        let weight: u64 = items.iter().map(|m| budget::weight(m, cap)).sum();
-        ctx.page_size.learn(&ctx.ingest, weight, items.len());
+        let weight: u64 = items.iter().map(budget::weight).sum();
+        let count = items.len();
         let mut fresh: Vec<Value> = Vec::new();
         for item in items {
             if item.get("@removed").is_some() {
@@ -268,7 +270,9 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 }
             }
         }
-        stats.add(deliver::items(ctx, folder, fresh, Mode::Round).await?);
+        let done = deliver::items(ctx, folder, fresh, Mode::Round).await?;
+        ctx.page_size.learn(&ctx.ingest, weight + done.attachment_bytes, count);
+        stats.add(done);
         if let Some(next) = page.get("@odata.nextLink").and_then(Value::as_str) {
             link = next.to_string();
         } else if let Some(delta) = page.get("@odata.deltaLink").and_then(Value::as_str) {
