@@ -264,7 +264,15 @@ async fn the_status_page_in_chromium_consents_replays_and_fits_400_px() {
     assert!(shown.contains("subject not allowed by routing"), "{shown}");
     assert!(!shown.contains(API_TOKEN), "the page shows the token");
 
+    let outbound = crate::page::send_and_wait(daemon.addr, &shop, "Re: your order 1042").await;
+    assert!(
+        wait_for(&client, &base, &format!("[data-outbound='{outbound}']")).await,
+        "the sent message is not listed"
+    );
+    assert!(text(&client).await.contains("sent · send from ui-shop@contoso.test"));
     accessible(&client, "status page, 1280 px").await;
+    // Tall enough for the whole page in the screenshot.
+    client.set_window_size(1280, 2000).await.unwrap();
     let screenshot = artifacts().join("status-page.png");
     std::fs::write(&screenshot, client.screenshot().await.unwrap()).unwrap();
     println!("screenshot: {}", screenshot.display());

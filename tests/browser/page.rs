@@ -4,14 +4,25 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{API_TOKEN, Env, with_api_token};
+use crate::support::{API_TOKEN, Env, SECRET_ENV, with_api_token};
 
 /// A token of `server.read_only_api_tokens` in the configs here.
 pub const READ_ONLY_TOKEN: &str = "read-only-token-5c81f0aa";
 
-/// The generated config (poll every 250 ms) with both kinds of API token.
+/// When the test app's secret expires, as the configs here declare it.
+pub const SECRET_EXPIRES_AT: &str = "2027-03-01T00:00:00Z";
+
+/// The generated config (poll every 250 ms) with both kinds of API token and the test app's
+/// secret expiry.
 pub fn config(env: &Env, mailboxes: &[String]) -> String {
     let toml = with_api_token(&env.config(mailboxes, "250ms"));
+    let secret = format!("client_secret = \"env:{SECRET_ENV}\"\n");
+    assert!(toml.contains(&secret));
+    let toml = toml.replacen(
+        &secret,
+        &format!("{secret}secret_expires_at = \"{SECRET_EXPIRES_AT}\"\n"),
+        1,
+    );
     let anchor = format!("api_tokens = [\"dev:{API_TOKEN}\"]\n");
     assert!(toml.contains(&anchor));
     toml.replacen(
@@ -102,4 +113,42 @@ pub fn csrf(page: &str) -> String {
         .unwrap_or_else(|| panic!("no CSRF field in the page:\n{page}"))
         + r#"name="csrf" value=""#.len();
     page[start..].split('"').next().unwrap().to_string()
+}
+
+/// Asks `mailbox` to send a new message through `/v1` (what routing does); returns its
+/// outbound id once Graph has sent it.
+pub async fn send_and_wait(addr: SocketAddr, mailbox: &str, subject: &str) -> String {
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("http://{addr}/v1/mailboxes/{mailbox}/send"))
+        .bearer_auth(API_TOKEN)
+        .header("Idempotency-Key", subject)
+        .json(&serde_json::json!({
+            "to": [{"name": "Customer", "address": "customer@example.net"}],
+            "subject": subject,
+            "body": {"content_type": "text", "content": "Your ticket is open."},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "send: {:?}", resp.text().await);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = crate::support::eventually(Duration::from_secs(30), || async {
+        let status: serde_json::Value = http
+            .get(format!("http://{addr}/v1/outbound/{id}"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status["status"] == "sent"
+    })
+    .await;
+    assert!(sent, "outbound {id} was not sent");
+    id
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::page::{Page, READ_ONLY_TOKEN, config, csrf};
+use crate::page::{Page, READ_ONLY_TOKEN, SECRET_EXPIRES_AT, config, csrf, send_and_wait};
 use crate::receiver::{Receiver, with_webhook};
 use crate::support::{API_TOKEN, Env, eventually};
 
@@ -88,6 +88,22 @@ async fn sign_in_sets_a_strict_session_cookie_and_never_echoes_the_token() {
     assert!(active, "the mailbox never showed as active:\n{}", shown.body);
     assert!(!shown.body.contains(API_TOKEN), "the page shows the token");
     assert!(shown.body.contains("may act"), "{}", shown.body);
+    assert!(
+        shown.body.contains(&format!("expires {SECRET_EXPIRES_AT}")),
+        "no credential expiry: {}",
+        shown.body
+    );
+    assert!(shown.body.contains("No reply or new message was requested yet."));
+    let outbound = send_and_wait(daemon.addr, &mailbox, "Ticket 7 opened").await;
+    let listed = page.get("/ui/", Some(&cookie)).await.body;
+    let item = listed
+        .split(&format!(r#"<li data-outbound="{outbound}">"#))
+        .nth(1)
+        .unwrap_or_else(|| panic!("outbound {outbound} not listed: {listed}"));
+    assert!(
+        item.starts_with("<strong>sent</strong> · send from ui-signin@contoso.test"),
+        "{item}"
+    );
     // The session opens the page, not the API.
     assert_eq!(daemon.get("/v1/mailboxes", None).await.0, 401);
 

@@ -152,8 +152,8 @@ pub fn status(o: &Overview, nonce: &str) -> String {
     };
     let _ = write!(
         body,
-        r#"<header><h1>inboxd status</h1><p class="muted">{role} · updated {} · reloads every {REFRESH_SECONDS} s
-<form class="inline" method="post" action="/ui/sign-out">{}<button class="quiet" type="submit">Sign out</button></form></p></header><main>"#,
+        r#"<header><h1>inboxd status</h1><p class="muted">{role} · updated {} · reloads every {REFRESH_SECONDS} s</p>
+<form class="inline" method="post" action="/ui/sign-out">{}<button class="quiet" type="submit">Sign out</button></form></header><main>"#,
         esc(&time_text(o.now)),
         csrf::hidden_input(&o.session),
     );
