@@ -348,12 +348,46 @@ async fn the_status_page_in_chromium_consents_replays_and_fits_400_px() {
         .unwrap();
     let notice = text(&client).await;
     assert!(notice.contains("Replay requested"), "{notice}");
+    // No navigation from here: the page reloads itself.
+    client.execute("window.notReloaded = true", vec![]).await.unwrap();
     let emptied = eventually(LIMIT, || async {
-        client.goto(&format!("{base}/ui/")).await.unwrap();
-        text(&client).await.contains("Nothing is quarantined.")
+        let reloaded = client
+            .execute("return window.notReloaded === undefined", vec![])
+            .await
+            .is_ok_and(|v| v == json!(true));
+        reloaded && text(&client).await.contains("Nothing is quarantined.")
     })
     .await;
-    assert!(emptied, "the message stayed quarantined:\n{}", text(&client).await);
+    assert!(
+        emptied,
+        "the page did not reload itself into an empty quarantine:\n{}",
+        text(&client).await
+    );
+
+    // While a form is in use the page does not reload (watched one refresh period and more).
+    client
+        .execute(
+            "window.notReloaded = true; document.querySelector('form button').focus()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let shown = text(&client).await;
+    let period: u64 = shown
+        .split("reloads every ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the page does not say how often it reloads: {shown}"));
+    let watch = Duration::from_secs(period + 3);
+    let reloaded = eventually(watch, || async {
+        client
+            .execute("return window.notReloaded === undefined", vec![])
+            .await
+            .map_or(true, |v| v == json!(true))
+    })
+    .await;
+    assert!(!reloaded, "the page reloaded while a form had the focus");
     assert!(daemon.quarantine().await.is_empty());
     assert!(
         rx.accepted.load(Ordering::SeqCst) >= 2,
