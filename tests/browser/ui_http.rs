@@ -241,3 +241,38 @@ async fn reasons_from_graph_and_routing_are_escaped() {
     assert!(!body.contains("<img"), "a quarantine reason reached the page as markup");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_https_the_cookie_is_secure_and_token_guessing_is_slowed() {
+    let env = Env::new().await;
+    let mailbox = "ui-https@contoso.test".to_string();
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let toml = config(&env, std::slice::from_ref(&mailbox));
+    let anchor = "listen = \"127.0.0.1:0\"\n";
+    assert!(toml.contains(anchor));
+    // A TLS-terminating proxy in front: browsers reach inboxd over HTTPS.
+    let toml = toml.replacen(
+        anchor,
+        &format!("{anchor}public_url = \"https://inboxd.example.test\"\n"),
+        1,
+    );
+    let daemon = env.start(&toml).await;
+    let page = Page::new(daemon.addr);
+    let answer = page.post("/ui/sign-in", None, &[("token", API_TOKEN)]).await;
+    let cookie = answer
+        .set_cookie
+        .unwrap_or_else(|| panic!("no cookie: {}", answer.body));
+    assert!(cookie.split("; ").any(|p| p == "Secure"), "{cookie}");
+
+    let mut statuses = Vec::new();
+    for n in 0..15 {
+        let wrong = format!("guess-{n}");
+        statuses.push(page.post("/ui/sign-in", None, &[("token", &wrong)]).await.status);
+    }
+    assert!(
+        statuses.contains(&429),
+        "15 guesses in a row were all answered: {statuses:?}"
+    );
+    assert!(statuses.iter().all(|s| [401, 429].contains(s)), "{statuses:?}");
+    daemon.stop().await;
+}

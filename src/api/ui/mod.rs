@@ -2,6 +2,7 @@
 //! signs in once with an API token and then holds a session cookie; forms carry a CSRF token;
 //! a read-only token sees everything and changes nothing.
 
+mod assets;
 mod csrf;
 mod pages;
 mod session;
