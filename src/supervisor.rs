@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +90,7 @@ pub struct Supervisor {
     running: HashMap<MailboxAddress, (CancellationToken, JoinHandle<()>)>,
     root: CancellationToken,
     /// Bearer tokens of `/v1`, swapped on reload.
-    pub api_tokens: Arc<ArcSwap<Vec<SecretString>>>,
+    pub api_tokens: Arc<ArcSwap<crate::config::ApiTokens>>,
 }
 
 impl Supervisor {

@@ -10,7 +10,9 @@ use super::reader::{Errors, Table};
 use super::secrets::Secrets;
 use super::tree::Node;
 use super::values::{duration, https_url, socket_addr};
-use super::{AppConfig, AppCredential, Config, MicrosoftConfig, OutboundConfig, ServerConfig, SinkConfig, StoreConfig};
+use super::{
+    ApiTokens, AppConfig, AppCredential, Config, MicrosoftConfig, OutboundConfig, ServerConfig, SinkConfig, StoreConfig,
+};
 use crate::domain::AppName;
 
 /// Reads and checks the whole tree; `None` when anything is wrong (all of it is in `errors`).
@@ -106,14 +108,8 @@ fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Optio
         None => Some(None),
         Some(field) => https_url(&field, errors).map(Some),
     };
-    let api_tokens = match t.get("api_tokens").map(|f| f.items(errors)) {
-        None => Some(Vec::new()),
-        Some(None) => None,
-        Some(Some(items)) => {
-            let tokens: Vec<_> = items.iter().map(|item| secrets.resolve(item, errors)).collect();
-            tokens.into_iter().collect()
-        }
-    };
+    let act = secret_list(&mut t, "api_tokens", secrets, errors);
+    let read_only = secret_list(&mut t, "read_only_api_tokens", secrets, errors);
     let shutdown_grace = duration(
         &t.get_or("shutdown_grace", "20s"),
         errors,
@@ -148,10 +144,30 @@ fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Optio
         max_connections: max_connections?,
         listen: listen?,
         public_url: public_url?,
-        api_tokens: api_tokens?,
+        api_tokens: ApiTokens {
+            act: act?,
+            read_only: read_only?,
+        },
         shutdown_grace: shutdown_grace?,
         log_level: log_level?,
     })
+}
+
+/// A list of secret references (`["env:A", "file:/run/b"]`); absent is empty.
+fn secret_list(
+    t: &mut Table<'_>,
+    key: &'static str,
+    secrets: &Secrets<'_>,
+    errors: &mut Errors,
+) -> Option<Vec<secrecy::SecretString>> {
+    match t.get(key).map(|f| f.items(errors)) {
+        None => Some(Vec::new()),
+        Some(None) => None,
+        Some(Some(items)) => {
+            let tokens: Vec<_> = items.iter().map(|item| secrets.resolve(item, errors)).collect();
+            tokens.into_iter().collect()
+        }
+    }
 }
 
 /// Also says whether `encryption_key` was given at all (even if it did not resolve), so a
