@@ -12,6 +12,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod domain;
 pub mod emulator;
 pub mod event;

@@ -8,6 +8,7 @@ mod cli;
 mod consent_safety;
 mod crash;
 mod delegated;
+mod doctor;
 mod documented;
 mod guarantees;
 mod hostile;
