@@ -10,6 +10,7 @@ pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod doctor;

@@ -24,6 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the daemon.
+    Run {
+        /// Configuration file (TOML); every key can be overridden by INBOXD__SECTION__KEY.
+        #[arg(long, env = "INBOXD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validates a configuration file and prints every problem with its key path; no network.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, env = "INBOXD_CONFIG")]
+        config: PathBuf,
+    },
     /// Checks a configuration against Microsoft (or the emulator) and the sink: one line per check, with the fix.
     Doctor {
         /// Configuration file (TOML).
@@ -39,18 +51,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Runs the daemon.
-    Run {
-        /// Configuration file (TOML); every key can be overridden by INBOXD__SECTION__KEY.
-        #[arg(long, env = "INBOXD_CONFIG")]
-        config: PathBuf,
-    },
-    /// Validates a configuration file and prints every problem with its key path; no network.
-    CheckConfig {
-        /// Configuration file (TOML).
-        #[arg(long, env = "INBOXD_CONFIG")]
-        config: PathBuf,
-    },
+    #[command(flatten)]
+    Client(inboxd::client::Command),
     /// Runs the emulator and the daemon together on sample mailboxes and prints what happened.
     Demo {
         /// How long to run at most (e.g. "30s").
@@ -141,6 +143,7 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Client(command) => inboxd::client::run(command).await,
         Command::Run { config } => {
             // Handlers first: a SIGTERM during start-up must still mean a clean stop.
             let stop = inboxd::shutdown_signal();

@@ -5,6 +5,7 @@ mod api_limits;
 mod bench_smoke;
 mod brokers;
 mod cli;
+mod cli_client;
 mod consent_safety;
 mod crash;
 mod delegated;
