@@ -91,3 +91,31 @@ fn progress(p: &Value) -> Option<String> {
     let rate = p["messages_per_second"].as_f64().unwrap_or(0.0);
     Some(format!("first sync: {messages} messages, {pages} pages, {rate:.0}/s"))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::render;
+
+    #[test]
+    fn a_first_sync_in_progress_is_shown_and_flags_are_counted() {
+        let answer = json!({"mailboxes": [
+            {"address": "big@x.example", "access": "app", "state": "active", "since": "2026-05-04T09:20:02.123456Z",
+             "last_success_at": null, "delivered_total": 4200, "reason": null,
+             "first_sync": {"folder": "inbox", "messages": 4200, "pages": 42, "messages_per_second": 350.0}},
+            {"address": "user@x.example", "access": "delegated", "state": "needs_reconsent", "since": "2026-05-04T09:20:02Z",
+             "reason": "no consent", "consent_url": "https://inboxd.example/oauth/start?mailbox=user%40x.example"},
+        ]});
+        let text = render(&answer, false);
+        assert!(text.contains("first sync: 4200 messages, 42 pages, 350/s"), "{text}");
+        assert!(text.contains("2026-05-04T09:20:02Z"), "times to the second: {text}");
+        assert!(
+            text.contains("consent: https://inboxd.example/oauth/start?mailbox=user%40x.example (no consent)"),
+            "{text}"
+        );
+        assert!(text.ends_with("2 mailbox(es), 1 flagged\n"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(render(&answer, true).contains("\x1b[31mneeds_reconsent\x1b[0m"));
+    }
+}

@@ -276,3 +276,50 @@ async fn consent_prints_the_url_and_a_pasted_callback_completes_it_headlessly() 
     let events = env.wait_for_events(1, LIMIT).await;
     assert_eq!(events[0].subject, "after consent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sync_of_a_large_mailbox_shows_its_progress_until_it_is_done() {
+    let env = Env::new().await;
+    let mailboxes = env.load("progress", 1, 2_000).await;
+    let mailbox = mailboxes[0].clone();
+    // Slow pages, so the sync is seen while it runs.
+    env.settings(json!({"latency_ms": 100})).await;
+    let daemon = env
+        .start(&crate::support::with_api_token(&env.config(&mailboxes, "1s")))
+        .await;
+    // Polled with a deadline: progress is recorded and grows while the sync runs.
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let observed = loop {
+        let progress = daemon.mailbox_views().await[&mailbox]["first_sync"].clone();
+        if progress.is_object() {
+            seen.push(progress);
+        }
+        if seen.len() >= 2 && seen.last().unwrap()["pages"].as_u64() > seen[0]["pages"].as_u64() {
+            break true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(observed, "no growing first_sync progress seen: {seen:#?}");
+    let first = &seen[0];
+    assert_eq!(first["folder"], "inbox", "{first}");
+    assert!(first["messages"].as_u64().unwrap() > 0, "{first}");
+    assert!(first["started_at"].is_string(), "{first}");
+    assert!(first["messages_per_second"].is_number(), "{first}");
+    let last = seen.last().unwrap();
+    assert!(last["messages"].as_u64() > first["messages"].as_u64(), "{seen:#?}");
+    // Done: every message delivered and the progress gone from the status.
+    let events = env.wait_for_events(2_000, LIMIT).await;
+    assert_eq!(events.len(), 2_000);
+    let done = eventually(LIMIT, || {
+        let views = daemon.mailbox_views();
+        let mailbox = mailbox.clone();
+        async move { views.await[&mailbox].get("first_sync").is_none() }
+    })
+    .await;
+    assert!(done, "first_sync stays after the sync finished");
+    daemon.stop().await;
+}
