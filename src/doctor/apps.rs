@@ -211,3 +211,84 @@ pub fn soften_rbac(report: &mut Report, config: &Config, no_roles: &[String]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let toml = r#"
+[store]
+url = "sqlite://./inboxd.db"
+[microsoft]
+authority_host = "http://127.0.0.1:1"
+graph_url = "http://127.0.0.1:1"
+[sink]
+type = "file"
+path = "./events.ndjson"
+[[apps]]
+name = "rbac"
+tenant_id = "contoso.example"
+client_id = "11111111-1111-1111-1111-111111111111"
+client_secret = "dev:s"
+[[mailboxes]]
+address = "a@contoso.example"
+app = "rbac"
+[[mailboxes]]
+address = "b@contoso.example"
+app = "rbac"
+"#;
+        crate::config::from_sources(toml, &Default::default(), std::path::Path::new("/tmp")).expect("config")
+    }
+
+    fn report(b_write: Outcome) -> Report {
+        let mut r = Report::new("x".into());
+        r.push(Check::fail(
+            "app",
+            "rbac",
+            "permissions",
+            "the token carries no application permissions".into(),
+        ));
+        for (m, outcome) in [("a@contoso.example", Outcome::Ok), ("b@contoso.example", b_write)] {
+            r.push(Check::ok("mailbox", m, "read", String::new()));
+            let mut w = Check::ok("mailbox", m, "write", String::new());
+            w.outcome = outcome;
+            r.push(w);
+        }
+        r
+    }
+
+    #[test]
+    fn no_roles_but_every_mailbox_working_is_rbac_for_applications_a_warning() {
+        let config = config();
+        let mut r = report(Outcome::Ok);
+        soften_rbac(&mut r, &config, &["rbac".to_string()]);
+        assert_eq!(r.checks[0].outcome, Outcome::Warn);
+        assert!(
+            r.checks[0].detail.contains("RBAC for Applications"),
+            "{:?}",
+            r.checks[0]
+        );
+        assert!(r.passed());
+
+        // One mailbox refused: the missing roles stay a failure.
+        let mut r = report(Outcome::Fail);
+        soften_rbac(&mut r, &config, &["rbac".to_string()]);
+        assert_eq!(r.checks[0].outcome, Outcome::Fail);
+
+        // Roles present but incomplete (the app is not in the list): untouched.
+        let mut r = report(Outcome::Ok);
+        soften_rbac(&mut r, &config, &[]);
+        assert_eq!(r.checks[0].outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn claims_are_read_from_the_token_payload() {
+        let payload =
+            URL_SAFE_NO_PAD.encode(r#"{"roles":["Mail.ReadWrite","Mail.Send"],"scp":"Mail.Send offline_access"}"#);
+        let c = claims(&format!("h.{payload}.s")).expect("claims");
+        assert_eq!(list(&c["roles"]), vec!["Mail.ReadWrite", "Mail.Send"]);
+        assert_eq!(list(&c["scp"]), vec!["Mail.Send", "offline_access"]);
+        assert!(claims("opaque-token").is_none());
+    }
+}
