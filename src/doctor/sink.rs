@@ -75,6 +75,9 @@ pub async fn check(config: &Config, http: &reqwest::Client, metrics: &Metrics, s
             }
         }
     }
+    if let SinkConfig::File { path, .. } = &config.sink {
+        return file(path, send_test_event.then(|| test_event(config)));
+    }
     let opened = tokio::time::timeout(REACH_TIMEOUT, Sink::open(&config.sink, http.clone(), metrics)).await;
     let sink = match opened {
         Ok(Ok(s)) => s,
@@ -96,7 +99,7 @@ pub async fn check(config: &Config, http: &reqwest::Client, metrics: &Metrics, s
         }
     };
     if kind != "webhook" {
-        checks.push(Check::ok("sink", kind, "reachable", "opened".into()));
+        checks.push(Check::ok("sink", kind, "reachable", "connected".into()));
     }
     if !send_test_event {
         checks.push(Check::skip(
@@ -107,21 +110,7 @@ pub async fn check(config: &Config, http: &reqwest::Client, metrics: &Metrics, s
         ));
         return checks;
     }
-    let id = uuid::Uuid::new_v4().to_string();
-    let event = TestEvent {
-        schema: TEST_SCHEMA.into(),
-        dedup_key: format!("doctor:{id}"),
-        event_id: id,
-        mailbox: config
-            .mailboxes
-            .first()
-            .map(|m| m.address.as_str().to_string())
-            .unwrap_or_default(),
-        at: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-        note: "sent by inboxd doctor --send-test-event; ignore it",
-    };
+    let event = test_event(config);
     let outcome = sink.deliver(std::slice::from_ref(&event)).await.into_iter().next();
     checks.push(match outcome {
         Some(Ok(())) => Check::ok(
@@ -135,6 +124,74 @@ pub async fn check(config: &Config, http: &reqwest::Client, metrics: &Metrics, s
         ),
         Some(Err(e)) => Check::fail("sink", kind, "accepts", e.to_string()).fix(fix(kind)),
         None => Check::fail("sink", kind, "accepts", "the sink gave no outcome".into()),
+    });
+    checks
+}
+
+/// The test event, addressed to the first configured mailbox.
+fn test_event(config: &Config) -> TestEvent {
+    let id = uuid::Uuid::new_v4().to_string();
+    TestEvent {
+        schema: TEST_SCHEMA.into(),
+        dedup_key: format!("doctor:{id}"),
+        event_id: id,
+        mailbox: config
+            .mailboxes
+            .first()
+            .map(|m| m.address.as_str().to_string())
+            .unwrap_or_default(),
+        at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        note: "sent by inboxd doctor --send-test-event; ignore it",
+    }
+}
+
+/// The file sink, opened for appending only: the daemon may be writing it, and the sink's own
+/// opening repairs a torn last line, which could cut a line the daemon is writing. The test
+/// event is one complete line in one append, synced.
+fn file(path: &std::path::Path, event: Option<TestEvent>) -> Vec<Check> {
+    use std::io::Write;
+    let shown = path.display().to_string();
+    let opened = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::OpenOptions::new().append(true).create(true).open(path));
+    let mut f = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            return vec![Check::fail("sink", "file", "reachable", format!("{shown}: {e}")).fix(fix("file"))];
+        }
+    };
+    let mut checks = vec![Check::ok(
+        "sink",
+        "file",
+        "reachable",
+        format!("{shown} can be appended to"),
+    )];
+    let Some(event) = event else {
+        checks.push(Check::skip(
+            "sink",
+            "file",
+            "accepts",
+            "no test event sent (--send-test-event sends one)".into(),
+        ));
+        return checks;
+    };
+    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+    line.push(b'\n');
+    checks.push(match f.write_all(&line).and_then(|()| f.sync_data()) {
+        Ok(()) => Check::ok(
+            "sink",
+            "file",
+            "accepts",
+            format!(
+                "a test event ({TEST_SCHEMA}, dedup_key {}) was appended",
+                event.dedup_key
+            ),
+        ),
+        Err(e) => Check::fail("sink", "file", "accepts", format!("{shown}: {e}")).fix(fix("file")),
     });
     checks
 }

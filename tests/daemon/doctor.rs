@@ -134,7 +134,14 @@ async fn a_working_setup_passes_every_check_and_exits_0() {
     expect(&report, &user, "consent", "ok", &["Mail.ReadWrite", "Mail.Send"], &[]);
     expect(&report, &user, "read", "ok", &[], &[]);
     expect(&report, &user, "write", "ok", &[], &[]);
-    expect(&report, "file", "accepts", "ok", &["inboxd.doctor_test.v1"], &[]);
+    expect(
+        &report,
+        "file",
+        "accepts",
+        "ok",
+        &["inboxd.doctor_test.v1", "appended"],
+        &[],
+    );
 
     // The test event reached the sink; the drafts were deleted for good.
     let lines: Vec<Value> = std::fs::read_to_string(env.events_path())
