@@ -466,3 +466,90 @@ async fn an_invalid_configuration_exits_78_naming_the_key() {
         "{report:#}"
     );
 }
+
+/// A routing receiver answering `status` to every POST; records the bodies and signatures.
+#[derive(Default)]
+struct Hook {
+    status: std::sync::atomic::AtomicU16,
+    received: std::sync::Mutex<Vec<(Value, Option<String>)>>,
+}
+
+async fn hook_serve(hook: std::sync::Arc<Hook>) -> String {
+    use axum::extract::State;
+    async fn inbound(
+        State(h): State<std::sync::Arc<Hook>>,
+        headers: axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        let signature = headers
+            .get("x-inboxd-signature")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        h.received
+            .lock()
+            .unwrap()
+            .push((serde_json::from_slice(&body).unwrap_or(Value::Null), signature));
+        axum::http::StatusCode::from_u16(h.status.load(std::sync::atomic::Ordering::SeqCst)).unwrap()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/inbound", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/inbound", axum::routing::post(inbound))
+        .with_state(hook);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_sink_gets_a_signed_test_event_only_when_asked_and_a_refusal_is_reported() {
+    let env = Env::new().await;
+    let mailbox = addr("hook-box");
+    env.mailboxes(std::slice::from_ref(&mailbox)).await;
+    let hook = std::sync::Arc::new(Hook::default());
+    hook.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let url = hook_serve(hook.clone()).await;
+    let file_sink = format!("[sink]\ntype = \"file\"\npath = \"{}\"\n", env.events_path().display());
+    let toml = config(&env, std::slice::from_ref(&mailbox), "");
+    assert!(toml.contains(&file_sink), "generated config has the file sink");
+    let toml = toml.replacen(
+        &file_sink,
+        &format!("[sink]\ntype = \"webhook\"\nurl = \"{url}\"\nsigning_secret = \"dev:doctor-hook-secret\"\n"),
+        1,
+    );
+    let path = env.write_config(&toml);
+
+    // Without --send-test-event nothing is posted.
+    let (code, report) = doctor_json(&path, &["--read-only"]).await;
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, "webhook", "reachable", "ok", &["127.0.0.1"], &[]);
+    expect(&report, "webhook", "accepts", "skip", &["--send-test-event"], &[]);
+    assert!(
+        hook.received.lock().unwrap().is_empty(),
+        "no event without --send-test-event"
+    );
+
+    // With it: one signed event, acknowledged.
+    let (code, report) = doctor_json(&path, &["--read-only", "--send-test-event"]).await;
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, "webhook", "accepts", "ok", &["inboxd.doctor_test.v1"], &[]);
+    {
+        let received = hook.received.lock().unwrap();
+        assert_eq!(received.len(), 1, "{received:?}");
+        assert_eq!(received[0].0["schema"], "inboxd.doctor_test.v1");
+        assert_eq!(received[0].0["mailbox"], mailbox.as_str());
+        assert!(
+            received[0].1.as_deref().is_some_and(|s| s.starts_with("v1=")),
+            "signed: {received:?}"
+        );
+    }
+
+    // A receiver that refuses (a rotated signing secret, say) fails the check, with what to check.
+    hook.status.store(401, std::sync::atomic::Ordering::SeqCst);
+    let (code, report) = doctor_json(&path, &["--read-only", "--send-test-event"]).await;
+    assert_eq!(code, Some(1), "{report:#}");
+    expect(&report, "webhook", "accepts", "fail", &["401"], &["signing_secret"]);
+    assert!(
+        !report.to_string().contains("doctor-hook-secret"),
+        "the signing secret is never shown"
+    );
+}
