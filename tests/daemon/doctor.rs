@@ -553,3 +553,84 @@ async fn a_webhook_sink_gets_a_signed_test_event_only_when_asked_and_a_refusal_i
         "the signing secret is never shown"
     );
 }
+
+/// A PEM with an RSA key and a self-signed certificate valid until `not_after`; and the
+/// certificate alone (what is uploaded to the app registration).
+fn certificate(not_after: time::OffsetDateTime) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["doctor.inboxd.test".into()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(400);
+    params.not_after = not_after;
+    let cert = params.self_signed(&key).unwrap();
+    (format!("{}{}", key.serialize_pem(), cert.pem()), cert.pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_checked_for_expiry_and_registration() {
+    let env = Env::new().await;
+    const SOON: &str = "1b2c3d4e-0000-4000-8000-00000000c001";
+    const GONE: &str = "1b2c3d4e-0000-4000-8000-00000000c002";
+    const OTHER: &str = "1b2c3d4e-0000-4000-8000-00000000c003";
+    let now = time::OffsetDateTime::now_utc();
+    let (soon_pem, soon_cert) = certificate(now + time::Duration::days(5));
+    let (gone_pem, gone_cert) = certificate(now - time::Duration::days(2));
+    let (other_pem, _) = certificate(now + time::Duration::days(365));
+    let (_, registered_cert) = certificate(now + time::Duration::days(365));
+    for (client, cert) in [(SOON, &soon_cert), (GONE, &gone_cert), (OTHER, &registered_cert)] {
+        env.control(
+            "/_emulator/apps",
+            json!({"tenant_id": TENANT, "client_id": client, "certificate_pem": cert, "roles": ["Mail.ReadWrite", "Mail.Send"]}),
+        )
+        .await;
+    }
+    let mut extra = String::new();
+    for (name, client, pem) in [
+        ("soon", SOON, &soon_pem),
+        ("gone", GONE, &gone_pem),
+        ("other", OTHER, &other_pem),
+    ] {
+        let file = env.dir.path().join(format!("{name}.pem"));
+        std::fs::write(&file, pem).unwrap();
+        extra += &format!(
+            "\n[[apps]]\nname = \"{name}\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{client}\"\ncertificate = \"file:{}\"\n",
+            file.display()
+        );
+    }
+    let path = env.write_config(&config(&env, &[], &extra));
+
+    let (code, report) = doctor_json(&path, &[]).await;
+    assert_eq!(code, Some(1), "{report:#}");
+    // Expiring soon: a warning; the certificate still gets a token.
+    expect(
+        &report,
+        "soon",
+        "expiry",
+        "warn",
+        &["expires in 4 day"],
+        &["new secret or certificate"],
+    );
+    expect(&report, "soon", "token", "ok", &[], &[]);
+    // Expired: a failure, whatever the token endpoint says.
+    expect(
+        &report,
+        "gone",
+        "expiry",
+        "fail",
+        &["expired at"],
+        &["new secret or certificate"],
+    );
+    // Not the certificate the registration knows.
+    let c = expect(
+        &report,
+        "other",
+        "token",
+        "fail",
+        &["AADSTS700027"],
+        &["upload the certificate"],
+    );
+    assert_eq!(c["aadsts"], 700027);
+    assert!(
+        !report.to_string().contains("PRIVATE KEY"),
+        "no key material in the report"
+    );
+}
