@@ -10,8 +10,10 @@ pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod domain;
 pub mod emulator;
 pub mod event;

@@ -36,6 +36,23 @@ enum Command {
         #[arg(long, env = "INBOXD_CONFIG")]
         config: PathBuf,
     },
+    /// Checks a configuration against Microsoft (or the emulator) and the sink: one line per check, with the fix.
+    Doctor {
+        /// Configuration file (TOML).
+        #[arg(long, env = "INBOXD_CONFIG")]
+        config: PathBuf,
+        /// Only read: no draft is created and deleted to check write access.
+        #[arg(long)]
+        read_only: bool,
+        /// Also deliver one test event (schema inboxd.doctor_test.v1) to the sink.
+        #[arg(long)]
+        send_test_event: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    #[command(flatten)]
+    Client(inboxd::client::Command),
     /// Runs the emulator and the daemon together on sample mailboxes and prints what happened.
     Demo {
         /// How long to run at most (e.g. "30s").
@@ -101,6 +118,32 @@ async fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Doctor {
+            config,
+            read_only,
+            send_test_event,
+            json,
+        } => {
+            let options = inboxd::doctor::Options {
+                config,
+                read_only,
+                send_test_event,
+            };
+            let report = inboxd::doctor::run(&options).await;
+            if json {
+                println!("{:#}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.config_invalid {
+                ExitCode::from(EXIT_CONFIG)
+            } else if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Client(command) => inboxd::client::run(command).await,
         Command::Run { config } => {
             // Handlers first: a SIGTERM during start-up must still mean a clean stop.
             let stop = inboxd::shutdown_signal();

@@ -7,6 +7,7 @@ mod deliver;
 mod fetch;
 mod html_text;
 mod poll;
+pub mod progress;
 mod replay;
 mod status;
 

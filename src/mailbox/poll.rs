@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::convert::DELTA_SELECT;
 use super::deliver::{self, Mode};
+use super::progress::FirstSync;
 use super::{MailboxCtx, budget};
 use crate::config::StartAt;
 use crate::graph::{Call, CallError, GraphErrorKind, segment};
@@ -157,6 +158,22 @@ async fn salvage(ctx: &MailboxCtx, folder: &str) -> Result<(String, OffsetDateTi
     Ok((link, start, stats))
 }
 
+/// A progress counter when this folder never completed a round (its first sync), going on
+/// from the counts of an earlier try; asked only once a round has a second page, so idle
+/// rounds never ask the store.
+async fn first_sync(ctx: &MailboxCtx, folder: &str) -> Option<FirstSync> {
+    let mailbox = &ctx.config.address;
+    let window = ctx.store.delta_window(mailbox, folder).await.ok()?;
+    if window.checkpoint.is_some() {
+        return None;
+    }
+    tracing::info!(
+        mailbox = %mailbox, folder,
+        "First sync of the folder started; progress is logged once a minute and shown in /v1/mailboxes."
+    );
+    Some(FirstSync::start(folder, ctx.board.first_sync(mailbox)))
+}
+
 /// True for a first link with a receipt-time filter (Graph caps those rounds).
 fn is_filtered(link: &str) -> bool {
     link.contains("%24filter=") || link.contains("$filter=")
@@ -188,6 +205,9 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
     let mut stats = RoundStats::default();
     let mut seen: HashSet<String> = HashSet::new();
     let mut resyncs = 0;
+    // Counted only in a multi-page round of a folder that never completed one (its first sync).
+    let mut progress: Option<FirstSync> = None;
+    let mut first_checked = false;
     loop {
         if cancel.is_cancelled() {
             return Err(PollError::Cancelled);
@@ -270,9 +290,25 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 }
             }
         }
-        let done = deliver::items(ctx, folder, fresh, Mode::Round).await?;
-        ctx.page_size.learn(&ctx.ingest, weight + done.attachment_bytes, count);
-        stats.add(done);
+        let page_stats = deliver::items(ctx, folder, fresh, Mode::Round).await?;
+        let page_messages = page_stats.delivered + page_stats.quarantined;
+        ctx.page_size.learn(&ctx.ingest, weight + page_stats.attachment_bytes, count);
+        stats.add(page_stats);
+        if !first_checked && page.get("@odata.nextLink").is_some() {
+            first_checked = true;
+            progress = first_sync(ctx, folder).await;
+        }
+        if let Some(p) = progress.as_mut() {
+            p.page(page_messages);
+            ctx.board.set_first_sync(mailbox, Some(p.view()));
+            if p.log_due() {
+                let v = p.view();
+                tracing::info!(
+                    mailbox = %mailbox, folder, messages = v.messages, pages = v.pages,
+                    messages_per_second = v.messages_per_second, "First sync in progress."
+                );
+            }
+        }
         if let Some(next) = page.get("@odata.nextLink").and_then(Value::as_str) {
             link = next.to_string();
         } else if let Some(delta) = page.get("@odata.deltaLink").and_then(Value::as_str) {
@@ -301,6 +337,14 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 }
             }
             ctx.store.save_checkpoint(mailbox, folder, delta, round_began).await?;
+            if let Some(p) = &progress {
+                let v = p.view();
+                tracing::info!(
+                    mailbox = %mailbox, folder, messages = v.messages, pages = v.pages,
+                    messages_per_second = v.messages_per_second, "First sync done."
+                );
+                ctx.board.set_first_sync(mailbox, None);
+            }
             return Ok(stats);
         } else {
             return Err(PollError::Malformed(

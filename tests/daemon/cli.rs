@@ -318,6 +318,19 @@ async fn the_demo_delivers_replies_and_completes_the_consent() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Delivered 8 of 8 messages"), "{stdout}");
+    // It says what it does as it happens, before the summary.
+    let summary = stdout.find("Delivered 8 of 8 messages").unwrap();
+    for step in [
+        "s] Emulator up at",
+        "s] Daemon started",
+        "messages to the event file so far.",
+        "s] Stopping the daemon.",
+    ] {
+        let at = stdout
+            .find(step)
+            .unwrap_or_else(|| panic!("no {step:?} line: {stdout}"));
+        assert!(at < summary, "{step:?} comes after the summary: {stdout}");
+    }
     assert!(stdout.contains("/reply: sent"), "{stdout}");
     assert!(
         stdout.contains("after consent: state \"active\", 1 message(s) delivered"),
