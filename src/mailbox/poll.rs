@@ -292,7 +292,8 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         }
         let page_stats = deliver::items(ctx, folder, fresh, Mode::Round).await?;
         let page_messages = page_stats.delivered + page_stats.quarantined;
-        ctx.page_size.learn(&ctx.ingest, weight + page_stats.attachment_bytes, count);
+        ctx.page_size
+            .learn(&ctx.ingest, weight + page_stats.attachment_bytes, count);
         stats.add(page_stats);
         if !first_checked && page.get("@odata.nextLink").is_some() {
             first_checked = true;
