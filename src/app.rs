@@ -206,7 +206,7 @@ impl App {
             sealer: self.sealer.clone(),
             http: self.http.clone(),
             bound,
-            ingest: Arc::new(tokio::sync::Semaphore::new(crate::supervisor::INGEST_PAGES)),
+            ingest: Arc::new(crate::mailbox::IngestBudget::new(self.config.microsoft.in_flight_bytes)),
             notifications: notifications.clone(),
         };
         let mut supervisor = Supervisor::new(deps, self.config.clone(), self.apps, root.clone());

@@ -33,6 +33,9 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
     ] {
         let _ = std::fs::remove_file(stale);
     }
+    let began = tokio::time::Instant::now();
+    // What the demo does, as it happens (the summary comes at the end).
+    let step = |what: &str| println!("[{:>5.1}s] {what}", began.elapsed().as_secs_f64());
     let emulator = spawn("127.0.0.1:0".parse()?, EmulatorOptions::default()).await?;
     let http = reqwest::Client::new();
     let seeded = seed(&http, emulator.url()).await?;
@@ -55,20 +58,33 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
     println!("  emulator    {}", emulator.url());
     println!("  daemon API  http://{}  (try /metrics)", app.local_addr());
     println!("  events      {}", events_file.display());
+    step(&format!(
+        "Emulator up at {}: app registered, 4 mailboxes with {seeded} messages waiting.",
+        emulator.url()
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(app.run_until(async {
         let _ = stop_rx.await;
     }));
+    step("Daemon started: first delta round of every mailbox.");
+    let mut reported = 0;
     let deadline = tokio::time::Instant::now() + duration;
     let mut expected = seeded;
     let mut live_sent = false;
     while tokio::time::Instant::now() < deadline {
         let delivered = read_events(&events_file).len();
+        if delivered != reported {
+            step(&format!(
+                "Delivered {delivered} of {expected} messages to the event file so far."
+            ));
+            reported = delivered;
+        }
         if delivered >= seeded && !live_sent {
             // Mail that arrives while the daemon runs is picked up by the next poll.
             expected += live_mail(&http, emulator.url()).await?;
             live_sent = true;
+            step("Two new messages arrived in the mailboxes; the next poll picks them up.");
         }
         if live_sent && delivered >= expected {
             break;
@@ -76,8 +92,11 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let api = format!("http://{api_addr}");
+    step("Replying to the first support message through the API; waiting for its sent copy.");
     let reply = send_reply(&http, &api, &read_events(&events_file), deadline).await;
+    step("The delegated mailbox waits for consent: following its consent link as its user would.");
     let consent = consent_story(&http, &api, emulator.url(), &events_file, deadline).await;
+    step("Stopping the daemon.");
     let _ = stop_tx.send(());
     daemon.await??;
     let sent = sent_items(&http, emulator.url()).await;

@@ -10,9 +10,11 @@ pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod domain;
 pub mod emulator;
 pub mod event;

@@ -36,6 +36,23 @@ enum Command {
         #[arg(long, env = "INBOXD_CONFIG")]
         config: PathBuf,
     },
+    /// Checks a configuration against Microsoft (or the emulator) and the sink: one line per check, with the fix.
+    Doctor {
+        /// Configuration file (TOML).
+        #[arg(long, env = "INBOXD_CONFIG")]
+        config: PathBuf,
+        /// Only read: no draft is created and deleted to check write access.
+        #[arg(long)]
+        read_only: bool,
+        /// Also deliver one test event (schema inboxd.doctor_test.v1) to the sink.
+        #[arg(long)]
+        send_test_event: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    #[command(flatten)]
+    Client(inboxd::client::Command),
     /// Runs the emulator and the daemon together on sample mailboxes and prints what happened.
     Demo {
         /// How long to run at most (e.g. "30s").
@@ -63,7 +80,7 @@ enum Command {
     /// Runs a benchmark scenario (backlog, idle, steady, reference, notify, all, or sinks) and prints a JSON report.
     #[cfg(feature = "bench")]
     Bench {
-        /// backlog, idle, steady, reference, notify or all (all leaves notify and sinks out); sinks runs the backlog into the file, NATS and RabbitMQ sinks.
+        /// backlog, idle, steady, reference, notify or all (all leaves notify and sinks out); sinks runs the backlog into the file, NATS and RabbitMQ sinks; compare OLD.json NEW.json prints the ratios of two reports.
         scenario: String,
         /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
         #[arg(long)]
@@ -71,6 +88,8 @@ enum Command {
         /// Also write the report to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// With `compare`: the old and the new report.
+        reports: Vec<PathBuf>,
     },
     /// Exits 0 when the daemon's /livez answers (for the container's HEALTHCHECK).
     Healthcheck {
@@ -99,6 +118,32 @@ async fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Doctor {
+            config,
+            read_only,
+            send_test_event,
+            json,
+        } => {
+            let options = inboxd::doctor::Options {
+                config,
+                read_only,
+                send_test_event,
+            };
+            let report = inboxd::doctor::run(&options).await;
+            if json {
+                println!("{:#}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.config_invalid {
+                ExitCode::from(EXIT_CONFIG)
+            } else if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Client(command) => inboxd::client::run(command).await,
         Command::Run { config } => {
             // Handlers first: a SIGTERM during start-up must still mean a clean stop.
             let stop = inboxd::shutdown_signal();
@@ -170,7 +215,12 @@ async fn main() -> ExitCode {
             }
         }
         #[cfg(feature = "bench")]
-        Command::Bench { scenario, smoke, out } => match inboxd::bench::run(&scenario, smoke, out.as_deref()).await {
+        Command::Bench {
+            scenario,
+            smoke,
+            out,
+            reports,
+        } => match inboxd::bench::run(&scenario, smoke, out.as_deref(), &reports).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("inboxd bench: {e:#}");

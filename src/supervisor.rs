@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -45,14 +45,10 @@ pub struct Deps {
     /// The API's bound address (consent links without `server.public_url`).
     pub bound: SocketAddr,
     /// Pages in memory at once across mailboxes.
-    pub ingest: Arc<tokio::sync::Semaphore>,
+    pub ingest: Arc<crate::mailbox::IngestBudget>,
     /// Change-notification subscriptions (None while `[notifications]` is off).
     pub notifications: Option<Arc<crate::notify::Notifications>>,
 }
-
-/// Delta pages processed at once, all mailboxes together: enough to keep Graph and the sink
-/// busy on a small machine, few enough that a backlog of large messages stays in bounds.
-pub const INGEST_PAGES: usize = 16;
 
 /// How long a reload waits for a stopped mailbox's round to finish before cutting it off.
 const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -98,7 +94,7 @@ pub struct Supervisor {
     owned: Option<HashSet<MailboxAddress>>,
     root: CancellationToken,
     /// Bearer tokens of `/v1`, swapped on reload.
-    pub api_tokens: Arc<ArcSwap<Vec<SecretString>>>,
+    pub api_tokens: Arc<ArcSwap<crate::config::ApiTokens>>,
 }
 
 impl Supervisor {
@@ -166,6 +162,7 @@ impl Supervisor {
             board: self.deps.board.clone(),
             metrics: self.deps.metrics.clone(),
             ingest: self.deps.ingest.clone(),
+            page_size: Default::default(),
             filtered_delta_cap: self.config.microsoft.filtered_delta_cap,
         }))
     }

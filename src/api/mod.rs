@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::collections::HashMap;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,7 +20,9 @@ pub mod limit;
 mod outbound;
 mod replay;
 pub mod serve;
+mod ui;
 
+use crate::config::ApiTokens;
 use crate::domain::MailboxAddress;
 use crate::mailbox::StatusBoard;
 use crate::metrics::Metrics;
@@ -38,7 +40,7 @@ pub struct ApiState {
     /// False before start-up finished and once shutdown began.
     pub ready: Arc<AtomicBool>,
     /// Accepted bearer tokens (swapped on reload).
-    pub api_tokens: Arc<arc_swap::ArcSwap<Vec<SecretString>>>,
+    pub api_tokens: Arc<arc_swap::ArcSwap<ApiTokens>>,
     /// Replies and new mail.
     pub outbox: Arc<crate::outbound::Outbox>,
     /// Every polled mailbox (consent needs its tokens and gate).
@@ -168,6 +170,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/oauth/start", get(consent::start))
         .route("/oauth/callback", get(consent::callback))
         .merge(v1)
+        .merge(ui::router(state.clone()))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .layer(axum::middleware::from_fn(request_id))
@@ -279,7 +282,35 @@ async fn quarantine(State(s): State<ApiState>, Query(q): Query<HashMap<String, S
     }
 }
 
-/// Bearer check in constant time; the token is never logged or echoed.
+/// What a presented API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// One of `server.api_tokens`: read and act.
+    Act,
+    /// One of `server.read_only_api_tokens`: read only.
+    Read,
+}
+
+/// Which configured token `presented` is, compared in constant time against every one of them
+/// (no early exit, so timing does not tell how much matched or which list it is in).
+pub fn permission(tokens: &ApiTokens, presented: &[u8]) -> Option<Permission> {
+    let matches = |list: &[SecretString]| {
+        list.iter().fold(false, |found, t| {
+            found | aws_lc_rs::constant_time::verify_slices_are_equal(t.expose_secret().as_bytes(), presented).is_ok()
+        })
+    };
+    let (act, read) = (matches(&tokens.act), matches(&tokens.read_only));
+    if act {
+        Some(Permission::Act)
+    } else if read {
+        Some(Permission::Read)
+    } else {
+        None
+    }
+}
+
+/// Bearer check in constant time; the token is never logged or echoed. A read-only token
+/// may only `GET`.
 async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
@@ -287,17 +318,18 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::as_bytes);
-    let ok = presented.is_some_and(|p| {
-        s.api_tokens.load().iter().fold(false, |found, t| {
-            found | aws_lc_rs::constant_time::verify_slices_are_equal(t.expose_secret().as_bytes(), p).is_ok()
-        })
-    });
-    if !ok {
-        return error(
+    let granted = presented.and_then(|p| permission(&s.api_tokens.load(), p));
+    match granted {
+        None => error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid 'Authorization: Bearer <token>' is required",
-        );
+        ),
+        Some(Permission::Read) if !matches!(*req.method(), Method::GET | Method::HEAD) => error(
+            StatusCode::FORBIDDEN,
+            "read_only_token",
+            "this API token may only read; acting needs one of server.api_tokens",
+        ),
+        Some(_) => next.run(req).await,
     }
-    next.run(req).await
 }

@@ -63,7 +63,7 @@ pub async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> 
 }
 
 /// The mailbox acts on the request now rather than after its poll interval.
-fn wake(s: &ApiState, mailbox: &MailboxAddress) {
+pub(super) fn wake(s: &ApiState, mailbox: &MailboxAddress) {
     if let Some(ctx) = s.mailboxes.load().get(mailbox) {
         ctx.replay_pending.store(true, std::sync::atomic::Ordering::SeqCst);
         ctx.wake.notify_one();

@@ -17,6 +17,8 @@ pub const CLIENT_ID: &str = "bench-app";
 pub const SECRET: &str = "bench-secret";
 /// Environment variable the generated config points at for the client secret.
 pub const SECRET_ENV: &str = "INBOXD_BENCH_CLIENT_SECRET";
+/// A command line the daemon runs under, e.g. `heaptrack -o /tmp/daemon` (profiling only).
+const PROFILER_ENV: &str = "INBOXD_BENCH_PROFILER";
 /// How long a child may take to print its `listening on URL` line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,7 +50,18 @@ async fn spawn_listening(
     log: &Path,
 ) -> anyhow::Result<(ChildGuard, String)> {
     let stderr = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = Command::new(exe);
+    // For profiling runs only: the daemon under a profiler (its figures are then the profiler's).
+    let profiler = std::env::var(PROFILER_ENV)
+        .ok()
+        .filter(|_| args.first() == Some(&"run"));
+    let mut cmd = match profiler.as_deref().map(str::split_whitespace) {
+        Some(mut words) => {
+            let mut cmd = Command::new(words.next().unwrap_or_default());
+            cmd.args(words).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -3,6 +3,7 @@
 //! one JSON report goes to stdout (and to `--out`).
 
 mod children;
+pub mod compare;
 mod events;
 mod measure;
 mod reference;
@@ -21,11 +22,26 @@ use run::DaemonRun;
 use scenario::{Kind, Plan};
 
 /// Scenario names `bench` takes.
-pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify, all, or sinks (needs NATS and RabbitMQ)";
+pub const SCENARIOS: &str =
+    "backlog, idle, steady, reference, notify, all, sinks (needs NATS and RabbitMQ), or compare OLD.json NEW.json";
 
 /// Runs `scenario` (or `all` of them) at full size or, with `smoke`, tiny; prints the report
 /// and fails when the report is incomplete.
-pub async fn run(scenario: &str, smoke: bool, out: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(
+    scenario: &str,
+    smoke: bool,
+    out: Option<&Path>,
+    reports: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    if scenario == "compare" {
+        let [old, new] = reports else {
+            bail!("compare takes two report files: inboxd bench compare OLD.json NEW.json");
+        };
+        return compare::run(old, new);
+    }
+    if !reports.is_empty() {
+        bail!("only compare takes report files");
+    }
     let exe = std::env::current_exe().context("locating the inboxd binary")?;
     let kinds = match scenario {
         "all" => vec![Kind::Backlog, Kind::Idle, Kind::Steady, Kind::Reference],
@@ -119,11 +135,19 @@ async fn compare(exe: &Path, daemon: DaemonRun, plan: &Plan) -> anyhow::Result<M
     r.insert("reference_graph_api_requests".into(), json!(reference.counts.graph));
     r.insert("reference_http_round_trips".into(), json!(reference.counts.round_trips));
     r.insert("reference_token_requests".into(), json!(reference.counts.tokens));
+    if let Some(cpu) = reference.cpu_seconds {
+        r.insert("reference_cpu_seconds".into(), num(cpu));
+        let per_1000 = (reference.messages > 0).then(|| cpu * 1000.0 / reference.messages as f64);
+        r.insert(
+            "reference_cpu_seconds_per_1000_messages".into(),
+            per_1000.map_or(Value::Null, num),
+        );
+    }
     r.insert("daemon_to_reference_throughput".into(), share.clone());
     let mut budgets = r.get("budget").and_then(Value::as_object).cloned().unwrap_or_default();
     budgets.insert(
         "daemon_to_reference_throughput".into(),
-        budget(">= 0.7", &share, share.as_f64().map(|x| x >= 0.7)),
+        budget(">= 0.9", &share, share.as_f64().map(|x| x >= 0.9)),
     );
     r.insert("budget".into(), Value::Object(budgets));
     if reference.messages as usize != plan.messages {

@@ -36,6 +36,8 @@ pub struct ReferenceRun {
     pub counts: report::RequestCounts,
     /// Bytes written.
     pub bytes: u64,
+    /// CPU seconds the client used (this process, measured as the daemon's are).
+    pub cpu_seconds: Option<f64>,
 }
 
 struct Client {
@@ -134,6 +136,8 @@ pub async fn run(exe: &Path, plan: &Plan, delta_query: Option<&str>) -> anyhow::
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(120))
         .build()?;
+    let ticks = super::measure::clock_ticks();
+    let cpu_before = super::measure::cpu_seconds(std::process::id(), ticks);
     let started = unix_now();
     let token: Value = http
         .post(format!("{}/{TENANT}/oauth2/v2.0/token", emulator.url))
@@ -170,6 +174,10 @@ pub async fn run(exe: &Path, plan: &Plan, delta_query: Option<&str>) -> anyhow::
         messages += t.await??;
     }
     let duration_s = unix_now() - started;
+    let cpu_seconds = match (cpu_before, super::measure::cpu_seconds(std::process::id(), ticks)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
     let counts = report::count_requests(&emulator.requests(0).await?);
     Ok(ReferenceRun {
@@ -177,5 +185,6 @@ pub async fn run(exe: &Path, plan: &Plan, delta_query: Option<&str>) -> anyhow::
         duration_s,
         counts,
         bytes,
+        cpu_seconds,
     })
 }

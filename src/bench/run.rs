@@ -287,6 +287,11 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
                 "token_requests".into(),
                 budget("== 1", &json!(counts.tokens), Some(counts.tokens == 1)),
             );
+            // Bounded by `microsoft.in_flight_bytes` (64 MiB), not by mailbox count or mail size.
+            budgets.insert(
+                "daemon_peak_rss_mb".into(),
+                budget("<= 200", &num(peak_mb), Some(peak_mb <= 200.0)),
+            );
         }
         Kind::Idle => {
             let per = report::requests_per_mailbox_interval(&counts, plan.poll_secs as f64).map_or(Value::Null, num);
@@ -296,11 +301,11 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
             let cpu_pct = r["daemon_cpu_percent_of_one_core"].clone();
             budgets.insert(
                 "daemon_peak_rss_mb".into(),
-                budget("<= 80", &num(peak_mb), Some(peak_mb <= 80.0)),
+                budget("<= 60", &num(peak_mb), Some(peak_mb <= 60.0)),
             );
             budgets.insert(
                 "daemon_cpu_percent_of_one_core".into(),
-                budget("<= 5", &cpu_pct, cpu_pct.as_f64().map(|x| x <= 5.0)),
+                budget("<= 3", &cpu_pct, cpu_pct.as_f64().map(|x| x <= 3.0)),
             );
             // One delta call per mailbox and interval; a round takes a little, so just under 1.
             budgets.insert(

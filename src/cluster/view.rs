@@ -77,6 +77,7 @@ fn stored_view(
         delivered_total: delivered_total.unwrap_or(0),
         failing_folders: Vec::new(),
         consent_link: None,
+        first_sync: None,
         notifications: None,
     }
 }

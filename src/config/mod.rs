@@ -139,8 +139,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where browsers reach `/oauth/callback`.
     pub public_url: Option<Url>,
-    /// Bearer tokens accepted on `/v1`.
-    pub api_tokens: Vec<SecretString>,
+    /// Bearer tokens accepted on `/v1` and by the status page's sign-in.
+    pub api_tokens: ApiTokens,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
     /// Log level or filter (`info`, `inboxd=debug`); `RUST_LOG` overrides it.
@@ -149,6 +149,23 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// API connections served at once.
     pub max_connections: usize,
+}
+
+/// `server.api_tokens` (may read and act) and `server.read_only_api_tokens` (may only read).
+#[derive(Debug, Clone, Default)]
+pub struct ApiTokens {
+    /// May read and act: replies, replays, refresh-token imports.
+    pub act: Vec<SecretString>,
+    /// May only read: `GET` on `/v1`, the status page without its buttons (a wall display,
+    /// a support desk).
+    pub read_only: Vec<SecretString>,
+}
+
+impl ApiTokens {
+    /// No token at all: `/v1` and the status page refuse everyone.
+    pub fn is_empty(&self) -> bool {
+        self.act.is_empty() && self.read_only.is_empty()
+    }
 }
 
 impl ServerConfig {
@@ -197,6 +214,9 @@ pub struct MicrosoftConfig {
     /// Items after which Graph ends a delta filtered on receipt time (5,000 as documented; an
     /// emulator may use fewer). A round that reaches it is split so nothing is skipped.
     pub filtered_delta_cap: usize,
+    /// Bytes of mail (bodies and attachments, with the copies made while turning them into
+    /// events) held in process at once, all mailboxes together; pages are sized to fit.
+    pub in_flight_bytes: u64,
 }
 
 /// `[sink]`.

@@ -11,8 +11,8 @@ use super::secrets::Secrets;
 use super::tree::Node;
 use super::values::{duration, https_url, socket_addr};
 use super::{
-    AppConfig, AppCredential, ClusterConfig, Config, MicrosoftConfig, OutboundConfig, ServerConfig, SinkConfig,
-    StoreConfig,
+    ApiTokens, AppConfig, AppCredential, ClusterConfig, Config, MicrosoftConfig, OutboundConfig, ServerConfig,
+    SinkConfig, StoreConfig,
 };
 use crate::domain::AppName;
 use secrecy::ExposeSecret;
@@ -153,14 +153,8 @@ fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Optio
         None => Some(None),
         Some(field) => https_url(&field, errors).map(Some),
     };
-    let api_tokens = match t.get("api_tokens").map(|f| f.items(errors)) {
-        None => Some(Vec::new()),
-        Some(None) => None,
-        Some(Some(items)) => {
-            let tokens: Vec<_> = items.iter().map(|item| secrets.resolve(item, errors)).collect();
-            tokens.into_iter().collect()
-        }
-    };
+    let act = secret_list(&mut t, "api_tokens", secrets, errors);
+    let read_only = secret_list(&mut t, "read_only_api_tokens", secrets, errors);
     let shutdown_grace = duration(
         &t.get_or("shutdown_grace", "20s"),
         errors,
@@ -195,10 +189,30 @@ fn server(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> Optio
         max_connections: max_connections?,
         listen: listen?,
         public_url: public_url?,
-        api_tokens: api_tokens?,
+        api_tokens: ApiTokens {
+            act: act?,
+            read_only: read_only?,
+        },
         shutdown_grace: shutdown_grace?,
         log_level: log_level?,
     })
+}
+
+/// A list of secret references (`["env:A", "file:/run/b"]`); absent is empty.
+fn secret_list(
+    t: &mut Table<'_>,
+    key: &'static str,
+    secrets: &Secrets<'_>,
+    errors: &mut Errors,
+) -> Option<Vec<secrecy::SecretString>> {
+    match t.get(key).map(|f| f.items(errors)) {
+        None => Some(Vec::new()),
+        Some(None) => None,
+        Some(Some(items)) => {
+            let tokens: Vec<_> = items.iter().map(|item| secrets.resolve(item, errors)).collect();
+            tokens.into_iter().collect()
+        }
+    }
 }
 
 /// Also says whether `encryption_key` was given at all (even if it did not resolve), so a
@@ -246,6 +260,11 @@ fn store(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> (Optio
     (store, given)
 }
 
+/// `microsoft.in_flight_bytes` when not set: 64 MiB.
+const DEFAULT_IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// Below this a single ordinary message would not fit.
+const MIN_IN_FLIGHT_BYTES: u64 = 4 << 20;
+
 fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
     let authority_host = https_url(&t.get_or("authority_host", "https://login.microsoftonline.com"), errors);
     let graph_url = https_url(&t.get_or("graph_url", "https://graph.microsoft.com"), errors);
@@ -263,8 +282,15 @@ fn microsoft(mut t: Table<'_>, errors: &mut Errors) -> Option<MicrosoftConfig> {
         None => Some(5_000),
         Some(field) => field.int_in(errors, 1, 1_000_000).and_then(|v| usize::try_from(v).ok()),
     };
+    let in_flight_bytes = match t.get("in_flight_bytes") {
+        None => Some(DEFAULT_IN_FLIGHT_BYTES),
+        Some(field) => field
+            .int_in(errors, MIN_IN_FLIGHT_BYTES as i64, 1 << 40)
+            .and_then(|v| u64::try_from(v).ok()),
+    };
     t.finish(errors);
     Some(MicrosoftConfig {
+        in_flight_bytes: in_flight_bytes?,
         authority_host: authority_host?,
         graph_url: graph_url?,
         ca_file: ca_file?,

@@ -22,6 +22,7 @@ pub(crate) fn routes() -> Router<Shared> {
     Router::new()
         .route("/_emulator/apps", post(add_app))
         .route("/_emulator/apps/{client_id}/secret", post(secret))
+        .route("/_emulator/apps/{client_id}/roles", post(roles))
         .route("/_emulator/mailboxes", post(add_mailbox))
         .route("/_emulator/mailboxes/{address}/messages", post(deliver))
         .route("/_emulator/mailboxes/{address}/messages/{id}", patch(update_message))
@@ -103,6 +104,28 @@ async fn secret(State(emu): State<Shared>, Path(client_id): Path<String>, body: 
         }];
     }
     Json(json!({"client_id": app.client_id, "secrets": app.secrets.len()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolesChange {
+    #[serde(deserialize_with = "string_list")]
+    roles: Vec<String>,
+}
+
+/// An administrator grants or removes application permissions: tokens issued from now on
+/// carry the new `roles`; tokens already issued keep theirs until they expire (as in Entra).
+async fn roles(State(emu): State<Shared>, Path(client_id): Path<String>, body: axum::body::Bytes) -> Response {
+    let change: RolesChange = match parse(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let mut world = emu.world();
+    let Some(app) = world.apps.get_mut(&key(&client_id)) else {
+        return error(StatusCode::NOT_FOUND, format!("no app with client_id '{client_id}'"));
+    };
+    app.roles = change.roles;
+    Json(json!({"client_id": app.client_id, "roles": app.roles})).into_response()
 }
 
 async fn add_mailbox(State(emu): State<Shared>, body: axum::body::Bytes) -> Response {
@@ -273,6 +296,10 @@ async fn folder_messages(State(emu): State<Shared>, Path((address, folder)): Pat
 #[serde(deny_unknown_fields)]
 struct AccessChange {
     deny: bool,
+    /// `"policy"`: an application access policy, answered with the documented text;
+    /// `"rbac"` (default): the text tenants with RBAC for Applications send.
+    #[serde(default)]
+    via: Option<String>,
 }
 
 async fn access(State(emu): State<Shared>, Path(address): Path<String>, body: axum::body::Bytes) -> Response {
@@ -284,7 +311,18 @@ async fn access(State(emu): State<Shared>, Path(address): Path<String>, body: ax
     let Some(mailbox) = world.mailboxes.get_mut(&key(&address)) else {
         return error(StatusCode::NOT_FOUND, format!("no mailbox '{address}'"));
     };
+    let by_policy = match change.via.as_deref() {
+        None | Some("rbac") => false,
+        Some("policy") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("via must be \"policy\" or \"rbac\", not {other:?}"),
+            );
+        }
+    };
     mailbox.denied = change.deny;
+    mailbox.denied_by_policy = change.deny && by_policy;
     Json(json!({"address": mailbox.address, "denied": mailbox.denied})).into_response()
 }
 

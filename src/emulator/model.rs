@@ -155,6 +155,9 @@ pub(crate) struct Mailbox {
     pub(crate) display_name: String,
     /// Application access policy: app-only calls are denied.
     pub(crate) denied: bool,
+    /// The denial comes from an application access policy (the documented wording) rather
+    /// than RBAC for Applications.
+    pub(crate) denied_by_policy: bool,
     /// Folders, well-known ones first.
     pub(crate) folders: Vec<Folder>,
     /// Immutable id → message.
@@ -274,6 +277,7 @@ impl World {
                 address: k.clone(),
                 display_name: display_name.map(str::to_string).unwrap_or_else(|| local.to_string()),
                 denied: false,
+                denied_by_policy: false,
                 folders,
                 messages: HashMap::new(),
                 delta_links: HashMap::new(),

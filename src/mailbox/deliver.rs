@@ -75,14 +75,23 @@ pub async fn items(ctx: &MailboxCtx, folder: &str, items: Vec<Value>, mode: Mode
     let mut events = Vec::new();
     let mut given_up = Vec::new();
     for (id, outcome) in completed {
-        let converted = outcome.and_then(|c| {
+        if let Ok(c) = &outcome {
+            // Content held (under the inline cap); what is over it was hashed and dropped.
+            stats.attachment_bytes += c
+                .attachments
+                .iter()
+                .filter(|a| a.get("contentBytes").is_some())
+                .filter_map(|a| a.get("size").and_then(Value::as_u64))
+                .sum::<u64>();
+        }
+        let converted = outcome.and_then(|mut c| {
             if c.message.get("isDraft").and_then(Value::as_bool) == Some(true) {
                 return Ok(None);
             }
             convert::event(
                 mailbox,
                 folder,
-                &c.message,
+                &mut c.message,
                 &c.headers,
                 &c.attachments,
                 ctx.config.max_inline_attachment_bytes,

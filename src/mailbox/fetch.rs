@@ -148,7 +148,9 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String
         }
     }
     let mut contents = HashMap::new();
-    for group in by_bytes(small) {
+    // Within the page's share of the ingest budget, and what one answer can carry in time.
+    let limit = BATCH_BYTES.min(ctx.ingest.page_bytes());
+    for group in by_bytes(small, limit) {
         contents.extend(batch_get(ctx, group).await?);
     }
     for (i, list) in listed.iter_mut().enumerate() {
@@ -222,14 +224,14 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Groups requests so one `$batch` asks for at most [`BATCH_MAX`] parts and [`BATCH_BYTES`].
-fn by_bytes(requests: Vec<(String, String, u64)>) -> Vec<Vec<(String, String)>> {
+/// Groups requests so one `$batch` asks for at most [`BATCH_MAX`] parts and `limit` bytes.
+fn by_bytes(requests: Vec<(String, String, u64)>, limit: u64) -> Vec<Vec<(String, String)>> {
     let mut groups: Vec<Vec<(String, String)>> = Vec::new();
     let mut bytes = 0u64;
     for (id, url, size) in requests {
         let full = groups
             .last()
-            .is_none_or(|g| g.len() >= BATCH_MAX || bytes.saturating_add(size) > BATCH_BYTES);
+            .is_none_or(|g| g.len() >= BATCH_MAX || bytes.saturating_add(size) > limit);
         if full {
             groups.push(Vec::new());
             bytes = 0;
@@ -375,16 +377,16 @@ mod tests {
         let requests: Vec<(String, String, u64)> = (0..45)
             .map(|i| (format!("c{i}"), format!("/a/{i}"), if i < 5 { 6 * mb } else { 10 }))
             .collect();
-        let groups = by_bytes(requests);
+        let groups = by_bytes(requests, BATCH_BYTES);
         // 6 MB each: two fit in 16 MB; then small ones fill up to 20 parts.
         let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![2, 2, 20, 20, 1]);
         assert!(groups.iter().all(|g| g.len() <= BATCH_MAX));
         // A single attachment larger than the budget still gets a batch of its own.
-        let groups = by_bytes(vec![
-            ("big".into(), "/a/big".into(), 40 * mb),
-            ("s".into(), "/a/s".into(), 1),
-        ]);
+        let groups = by_bytes(
+            vec![("big".into(), "/a/big".into(), 40 * mb), ("s".into(), "/a/s".into(), 1)],
+            BATCH_BYTES,
+        );
         assert_eq!(groups.len(), 2);
     }
 }

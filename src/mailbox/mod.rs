@@ -1,10 +1,13 @@
 //! One task per mailbox: poll its folders, deliver, keep its state; a broken mailbox only
 //! ever affects itself.
 
+mod budget;
 pub mod convert;
 mod deliver;
 mod fetch;
+mod html_text;
 mod poll;
+pub mod progress;
 mod replay;
 mod status;
 
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use budget::{IngestBudget, PageSize};
 pub use poll::{KEY_RETENTION, PollError, RESYNC_MARGIN, RoundStats};
 pub use status::{FolderTrouble, MailboxView, NotificationsView, StatusBoard};
 
@@ -62,8 +66,10 @@ pub struct MailboxCtx {
     pub board: Arc<StatusBoard>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Pages held in memory at once, all mailboxes together (bounds memory on a backlog).
-    pub ingest: Arc<tokio::sync::Semaphore>,
+    /// Mail held in memory at once, all mailboxes together (bounds memory on a backlog).
+    pub ingest: Arc<IngestBudget>,
+    /// Items its next delta page asks for, learnt from what its mail weighs.
+    pub page_size: PageSize,
     /// Where Graph ends a delta filtered on receipt time (`microsoft.filtered_delta_cap`).
     pub filtered_delta_cap: usize,
 }

@@ -9,9 +9,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use super::MailboxCtx;
 use super::convert::DELTA_SELECT;
 use super::deliver::{self, Mode};
+use super::progress::FirstSync;
+use super::{MailboxCtx, budget};
 use crate::config::StartAt;
 use crate::graph::{Call, CallError, GraphErrorKind, segment};
 use crate::sink::SinkError;
@@ -57,6 +58,8 @@ pub struct RoundStats {
     pub delivered: u64,
     /// Messages quarantined.
     pub quarantined: u64,
+    /// Attachment content read (what the next page's size is learnt from, with the bodies).
+    pub attachment_bytes: u64,
 }
 
 impl RoundStats {
@@ -64,6 +67,7 @@ impl RoundStats {
     pub fn add(&mut self, other: RoundStats) {
         self.delivered += other.delivered;
         self.quarantined += other.quarantined;
+        self.attachment_bytes += other.attachment_bytes;
     }
 }
 
@@ -126,7 +130,7 @@ async fn salvage(ctx: &MailboxCtx, folder: &str) -> Result<(String, OffsetDateTi
     let mut stats = RoundStats::default();
     loop {
         ctx.gate.wait_unpaused().await;
-        let _page = ctx.ingest.acquire().await.expect("ingest semaphore is never closed");
+        let _page = ctx.ingest.page().await;
         let call = Call::get("list", url)
             .prefer("IdType=\"ImmutableId\"")
             .max_retry_wait(MAX_WAIT_IN_ROUND);
@@ -152,6 +156,22 @@ async fn salvage(ctx: &MailboxCtx, folder: &str) -> Result<(String, OffsetDateTi
         "Read the folder message by message; delta goes on from now."
     );
     Ok((link, start, stats))
+}
+
+/// A progress counter when this folder never completed a round (its first sync), going on
+/// from the counts of an earlier try; asked only once a round has a second page, so idle
+/// rounds never ask the store.
+async fn first_sync(ctx: &MailboxCtx, folder: &str) -> Option<FirstSync> {
+    let mailbox = &ctx.config.address;
+    let window = ctx.store.delta_window(mailbox, folder).await.ok()?;
+    if window.checkpoint.is_some() {
+        return None;
+    }
+    tracing::info!(
+        mailbox = %mailbox, folder,
+        "First sync of the folder started; progress is logged once a minute and shown in /v1/mailboxes."
+    );
+    Some(FirstSync::start(folder, ctx.board.first_sync(mailbox)))
 }
 
 /// True for a first link with a receipt-time filter (Graph caps those rounds).
@@ -185,16 +205,20 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
     let mut stats = RoundStats::default();
     let mut seen: HashSet<String> = HashSet::new();
     let mut resyncs = 0;
+    // Counted only in a multi-page round of a folder that never completed one (its first sync).
+    let mut progress: Option<FirstSync> = None;
+    let mut first_checked = false;
     loop {
         if cancel.is_cancelled() {
             return Err(PollError::Cancelled);
         }
         // A throttled mailbox waits here, before taking a permit others could use.
         ctx.gate.wait_unpaused().await;
-        // One page in memory per permit: a backlog in many mailboxes cannot exhaust memory.
-        let _page = ctx.ingest.acquire().await.expect("ingest semaphore is never closed");
+        // One page in memory per permit, sized to its share of the budget: a backlog in many
+        // mailboxes, or of large messages, cannot exhaust memory.
+        let _page = ctx.ingest.page().await;
         let call = Call::get("delta", link.clone())
-            .prefer(format!("odata.maxpagesize={PAGE_SIZE}"))
+            .prefer(format!("odata.maxpagesize={}", ctx.page_size.get()))
             .prefer("IdType=\"ImmutableId\"")
             .max_retry_wait(MAX_WAIT_IN_ROUND);
         let page = match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
@@ -241,6 +265,8 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         let Some(Value::Array(items)) = page.get_mut("value").map(Value::take) else {
             return Err(PollError::Malformed("no 'value' array".into()));
         };
+        let weight: u64 = items.iter().map(budget::weight).sum();
+        let count = items.len();
         let mut fresh: Vec<Value> = Vec::new();
         for item in items {
             if item.get("@removed").is_some() {
@@ -264,7 +290,26 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 }
             }
         }
-        stats.add(deliver::items(ctx, folder, fresh, Mode::Round).await?);
+        let page_stats = deliver::items(ctx, folder, fresh, Mode::Round).await?;
+        let page_messages = page_stats.delivered + page_stats.quarantined;
+        ctx.page_size
+            .learn(&ctx.ingest, weight + page_stats.attachment_bytes, count);
+        stats.add(page_stats);
+        if !first_checked && page.get("@odata.nextLink").is_some() {
+            first_checked = true;
+            progress = first_sync(ctx, folder).await;
+        }
+        if let Some(p) = progress.as_mut() {
+            p.page(page_messages);
+            ctx.board.set_first_sync(mailbox, Some(p.view()));
+            if p.log_due() {
+                let v = p.view();
+                tracing::info!(
+                    mailbox = %mailbox, folder, messages = v.messages, pages = v.pages,
+                    messages_per_second = v.messages_per_second, "First sync in progress."
+                );
+            }
+        }
         if let Some(next) = page.get("@odata.nextLink").and_then(Value::as_str) {
             link = next.to_string();
         } else if let Some(delta) = page.get("@odata.deltaLink").and_then(Value::as_str) {
@@ -293,6 +338,14 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 }
             }
             ctx.store.save_checkpoint(mailbox, folder, delta, round_began).await?;
+            if let Some(p) = &progress {
+                let v = p.view();
+                tracing::info!(
+                    mailbox = %mailbox, folder, messages = v.messages, pages = v.pages,
+                    messages_per_second = v.messages_per_second, "First sync done."
+                );
+                ctx.board.set_first_sync(mailbox, None);
+            }
             return Ok(stats);
         } else {
             return Err(PollError::Malformed(

@@ -44,6 +44,9 @@ pub struct MailboxView {
     /// Where a human consents (delegated mailboxes); shown as `consent_url` when needed.
     #[serde(skip)]
     pub consent_link: Option<String>,
+    /// The first sync of a folder in progress (absent otherwise); boxed, as most mailboxes have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_sync: Option<Box<super::progress::FirstSyncView>>,
     /// Change notifications of this mailbox (absent while `[notifications]` is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notifications: Option<NotificationsView>,
@@ -118,6 +121,7 @@ impl StatusBoard {
             delivered_total,
             failing_folders: Vec::new(),
             consent_link,
+            first_sync: None,
             notifications: None,
         };
         // What the store knew before a restart: when the mailbox last made progress. Seeding it
@@ -318,6 +322,22 @@ impl StatusBoard {
         let changed = v.notifications.as_ref() != Some(&view);
         v.notifications = Some(view);
         changed
+    }
+
+    /// Records a first sync's progress (`None`: it finished).
+    pub fn set_first_sync(&self, mailbox: &MailboxAddress, progress: Option<&super::progress::FirstSyncView>) {
+        if let Some(v) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get_mut(mailbox) {
+            v.first_sync = progress.map(|p| Box::new(p.clone()));
+        }
+    }
+
+    /// The first sync's progress recorded for a mailbox, if any.
+    pub fn first_sync(&self, mailbox: &MailboxAddress) -> Option<super::progress::FirstSyncView> {
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(mailbox)
+            .and_then(|v| v.first_sync.as_deref().cloned())
     }
 
     /// Forgets a mailbox removed from the configuration.

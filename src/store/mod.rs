@@ -365,6 +365,9 @@ pub trait Store: SubscriptionStore + Send + Sync + 'static {
     /// Saves the progress of a send (status, step, draft id, error, attempts, next attempt,
     /// submission time and message ids); never the request itself.
     async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError>;
+    /// The newest `limit` outbound requests of every mailbox, newest first, without their
+    /// payloads (the status page lists them).
+    async fn recent_outbound(&self, limit: u32) -> Result<Vec<OutboundRecord>, StoreError>;
     /// The request a mailbox + idempotency key stored, if any (answered before any other check).
     async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError>;
     /// Mailboxes with a request still to send (`queued` or `sending`) whose next attempt is due.

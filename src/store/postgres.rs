@@ -520,6 +520,10 @@ impl Store for PgStore {
         outbox::update(tx, record).await
     }
 
+    async fn recent_outbound(&self, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
+        outbox::recent(&self.pool, limit).await
+    }
+
     async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError> {
         outbox::by_key(&self.pool, mailbox, key).await
     }

@@ -167,6 +167,17 @@ pub(super) async fn outbox_rows_load_one_at_a_time_and_the_idempotency_key_answe
         OutboundStatus::Sent
     );
     assert!(store.outbound("no-such-id").await.unwrap().is_none());
+    let recent: Vec<String> = store
+        .recent_outbound(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            assert!(r.request.is_empty(), "listed without payloads");
+            r.idempotency_key
+        })
+        .collect();
+    assert_eq!(recent, vec!["k3", "k2"], "newest first");
     assert!(store.next_due_outbound(&a, now).await.unwrap().is_none());
 }
 

@@ -202,6 +202,40 @@ app = "contoso"
 }
 
 #[test]
+fn bench_compare_prints_the_ratio_of_each_figure_two_reports_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.json");
+    let new = dir.path().join("new.json");
+    std::fs::write(
+        &old,
+        r#"{"scenario": "backlog", "messages_per_s": 800, "peak_rss_mb": 120.5, "command": "x"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &new,
+        r#"{"scenario": "backlog", "messages_per_s": 1000, "peak_rss_mb": 60.25}"#,
+    )
+    .unwrap();
+    let (o, n) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let out = inboxd(&["bench", "compare", o, n], &[], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |f: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(f))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("backlog.messages_per_s").ends_with("1.250"), "{stdout}");
+    assert!(line("backlog.peak_rss_mb").ends_with("0.500"), "{stdout}");
+
+    let out = inboxd(&["bench", "compare", o], &[], dir.path());
+    assert!(!out.status.success());
+    assert!(text(&out).contains("two report files"), "{}", text(&out));
+}
+
+#[test]
 fn the_shipped_example_config_checks_clean() {
     let dir = tempfile::tempdir().unwrap();
     // The example's certificate app reads /run/secrets/…; point it at a real PEM pair.
@@ -284,6 +318,19 @@ async fn the_demo_delivers_replies_and_completes_the_consent() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Delivered 8 of 8 messages"), "{stdout}");
+    // It says what it does as it happens, before the summary.
+    let summary = stdout.find("Delivered 8 of 8 messages").unwrap();
+    for step in [
+        "s] Emulator up at",
+        "s] Daemon started",
+        "messages to the event file so far.",
+        "s] Stopping the daemon.",
+    ] {
+        let at = stdout
+            .find(step)
+            .unwrap_or_else(|| panic!("no {step:?} line: {stdout}"));
+        assert!(at < summary, "{step:?} comes after the summary: {stdout}");
+    }
     assert!(stdout.contains("/reply: sent"), "{stdout}");
     assert!(
         stdout.contains("after consent: state \"active\", 1 message(s) delivered"),

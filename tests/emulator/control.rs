@@ -384,6 +384,86 @@ async fn access_deny_blocks_app_only_calls() {
 }
 
 #[tokio::test]
+async fn an_access_policy_denial_uses_the_documented_wording_and_rbac_its_own() {
+    let emu = Emu::start().await;
+    emu.default_app().await;
+    emu.mailbox(TENANT, ALICE).await;
+    let token = emu.default_token().await;
+    let inbox = format!("/v1.0/users/{ALICE}/mailFolders/inbox");
+    for (via, message) in [
+        (json!("policy"), "Access to OData is disabled."),
+        (
+            json!("rbac"),
+            "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.",
+        ),
+    ] {
+        let (status, body) = emu
+            .post(
+                &format!("/_emulator/mailboxes/{ALICE}/access"),
+                json!({"deny": true, "via": via}),
+            )
+            .await;
+        assert!(status.is_success(), "deny via {via}: {status} {body}");
+        let (status, _, body) = emu.graph_get(&token, &inbox).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "ErrorAccessDenied", "{body}");
+        assert_eq!(body["error"]["message"], message, "{body}");
+    }
+    let (status, body) = emu
+        .post(
+            &format!("/_emulator/mailboxes/{ALICE}/access"),
+            json!({"deny": true, "via": "firewall"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn changed_roles_reach_tokens_issued_afterwards() {
+    let emu = Emu::start().await;
+    emu.default_app().await;
+    emu.mailbox(TENANT, ALICE).await;
+    let before = emu.default_token().await;
+    let (status, body) = emu
+        .post(
+            &format!("/_emulator/apps/{CLIENT}/roles"),
+            json!({"roles": "Mail.Read"}),
+        )
+        .await;
+    assert!(status.is_success(), "roles: {status} {body}");
+    assert_eq!(body["roles"], json!(["Mail.Read"]), "{body}");
+    let after = emu.default_token().await;
+    let roles = |token: &str| -> Value {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["roles"].clone()
+    };
+    assert_eq!(roles(&after), json!(["Mail.Read"]));
+    // Reading still works; writing needs Mail.ReadWrite, which the new token lacks.
+    let (status, _, _) = emu
+        .graph_get(&after, &format!("/v1.0/users/{ALICE}/mailFolders/inbox"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let draft = json!({"subject": "x"});
+    let (status, _, body) = emu
+        .graph_post(&after, &format!("/v1.0/users/{ALICE}/messages"), draft.clone())
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // A token issued before the change keeps its roles until it expires, as in Entra.
+    let (status, _, body) = emu
+        .graph_post(&before, &format!("/v1.0/users/{ALICE}/messages"), draft)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = emu
+        .post("/_emulator/apps/no-such-app/roles", json!({"roles": []}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn faults_endpoint_creates_lists_and_clears() {
     let emu = Emu::start().await;
     let (status, body) = emu

@@ -197,7 +197,7 @@ fn environment_overrides_apply() {
     assert_eq!(m.folders, vec!["inbox".to_string(), "archive".to_string()]);
     assert!(!m.enabled);
     assert_eq!(m.max_concurrent_requests, 3);
-    let tokens: Vec<&str> = config.server.api_tokens.iter().map(|t| t.expose_secret()).collect();
+    let tokens: Vec<&str> = config.server.api_tokens.act.iter().map(|t| t.expose_secret()).collect();
     assert_eq!(tokens, ["token-a", "file-less-literal-from-env"]);
 }
 

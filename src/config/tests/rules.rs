@@ -253,3 +253,17 @@ fn listen_must_be_a_socket_address() {
         "[::1]:0".parse().unwrap()
     );
 }
+
+#[test]
+fn the_in_flight_budget_has_a_floor_and_a_default() {
+    let pairs = [("CONTOSO_SECRET", "s")];
+    assert_eq!(ok(BASE, &pairs).microsoft.in_flight_bytes, 64 << 20);
+    let set = ok(&format!("[microsoft]\nin_flight_bytes = 134_217_728\n{BASE}"), &pairs);
+    assert_eq!(set.microsoft.in_flight_bytes, 128 << 20);
+    assert_only(
+        &format!("[microsoft]\nin_flight_bytes = 1000\n{BASE}"),
+        &pairs,
+        "microsoft.in_flight_bytes",
+        "4194304",
+    );
+}

@@ -394,12 +394,13 @@ fn authorize(emu: &Emulator, caller: &Caller, address: &str, need: Need) -> Resu
             }
         }
         None => {
-            if emu.world().mailboxes.get(address).is_some_and(|m| m.denied) {
-                return Err(GraphError::new(
-                    StatusCode::FORBIDDEN,
-                    "ErrorAccessDenied",
-                    "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.",
-                ));
+            if let Some(m) = emu.world().mailboxes.get(address).filter(|m| m.denied) {
+                let message = if m.denied_by_policy {
+                    "Access to OData is disabled."
+                } else {
+                    "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
+                };
+                return Err(GraphError::new(StatusCode::FORBIDDEN, "ErrorAccessDenied", message));
             }
             if !has(&caller.roles, names) {
                 return Err(GraphError::access_denied());

@@ -100,6 +100,21 @@ pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<OutboundRecord
     row.map(|r| record(OP, &r)).transpose()
 }
 
+/// The newest `limit` requests, newest first, without their payloads (the status page).
+pub(super) async fn recent(pool: &PgPool, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
+    const OP: &str = "read recent outbound";
+    let rows = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash, '' AS request, ",
+        columns_after_request!(),
+        " FROM outbox ORDER BY created_at DESC, id LIMIT $1"
+    ))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(db_err(OP))?;
+    rows.iter().map(|r| record(OP, r)).collect()
+}
+
 pub(super) async fn by_key(
     pool: &PgPool,
     mailbox: &MailboxAddress,
