@@ -208,6 +208,7 @@ impl App {
             bound,
             ingest: Arc::new(crate::mailbox::IngestBudget::new(self.config.microsoft.in_flight_bytes)),
             notifications: notifications.clone(),
+            fence: self.cluster.as_ref().map(|c| c.fence().clone()),
         };
         let mut supervisor = Supervisor::new(deps, self.config.clone(), self.apps, root.clone());
         if self.cluster.is_some() {

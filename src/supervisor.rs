@@ -48,6 +48,8 @@ pub struct Deps {
     pub ingest: Arc<crate::mailbox::IngestBudget>,
     /// Change-notification subscriptions (None while `[notifications]` is off).
     pub notifications: Option<Arc<crate::notify::Notifications>>,
+    /// This replica's leases (a shared store): no Graph request for a mailbox without one.
+    pub fence: Option<Arc<crate::store::postgres::Fence>>,
 }
 
 /// How long a reload waits for a stopped mailbox's round to finish before cutting it off.
@@ -145,6 +147,11 @@ impl Supervisor {
                 .get(name)
                 .map(|t| (name.0.clone(), TokenSource::App(t.clone())))
         });
+        let gate = MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests);
+        if let Some(fence) = &self.deps.fence {
+            let (fence, address) = (fence.clone(), mailbox.address.clone());
+            gate.require_lease(move || fence.holds(&address));
+        }
         Some(Arc::new(MailboxCtx {
             config: mailbox.clone(),
             graph: self.deps.graph.clone(),
@@ -156,7 +163,7 @@ impl Supervisor {
             // Replays asked for before a restart are found by the first round.
             replay_pending: std::sync::atomic::AtomicBool::new(true),
             poll_override: Default::default(),
-            gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
+            gate,
             store: self.deps.store.clone(),
             sink: self.deps.sink.clone(),
             board: self.deps.board.clone(),

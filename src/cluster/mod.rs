@@ -74,6 +74,11 @@ impl Cluster {
         self.fence.replica()
     }
 
+    /// This replica's leases.
+    pub fn fence(&self) -> &Arc<Fence> {
+        &self.fence
+    }
+
     /// The fenced store.
     pub fn store(&self) -> &PgStore {
         &self.store
