@@ -5,6 +5,7 @@
 mod children;
 mod events;
 mod measure;
+mod outbound;
 mod reference;
 mod report;
 mod run;
@@ -21,7 +22,8 @@ use run::DaemonRun;
 use scenario::{Kind, Plan};
 
 /// Scenario names `bench` takes.
-pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify, all, or sinks (needs NATS and RabbitMQ)";
+pub const SCENARIOS: &str =
+    "backlog, idle, steady, reference, notify, all, outbound, or sinks (needs NATS and RabbitMQ)";
 
 /// Runs `scenario` (or `all` of them) at full size or, with `smoke`, tiny; prints the report
 /// and fails when the report is incomplete.
@@ -29,13 +31,22 @@ pub async fn run(scenario: &str, smoke: bool, out: Option<&Path>) -> anyhow::Res
     let exe = std::env::current_exe().context("locating the inboxd binary")?;
     let kinds = match scenario {
         "all" => vec![Kind::Backlog, Kind::Idle, Kind::Steady, Kind::Reference],
-        "sinks" => Vec::new(),
+        "sinks" | "outbound" => Vec::new(),
         name => vec![Kind::parse(name).with_context(|| format!("unknown scenario '{name}' (use {SCENARIOS})"))?],
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = measure::machine();
-    if scenario == "sinks" {
-        let mut report = sinks::run(&exe, smoke).await?;
+    // These two build their own reports, `problems` included.
+    if scenario == "sinks" || scenario == "outbound" {
+        eprintln!(
+            "inboxd bench: running {scenario}{}",
+            if smoke { " (smoke)" } else { "" }
+        );
+        let mut report = if scenario == "sinks" {
+            sinks::run(&exe, smoke).await?
+        } else {
+            outbound::run(&exe, smoke).await?
+        };
         report.insert("machine".into(), machine);
         report.insert("command".into(), json!(command));
         let text = serde_json::to_string_pretty(&report)?;
