@@ -80,7 +80,7 @@ enum Command {
     /// Runs a benchmark scenario (backlog, idle, steady, reference, notify, all, or sinks) and prints a JSON report.
     #[cfg(feature = "bench")]
     Bench {
-        /// backlog, idle, steady, reference, notify or all (all leaves notify and sinks out); sinks runs the backlog into the file, NATS and RabbitMQ sinks; compare OLD.json NEW.json prints the ratios of two reports.
+        /// backlog, idle, steady, reference, notify, outbound or all (all leaves notify, outbound and sinks out); sinks runs the backlog into the file, NATS and RabbitMQ sinks; compare OLD.json NEW.json prints the ratios of two reports.
         scenario: String,
         /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
         #[arg(long)]

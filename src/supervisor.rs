@@ -170,6 +170,7 @@ impl Supervisor {
             metrics: self.deps.metrics.clone(),
             ingest: self.deps.ingest.clone(),
             page_size: Default::default(),
+            delta_links: Default::default(),
             filtered_delta_cap: self.config.microsoft.filtered_delta_cap,
         }))
     }

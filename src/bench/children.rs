@@ -190,6 +190,11 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a config into `dir` and starts `inboxd run --config` against `emulator`.
     pub async fn start(exe: &Path, dir: &Path, emulator: &str, spec: &DaemonSpec<'_>) -> anyhow::Result<Daemon> {
+        Daemon::launch(exe, dir, "daemon", &Daemon::config(dir, emulator, spec), &[]).await
+    }
+
+    /// The generated config of `spec` (a scenario may add keys before launching it).
+    pub fn config(dir: &Path, emulator: &str, spec: &DaemonSpec<'_>) -> String {
         let events = dir.join("events.ndjson");
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n[store]\nurl = \"sqlite://{db}\"\n\n\
@@ -214,17 +219,35 @@ impl Daemon {
         for address in spec.mailboxes {
             toml.push_str(&format!("\n[[mailboxes]]\naddress = \"{address}\"\napp = \"bench\"\n"));
         }
+        toml
+    }
+
+    /// Writes `toml` into `dir` and starts `inboxd run --config` with the bench app's secret
+    /// and `envs` in its environment; its log goes to `{name}.log`.
+    pub async fn launch(
+        exe: &Path,
+        dir: &Path,
+        name: &str,
+        toml: &str,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Daemon> {
         let config = dir.join("inboxd.toml");
         std::fs::write(&config, toml)?;
         let config_arg = config.to_string_lossy().to_string();
+        let mut all = vec![(SECRET_ENV, SECRET)];
+        all.extend_from_slice(envs);
         let (process, url) = spawn_listening(
             exe,
             &["run", "--config", &config_arg],
-            &[(SECRET_ENV, SECRET)],
-            &dir.join("daemon.log"),
+            &all,
+            &dir.join(format!("{name}.log")),
         )
         .await?;
-        Ok(Daemon { process, url, events })
+        Ok(Daemon {
+            process,
+            url,
+            events: dir.join("events.ndjson"),
+        })
     }
 
     /// The daemon's `/metrics` text.

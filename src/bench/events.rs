@@ -31,9 +31,11 @@ pub struct Seen {
 /// The leading fields of an event line (everything before `body`).
 #[derive(Deserialize)]
 struct Head {
-    dedup_key: String,
-    internet_message_id: String,
-    received_at: String,
+    /// Other event kinds in the file (mailbox states, outbound) are not messages.
+    schema: Option<String>,
+    dedup_key: Option<String>,
+    internet_message_id: Option<String>,
+    received_at: Option<String>,
 }
 
 #[derive(Default)]
@@ -155,17 +157,30 @@ fn take_line(line: &[u8], now: f64, st: &mut State) {
         st.malformed += 1;
         return;
     };
-    let Ok(received) = OffsetDateTime::parse(&head.received_at, &Rfc3339) else {
+    if head
+        .schema
+        .as_deref()
+        .is_some_and(|s| s != crate::event::MESSAGE_SCHEMA)
+    {
+        return;
+    }
+    let (Some(dedup_key), Some(internet_message_id), Some(received_at)) =
+        (head.dedup_key, head.internet_message_id, head.received_at)
+    else {
         st.malformed += 1;
         return;
     };
-    if !st.keys.insert(head.dedup_key) {
+    let Ok(received) = OffsetDateTime::parse(&received_at, &Rfc3339) else {
+        st.malformed += 1;
+        return;
+    };
+    if !st.keys.insert(dedup_key) {
         st.duplicates += 1;
         return;
     }
     st.seen.push(Seen {
         received_at: received.unix_timestamp_nanos() as f64 / 1e9,
-        internet_message_id: head.internet_message_id,
+        internet_message_id,
         seen_at: now,
     });
 }
@@ -181,9 +196,18 @@ mod tests {
         take_line(line, 5.0, &mut st);
         take_line(line, 6.0, &mut st);
         take_line(b"{not json", 6.0, &mut st);
+        take_line(
+            br#"{"schema":"inboxd.mailbox_state.v1","mailbox":"a@b","state":"active"}"#,
+            6.0,
+            &mut st,
+        );
+        take_line(br#"{"schema":"inboxd.message.v1","dedup_key":"k2"}"#, 6.0, &mut st);
         assert_eq!(st.seen.len(), 1);
         assert_eq!(st.duplicates, 1);
-        assert_eq!(st.malformed, 1);
+        assert_eq!(
+            st.malformed, 2,
+            "a message without its fields is malformed; a state event is not"
+        );
         assert_eq!(st.seen[0].internet_message_id, "<gen-3-a@b>");
         assert_eq!(st.seen[0].received_at, 1_704_067_201.0);
     }

@@ -6,6 +6,7 @@ mod children;
 pub mod compare;
 mod events;
 mod measure;
+mod outbound;
 mod reference;
 mod report;
 mod run;
@@ -22,8 +23,7 @@ use run::DaemonRun;
 use scenario::{Kind, Plan};
 
 /// Scenario names `bench` takes.
-pub const SCENARIOS: &str =
-    "backlog, idle, steady, reference, notify, all, sinks (needs NATS and RabbitMQ), or compare OLD.json NEW.json";
+pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify, all, outbound, sinks (needs NATS and RabbitMQ), or compare OLD.json NEW.json";
 
 /// Runs `scenario` (or `all` of them) at full size or, with `smoke`, tiny; prints the report
 /// and fails when the report is incomplete.
@@ -45,13 +45,22 @@ pub async fn run(
     let exe = std::env::current_exe().context("locating the inboxd binary")?;
     let kinds = match scenario {
         "all" => vec![Kind::Backlog, Kind::Idle, Kind::Steady, Kind::Reference],
-        "sinks" => Vec::new(),
+        "sinks" | "outbound" => Vec::new(),
         name => vec![Kind::parse(name).with_context(|| format!("unknown scenario '{name}' (use {SCENARIOS})"))?],
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = measure::machine();
-    if scenario == "sinks" {
-        let mut report = sinks::run(&exe, smoke).await?;
+    // These two build their own reports, `problems` included.
+    if scenario == "sinks" || scenario == "outbound" {
+        eprintln!(
+            "inboxd bench: running {scenario}{}",
+            if smoke { " (smoke)" } else { "" }
+        );
+        let mut report = if scenario == "sinks" {
+            sinks::run(&exe, smoke).await?
+        } else {
+            outbound::run(&exe, smoke).await?
+        };
         report.insert("machine".into(), machine);
         report.insert("command".into(), json!(command));
         let text = serde_json::to_string_pretty(&report)?;

@@ -39,14 +39,14 @@ async fn wait_until(deadline: f64, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// A sample value of the daemon's `/metrics` text (first series whose name and labels start with `prefix`).
-fn metric(text: &str, prefix: &str) -> Option<f64> {
+pub(super) fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Waits until the daemon reports every mailbox `active` (each finished its first round).
-async fn wait_active(daemon: &Daemon, mailboxes: usize, deadline: f64) -> bool {
+pub(super) async fn wait_active(daemon: &Daemon, mailboxes: usize, deadline: f64) -> bool {
     loop {
         if let Ok(text) = daemon.metrics().await
             && metric(&text, "inboxd_mailboxes{state=\"active\"}").is_some_and(|n| n as usize >= mailboxes)

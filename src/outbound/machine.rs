@@ -6,7 +6,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::confirm::{self, Whereabouts};
-use super::request::{Kind, OutboundRequest};
+use super::request::{Kind, StoredRequest};
 use super::sender::{Failure, Outbox};
 use super::steps;
 use crate::graph::{Call, CallError, GraphErrorKind};
@@ -31,9 +31,11 @@ impl Outbox {
         if matches!(row.step, SendStep::SendRequested | SendStep::Accepted) {
             return self.confirm(ctx, &user, row).await;
         }
-        // Taken, not copied: the row is written back without its request.
-        let req: OutboundRequest = serde_json::from_str(&std::mem::take(&mut row.request))
-            .map_err(|e| Failure::Permanent(format!("stored request unreadable: {e}")))?;
+        // Taken, not copied: the row is written back without its request, and the attachments'
+        // content is borrowed from this text, the only copy the sender holds.
+        let text = std::mem::take(&mut row.request);
+        let req: StoredRequest =
+            serde_json::from_str(&text).map_err(|e| Failure::Permanent(format!("stored request unreadable: {e}")))?;
         let mut check_marker = false;
         if !(row.step == SendStep::New && row.attempts <= 1) {
             // An earlier attempt may have created drafts whose outcome it never heard.
@@ -103,6 +105,7 @@ impl Outbox {
             self.checkpoint(row).await?;
         }
         drop(req);
+        drop(text);
         self.submit(ctx, &user, row, &draft).await
     }
 

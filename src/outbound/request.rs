@@ -1,6 +1,8 @@
 //! What routing may ask for: replies, forwards and new mail, validated before anything is
 //! stored. Every refusal names the field.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -283,14 +285,69 @@ pub fn decoded_len(encoded: &str) -> Result<usize, base64::DecodeError> {
 
 impl OutboundRequest {
     /// SHA-256 (hex) of the request and its mailbox: the same key with another request is a conflict.
+    /// The JSON is fed to the digest as it is written, never held whole (it carries the attachments).
     pub fn hash(&self, mailbox: &MailboxAddress) -> String {
-        let canonical = serde_json::to_vec(&(mailbox.as_str(), self)).unwrap_or_default();
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        let mut digest = Digest(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256));
+        // Writing into a digest cannot fail, and these types always serialize.
+        let _ = serde_json::to_writer(&mut digest, &(mailbox.as_str(), self));
+        digest.0.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// A SHA-256 that serde writes into.
+struct Digest(aws_lc_rs::digest::Context);
+
+impl std::io::Write for Digest {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An attachment as the sender reads it back from the outbox: the content is borrowed from
+/// the stored text (base64 has nothing to unescape), so sending does not copy it.
+#[derive(Debug, Deserialize)]
+pub struct StoredAttachment<'a> {
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Content, base64 (checked when the request was accepted).
+    #[serde(borrow)]
+    pub content_base64: Cow<'a, str>,
+    /// Inline in the HTML body.
+    pub is_inline: bool,
+    /// Content-ID for inline parts.
+    pub content_id: Option<String>,
+}
+
+/// A stored [`OutboundRequest`] as the sender reads it: the same fields, the attachments'
+/// content borrowed from the stored text.
+#[derive(Debug, Deserialize)]
+pub struct StoredRequest<'a> {
+    /// What to do.
+    pub kind: Kind,
+    /// The original message (immutable id) for replies and forwards.
+    pub original: Option<String>,
+    /// Comment above the quoted original.
+    pub comment: Option<String>,
+    /// Whole body.
+    pub body: Option<Body>,
+    /// Subject (new mail).
+    pub subject: Option<String>,
+    /// To.
+    pub to: Vec<Recipient>,
+    /// Cc.
+    pub cc: Vec<Recipient>,
+    /// Bcc.
+    pub bcc: Vec<Recipient>,
+    /// Attachments.
+    #[serde(borrow)]
+    pub attachments: Vec<StoredAttachment<'a>>,
 }
 
 #[cfg(test)]
@@ -351,6 +408,44 @@ mod tests {
         broken.replace_range(70_000..70_001, "*");
         assert!(decoded_len(&broken).is_err());
         assert!(decoded_len("QQ==QQ==").is_err(), "padding only at the end");
+    }
+
+    #[test]
+    fn the_hash_is_that_of_the_serialized_request() {
+        let mb = MailboxAddress::parse("a@b.test").unwrap();
+        let r = req(r#"{"comment":"hi \"you\"","attachments":[{"name":"f","content_base64":"QUJD"}]}"#)
+            .validate(Kind::Reply, Some("m1".into()))
+            .unwrap();
+        let whole = serde_json::to_vec(&(mb.as_str(), &r)).unwrap();
+        let expected: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &whole)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        // Hashes stored before the digest was streamed still match.
+        assert_eq!(r.hash(&mb), expected);
+    }
+
+    #[test]
+    fn a_stored_request_reads_back_with_its_content_borrowed() {
+        let r = req(
+            r#"{"comment":"hi","to":["x@y.test"],"attachments":[{"name":"a \"b\".txt","content_base64":"QUJD","content_id":"c1","is_inline":true}]}"#,
+        )
+        .validate(Kind::Reply, Some("m1".into()))
+        .unwrap();
+        let text = serde_json::to_string(&r).unwrap();
+        let stored: StoredRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (stored.kind, stored.original.as_deref(), stored.comment.as_deref()),
+            (Kind::Reply, Some("m1"), Some("hi"))
+        );
+        assert_eq!(stored.to, r.to);
+        let a = &stored.attachments[0];
+        assert!(matches!(a.content_base64, Cow::Borrowed("QUJD")), "{a:?}");
+        assert_eq!(
+            (a.name.as_str(), a.content_id.as_deref(), a.is_inline),
+            ("a \"b\".txt", Some("c1"), true)
+        );
     }
 
     #[test]

@@ -2,13 +2,12 @@
 //! marker is on it, add the attachments that are missing. Creating POSTs are never retried
 //! inside a call: after an unknown outcome the sender looks before it creates again.
 
-use axum::body::Bytes;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::request::{AttachmentInput, Kind, OutboundRequest, Recipient};
+use super::request::{Kind, Recipient, StoredAttachment, StoredRequest};
 use super::sender::{Failure, MARKER_PROPERTY};
 use crate::graph::{Call, segment};
 use crate::mailbox::MailboxCtx;
@@ -101,7 +100,7 @@ pub(super) async fn discard(ctx: &MailboxCtx, user: &str, id: &str) -> Result<()
 pub(super) async fn create_draft(
     ctx: &MailboxCtx,
     user: &str,
-    req: &OutboundRequest,
+    req: &StoredRequest<'_>,
     outbound_id: &str,
 ) -> Result<Found, Failure> {
     let marker = json!([{"id": MARKER_PROPERTY, "value": outbound_id}]);
@@ -223,7 +222,7 @@ pub(super) async fn attachments(ctx: &MailboxCtx, user: &str, draft: &str) -> Re
 
 /// Takes the attachment already on the draft that stands for `a` (same name, at least its
 /// size: Graph counts some overhead), if any, out of `present`.
-pub(super) fn take_present(present: &mut Vec<(String, u64)>, a: &AttachmentInput) -> bool {
+pub(super) fn take_present(present: &mut Vec<(String, u64)>, a: &StoredAttachment<'_>) -> bool {
     let size = super::request::decoded_len(&a.content_base64).unwrap_or(0) as u64;
     match present.iter().position(|(name, s)| *name == a.name && *s >= size) {
         Some(i) => {
@@ -240,7 +239,7 @@ pub(super) async fn attach(
     ctx: &MailboxCtx,
     user: &str,
     draft: &str,
-    a: &AttachmentInput,
+    a: &StoredAttachment<'_>,
 ) -> Result<(), Failure> {
     let base = format!("{user}/messages/{}/attachments", segment(draft));
     let encoded = a.content_base64.trim();
@@ -257,12 +256,9 @@ pub(super) async fn attach(
         ctx.graph.call(&ctx.gate, &ctx.active(), &creating(call)).await?;
         return Ok(());
     }
-    let bytes = Bytes::from(
-        STANDARD
-            .decode(encoded)
-            .map_err(|e| Failure::Permanent(format!("attachment '{}': {e}", a.name)))?,
-    );
-    let mut item = json!({"attachmentType": "file", "name": a.name, "size": bytes.len(), "contentType": a.content_type, "isInline": a.is_inline});
+    let unreadable = |e: base64::DecodeError| Failure::Permanent(format!("attachment '{}': {e}", a.name));
+    let total = super::request::decoded_len(encoded).map_err(unreadable)?;
+    let mut item = json!({"attachmentType": "file", "name": a.name, "size": total, "contentType": a.content_type, "isInline": a.is_inline});
     if let Some(cid) = &a.content_id {
         item["contentId"] = json!(cid);
     }
@@ -277,11 +273,11 @@ pub(super) async fn attach(
         .get("uploadUrl")
         .and_then(Value::as_str)
         .ok_or_else(|| Failure::Transient("upload session without uploadUrl".into()))?;
-    let total = bytes.len();
     let mut start = 0;
     while start < total {
         let end = (start + CHUNK).min(total);
-        // A slice of the shared buffer: no copy per chunk.
+        // Only this chunk is decoded: the whole file is never held a second time.
+        let chunk = decode_range(encoded, start, end).map_err(unreadable)?;
         let resp = upload
             .put(url)
             .header(
@@ -289,7 +285,7 @@ pub(super) async fn attach(
                 format!("bytes {start}-{}/{total}", end - 1),
             )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes.slice(start..end))
+            .body(chunk)
             .send()
             .await
             .map_err(|e| Failure::Transient(format!("upload of '{}' failed: {}", a.name, crate::auth::describe(&e))))?;
@@ -307,4 +303,51 @@ pub(super) async fn attach(
         start = end;
     }
     Ok(())
+}
+
+/// Bytes `start..end` of what `encoded` (valid base64) decodes to, decoding only the groups
+/// of four characters that cover them.
+fn decode_range(encoded: &str, start: usize, end: usize) -> Result<bytes::Bytes, base64::DecodeError> {
+    let (first, last) = (start / 3, end.div_ceil(3));
+    let text = encoded
+        .get(first * 4..(last * 4).min(encoded.len()))
+        .ok_or(base64::DecodeError::InvalidLength(encoded.len()))?;
+    let decoded = bytes::Bytes::from(STANDARD.decode(text)?);
+    let skip = start - first * 3;
+    if decoded.len() < skip + (end - start) {
+        return Err(base64::DecodeError::InvalidLength(text.len()));
+    }
+    Ok(decoded.slice(skip..skip + (end - start)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_decodes_to_the_same_bytes_as_the_whole() {
+        for len in [1usize, 2, 3, 4, 5, 100, 1001] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let encoded = STANDARD.encode(&bytes);
+            for start in 0..len.min(7) {
+                for end in [start + 1, (start + 5).min(len), len] {
+                    if end <= start || end > len {
+                        continue;
+                    }
+                    let got = decode_range(&encoded, start, end).unwrap();
+                    assert_eq!(&got[..], &bytes[start..end], "{len} bytes, {start}..{end}");
+                }
+            }
+        }
+        // Upload-sized chunks of a file that is not a multiple of three bytes long.
+        let bytes: Vec<u8> = (0..(2 * CHUNK + 1234)).map(|i| (i % 253) as u8).collect();
+        let encoded = STANDARD.encode(&bytes);
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = (start + CHUNK).min(bytes.len());
+            assert_eq!(&decode_range(&encoded, start, end).unwrap()[..], &bytes[start..end]);
+            start = end;
+        }
+        assert!(decode_range(&encoded, 0, bytes.len() + 10).is_err());
+    }
 }

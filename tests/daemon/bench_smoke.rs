@@ -1,5 +1,6 @@
-//! `inboxd bench all --smoke`: every scenario runs end to end in seconds and its report is
-//! complete and sane (CI keeps the harness working; the timings are not checked).
+//! `inboxd bench all --smoke`, `sinks --smoke` and `outbound --smoke`: every scenario runs end
+//! to end in seconds and its report is complete and sane (CI keeps the harness working; the
+//! timings are not checked).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,4 +138,71 @@ fn the_sinks_bench_delivers_the_backlog_into_each_broker() {
         assert!(held >= number(&report, "messages_seeded"), "{broker} holds {held}");
     }
     assert!(number(&report, "nats_to_file_throughput") > 0.0);
+}
+
+#[test]
+fn the_outbound_bench_sends_every_reply_once_and_prunes_the_payloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("outbound.json");
+    let log = std::fs::File::create(dir.path().join("bench.log")).unwrap();
+    let mut bench = Kill(
+        Command::new(BIN)
+            .args(["bench", "outbound", "--smoke", "--out"])
+            .arg(&out)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = bench.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "bench outbound --smoke still running after {LIMIT:?}"
+        );
+        #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("bench.log")).unwrap();
+    assert!(status.success(), "bench outbound --smoke failed: {stderr}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(r["scenario"], "outbound");
+    assert_eq!(r["problems"], serde_json::json!([]));
+    assert_eq!(r["complete"], true);
+    // 1 × 4 MB, then 3 × 1 MB: every reply sent, and found exactly once where it lands.
+    let replies = number(&r, "replies");
+    assert_eq!(replies, 4.0);
+    for key in [
+        "replies_sent",
+        "replies_in_customer_inbox_once",
+        "replies_in_sent_items_once",
+        "outbound_sent_events",
+        "create_reply_requests",
+        "send_requests",
+    ] {
+        assert_eq!(number(&r, key), replies, "{key}");
+    }
+    assert_eq!(number(&r, "attachment_mb_total"), 7.0);
+    assert_eq!(
+        number(&r, "upload_sessions"),
+        1.0,
+        "the 4 MB file goes through an upload session"
+    );
+    assert_eq!(number(&r, "direct_attachment_requests"), 3.0);
+    assert!(number(&r, "largest_request_body_mb") > 5.0);
+    assert!(number(&r, "attachment_mb_per_s") > 0.0);
+    assert!(number(&r, "daemon_peak_rss_mb") >= number(&r, "daemon_baseline_rss_mb"));
+    assert!(number(&r, "daemon_cpu_seconds") >= 0.0);
+    // The payloads were stored, then dropped by the prune after the restart.
+    assert!(number(&r, "outbox_payload_mb_before_prune") > 9.0);
+    assert_eq!(number(&r, "outbox_payload_mb_after_prune"), 0.0);
+    assert!(number(&r, "store_mb_before_prune") > 0.0);
+    assert!(number(&r, "store_free_pages_mb_after_prune") > number(&r, "store_free_pages_mb_before_prune"));
+    assert!(r["budget"]["daemon_peak_rss_mb"]["target"].is_string());
+    assert!(r["machine"]["cpu_model"].is_string());
+    assert!(r["command"].as_str().unwrap().contains("bench outbound --smoke"));
 }

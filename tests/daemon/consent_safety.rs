@@ -1,6 +1,6 @@
 //! The consent flow is safe to expose: `/oauth/start` writes nothing, answers alike for
 //! delegated, app-only and unknown mailboxes, and is rate limited; an imported refresh token
-//! is tried before it is stored, and a refused one leaves the working one in place.
+//! is tried before it is stored, and a refused one leaves the working one in the store.
 
 use std::time::Duration;
 
@@ -95,7 +95,11 @@ async fn a_refused_import_keeps_the_working_refresh_token() {
     let (status, body) = import(daemon.addr, &user, "1.not-a-refresh-token").await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("nothing was stored"), "{body}");
-    // The working grant is still there: a fresh message is delivered with it.
+    // The working grant is still the stored one: a restarted daemon, which has only the store
+    // (no access token in memory), runs on it and delivers a fresh message.
+    daemon.stop().await;
+    let daemon = env.start(&toml).await;
+    wait_state(&env, daemon.addr, &user, "active", Duration::from_secs(10)).await;
     env.deliver(&user, "after a refused import").await;
     let delivered = crate::support::eventually(Duration::from_secs(15), || async {
         env.raw_events()

@@ -1175,10 +1175,14 @@ async fn permanent_failures_end_failed_with_the_reason() {
             problems.push(format!("expected failed naming '{words}', got {view}"));
             continue;
         }
-        let event = outbound_events(&env)
-            .into_iter()
-            .find(|e| e["outbound_id"] == id.as_str() && e["status"] == "failed");
-        if event.is_none_or(|e| !e["error"].as_str().unwrap_or_default().contains(words)) {
+        // The status is recorded before the event is written: wait (bounded) for the event.
+        let named = |e: &Value| {
+            e["outbound_id"] == id.as_str()
+                && e["status"] == "failed"
+                && e["error"].as_str().unwrap_or_default().contains(words)
+        };
+        let told = eventually(LIMIT, || async { outbound_events(&env).iter().any(named) }).await;
+        if !told {
             problems.push(format!(
                 "no failed event naming '{words}' for {id}: {:?}",
                 outbound_events(&env)

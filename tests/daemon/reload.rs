@@ -113,3 +113,39 @@ async fn reload_adds_removes_rotates_and_refuses_bad_files() {
     );
     daemon.stop().await;
 }
+
+/// A reload that changes `store.encryption_key` cannot re-seal stored tokens under the running
+/// daemon: it keeps the running key and says so, naming the setting (never the keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_store_key_is_refused_loudly() {
+    const OLD: &str = "reload-store-key-one";
+    const NEW: &str = "reload-store-key-two";
+    let env = Env::new().await;
+    let a = "keyed@reload.test".to_string();
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    let keyed = |key: &str| {
+        env.config(std::slice::from_ref(&a), "200ms").replacen(
+            "[store]\n",
+            &format!("[store]\nencryption_key = \"dev:{key}\"\n"),
+            1,
+        )
+    };
+    let path = env.write_config(&keyed(OLD));
+    let binary = env.spawn_binary(&path, 0).await;
+    env.deliver(&a, "before the key change").await;
+    env.wait_for_events(1, Duration::from_secs(15)).await;
+
+    std::fs::write(&path, keyed(NEW)).unwrap();
+    let warned = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("store.encryption_key") && l.contains("changes only with a restart"))
+    };
+    let said = crate::support::eventually(Duration::from_secs(15), || async { warned(&binary.stderr()) }).await;
+    let log = binary.stderr();
+    assert!(said, "the key change was ignored silently; log:\n{log}");
+    assert!(!log.contains(OLD) && !log.contains(NEW), "a store key reached the log");
+    // The running key stays in use: the mailbox keeps delivering.
+    env.deliver(&a, "after the key change").await;
+    let events = env.wait_for_events(2, Duration::from_secs(15)).await;
+    assert!(events.iter().any(|e| e.subject == "after the key change"), "{log}");
+}
