@@ -229,7 +229,9 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
             .prefer(format!("odata.maxpagesize={}", ctx.page_size.get()))
             .prefer("IdType=\"ImmutableId\"")
             .max_retry_wait(MAX_WAIT_IN_ROUND);
-        let page = match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
+        // Large futures are boxed: a round waiting here (all 10,000 first rounds at start-up)
+        // then holds pointers, not every request's state machine.
+        let page = match Box::pin(ctx.graph.call(&ctx.gate, &ctx.active(), &call)).await {
             Err(CallError::Graph(e)) if e.kind == GraphErrorKind::SyncStateNotFound && resyncs < 2 => {
                 resyncs += 1;
                 let window = ctx.store.delta_window(mailbox, folder).await?;
@@ -258,7 +260,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                     client_request_id = %e.client_request_id, error = %e.message,
                     "A delta page cannot be read; reading the folder message by message instead."
                 );
-                let (fresh_link, from, salvaged) = salvage(ctx, folder).await?;
+                let (fresh_link, from, salvaged) = Box::pin(salvage(ctx, folder)).await?;
                 stats.add(salvaged);
                 link = fresh_link;
                 filtered = true;
@@ -294,19 +296,19 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 Some(id) if seen.insert(id.to_string()) => fresh.push(item),
                 Some(_) => {}
                 None => {
-                    deliver::quarantine(ctx, folder, "(no id)", "delta item without an id").await?;
+                    Box::pin(deliver::quarantine(ctx, folder, "(no id)", "delta item without an id")).await?;
                     stats.quarantined += 1;
                 }
             }
         }
-        let page_stats = deliver::items(ctx, folder, fresh, Mode::Round).await?;
+        let page_stats = Box::pin(deliver::items(ctx, folder, fresh, Mode::Round)).await?;
         let page_messages = page_stats.delivered + page_stats.quarantined;
         ctx.page_size
             .learn(&ctx.ingest, weight + page_stats.attachment_bytes, count);
         stats.add(page_stats);
         if !first_checked && page.get("@odata.nextLink").is_some() {
             first_checked = true;
-            progress = first_sync(ctx, folder).await;
+            progress = Box::pin(first_sync(ctx, folder)).await;
         }
         if let Some(p) = progress.as_mut() {
             p.page(page_messages);
