@@ -84,9 +84,9 @@ COPY --from=builder /out/usr/local/bin/inboxd /usr/local/bin/inboxd
 COPY --from=builder --chown=65532:65532 /out/var/lib/inboxd /var/lib/inboxd
 COPY --from=builder /out/etc/inboxd /etc/inboxd
 
-# glibc's allocator: by default, once a buffer over 32 MB is freed it serves buffers of tens of
-# MB from per-thread arenas and keeps them resident after they are freed (a large outbound
-# request left hundreds of MB behind). Two arenas, and every buffer of 4 MiB or more mapped
+# glibc's allocator: by default, freeing a mapped buffer raises the mmap threshold to its size
+# (up to 32 MB), so later buffers of tens of MB come from per-thread arenas and stay resident
+# after they are freed (large outbound requests left hundreds of MB behind). Two arenas, and every buffer of 4 MiB or more mapped
 # on its own and returned to the OS when freed. `inboxd bench outbound` runs the daemon with
 # the same two settings; docs/operations.md has the figures.
 ENV MALLOC_ARENA_MAX=2 \
