@@ -305,13 +305,14 @@ fn config(dir: &Path, emulator: &str, retention: &str) -> String {
 
 /// The daemon's environment: the API token and, unless [`MALLOC_CHOICE_ENV`] says `glibc`,
 /// the image's allocator settings. Returns the name of the allocator set-up for the report.
-fn daemon_env() -> (Vec<(&'static str, &'static str)>, &'static str) {
+fn daemon_env() -> (Vec<(&'static str, &'static str)>, String) {
     let mut env = vec![(API_TOKEN_ENV, API_TOKEN)];
     if std::env::var(MALLOC_CHOICE_ENV).as_deref() == Ok("glibc") {
-        return (env, "glibc defaults");
+        return (env, "glibc defaults".into());
     }
     env.extend_from_slice(IMAGE_MALLOC_ENV);
-    (env, "the image's (MALLOC_ARENA_MAX=2, MALLOC_MMAP_THRESHOLD_=4194304)")
+    let settings: Vec<String> = IMAGE_MALLOC_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    (env, format!("the image's: {}", settings.join(" ")))
 }
 
 /// Runs the scenario; the report carries its own `problems`.
