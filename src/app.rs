@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::auth::AppTokens;
 use crate::auth::seal::Sealer;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::domain::{AppName, MailboxAddress};
 use crate::graph::Graph;
@@ -48,6 +49,8 @@ pub struct App {
     config_path: Option<PathBuf>,
     /// Reply requests read from a broker (`[intake]`), checked at start.
     intake: Option<Arc<crate::intake::Source>>,
+    /// Leases, when the store is shared (Postgres).
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A background task's future, boxed so differently typed tasks share one supervisor helper.
@@ -86,7 +89,27 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let metrics = Metrics::new();
         let http = http_client(&config)?;
-        let store = store::open(&config.store.url).await.context("opening the store")?;
+        let (store, cluster): (Arc<dyn Store>, _) = match store::open_backend(&config.store.url)
+            .await
+            .context("opening the store")?
+        {
+            store::Backend::Sqlite(s) => (Arc::new(s), None),
+            store::Backend::Postgres(pg) => {
+                // Every write about a mailbox is fenced by this replica's lease on it.
+                let fence = Arc::new(store::postgres::Fence::new(
+                    config.cluster.replica_id.clone(),
+                    metrics.fencing_rejections.clone(),
+                ));
+                let pg = pg.fenced(fence.clone());
+                let cluster = Cluster::new(pg.clone(), fence, config.cluster.clone(), metrics.clone());
+                cluster.set_configured(&config.mailboxes);
+                tracing::info!(
+                    replica = cluster.replica(),
+                    "Shared store: this replica runs the mailboxes whose leases it holds."
+                );
+                (Arc::new(pg), Some(cluster))
+            }
+        };
         let sink = Arc::new(
             Sink::open(&config.sink, http.clone(), &metrics)
                 .await
@@ -145,6 +168,7 @@ impl App {
             sealer,
             config_path: None,
             intake,
+            cluster,
         })
     }
 
@@ -184,8 +208,12 @@ impl App {
             bound,
             ingest: Arc::new(crate::mailbox::IngestBudget::new(self.config.microsoft.in_flight_bytes)),
             notifications: notifications.clone(),
+            fence: self.cluster.as_ref().map(|c| c.fence().clone()),
         };
         let mut supervisor = Supervisor::new(deps, self.config.clone(), self.apps, root.clone());
+        if self.cluster.is_some() {
+            supervisor.run_only_owned();
+        }
         supervisor.start_all().await;
         let outbox = Outbox::new(
             self.store.clone(),
@@ -208,6 +236,7 @@ impl App {
             sealer: self.sealer.clone(),
             redirect_uri: self.config.server.redirect_uri(bound),
             consent_limiter: Arc::new(api::limit::PerClient::new(20, 0.5)),
+            cluster: self.cluster.clone(),
         };
         // Not under `root`: the API keeps answering (readiness 503) while mailboxes drain.
         let server_stop = CancellationToken::new();
@@ -287,6 +316,25 @@ impl App {
             root.child_token(),
             Box::new(move |cancel| Box::pin(watch_refresh_inactivity(store.clone(), delegated.clone(), cancel))),
         ));
+        // Leases: the heartbeat publishes what this replica holds; the loop below applies it.
+        let (owned_tx, mut owned_rx) = tokio::sync::watch::channel(crate::cluster::Owned::new());
+        if let Some(cluster) = self.cluster.clone() {
+            let heartbeat = cluster.clone();
+            let owned_tx = owned_tx.clone();
+            tasks.spawn(supervised(
+                "lease_heartbeat",
+                root.child_token(),
+                Box::new(move |cancel| Box::pin(heartbeat.clone().run(owned_tx.clone(), cancel))),
+            ));
+            let registry = supervisor.registry();
+            tasks.spawn(supervised(
+                "wake_listener",
+                root.child_token(),
+                Box::new(move |cancel| Box::pin(cluster.clone().forward_wakes(registry.clone(), cancel))),
+            ));
+        }
+        drop(owned_tx);
+        let mut leases_open = self.cluster.is_some();
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         if let Some(path) = self.config_path.clone() {
             tasks.spawn(supervised(
@@ -305,8 +353,18 @@ impl App {
                 Some(()) = reload_rx.recv() => {
                     if let Some(path) = &self.config_path {
                         reload(&mut supervisor, path, &self.metrics).await;
+                        if let Some(cluster) = &self.cluster {
+                            cluster.set_configured(&supervisor.config().mailboxes);
+                        }
                     }
                 }
+                changed = owned_rx.changed(), if leases_open => match changed {
+                    Ok(()) => {
+                        let owned = owned_rx.borrow_and_update().clone();
+                        supervisor.set_owned(owned).await;
+                    }
+                    Err(_) => leases_open = false,
+                },
             }
         }
         ready.store(false, Ordering::Relaxed);
@@ -321,6 +379,10 @@ impl App {
             tracing::warn!(
                 "Shutdown grace period over while an outbound send was in flight; it resumes after restart."
             );
+        }
+        if let Some(cluster) = &self.cluster {
+            // Mailboxes and sends stopped here: the other replicas may take over at once.
+            cluster.leave().await;
         }
         server_stop.cancel();
         let _ = server.await;

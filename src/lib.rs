@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod doctor;

@@ -56,6 +56,13 @@ pub struct Metrics {
     /// `validation`, `unknown` (no such subscription), `forged` (wrong clientState),
     /// `invalid`, `rate_limited`.
     pub notifications: Family<Labels, Counter>,
+    /// Mailbox leases as this replica sees them, by state: `held` (by this replica), `other`
+    /// (by another replica), `free` (released or expired). Postgres store only.
+    pub leases: Family<Labels, Gauge>,
+    /// Leases this replica took over from another replica (expired, or released to it).
+    pub lease_handovers: Counter,
+    /// Writes refused because this replica's lease epoch was stale.
+    pub fencing_rejections: Counter,
 }
 
 impl Metrics {
@@ -80,6 +87,9 @@ impl Metrics {
             folder_failing: Family::default(),
             subscriptions: Family::default(),
             notifications: Family::default(),
+            leases: Family::default(),
+            lease_handovers: Counter::default(),
+            fencing_rejections: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +172,27 @@ impl Metrics {
             "inboxd_notifications",
             "Change notifications received, by outcome",
             m.notifications.clone(),
+        );
+        registry.register(
+            "inboxd_leases",
+            "Mailbox leases by state (held by this replica, by another, free)",
+            m.leases.clone(),
+        );
+        registry.register(
+            "inboxd_lease_handovers",
+            "Leases this replica took over from another replica",
+            m.lease_handovers.clone(),
+        );
+        registry.register(
+            "inboxd_fencing_rejections",
+            "Writes refused because this replica's lease epoch was stale",
+            m.fencing_rejections.clone(),
+        );
+        // The same counter under a second name, for dashboards that use that one.
+        registry.register(
+            "inboxd_lease_fencing_refusals",
+            "Writes refused because this replica's lease epoch was stale (same as inboxd_fencing_rejections_total)",
+            m.fencing_rejections.clone(),
         );
         for state in ["active", "pending", "fallback"] {
             let _ = m.subscriptions.get_or_create(&vec![("state", state.to_string())]);

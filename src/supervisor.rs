@@ -1,7 +1,9 @@
 //! One task per mailbox under the root cancellation token; starts, stops and restarts
-//! mailboxes, alone, when a reloaded configuration changes them.
+//! mailboxes, alone, when a reloaded configuration changes them. On a shared store only the
+//! mailboxes whose lease this replica holds run here (see `cluster`); every configured one
+//! stays in the registry, so the API (consent, replies) works on any replica.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,8 @@ pub struct Deps {
     pub ingest: Arc<crate::mailbox::IngestBudget>,
     /// Change-notification subscriptions (None while `[notifications]` is off).
     pub notifications: Option<Arc<crate::notify::Notifications>>,
+    /// This replica's leases (a shared store): no Graph request for a mailbox without one.
+    pub fence: Option<Arc<crate::store::postgres::Fence>>,
 }
 
 /// How long a reload waits for a stopped mailbox's round to finish before cutting it off.
@@ -88,6 +92,8 @@ pub struct Supervisor {
     apps: HashMap<AppName, Arc<AppTokens>>,
     registry: Registry,
     running: HashMap<MailboxAddress, (CancellationToken, JoinHandle<()>)>,
+    /// The mailboxes this replica may run (their leases); None: all (one process).
+    owned: Option<HashSet<MailboxAddress>>,
     root: CancellationToken,
     /// Bearer tokens of `/v1`, swapped on reload.
     pub api_tokens: Arc<ArcSwap<crate::config::ApiTokens>>,
@@ -108,6 +114,7 @@ impl Supervisor {
             apps,
             registry: Registry::default(),
             running: HashMap::new(),
+            owned: None,
             root,
             api_tokens,
         }
@@ -140,6 +147,11 @@ impl Supervisor {
                 .get(name)
                 .map(|t| (name.0.clone(), TokenSource::App(t.clone())))
         });
+        let gate = MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests);
+        if let Some(fence) = &self.deps.fence {
+            let (fence, address) = (fence.clone(), mailbox.address.clone());
+            gate.require_lease(move || fence.holds(&address));
+        }
         Some(Arc::new(MailboxCtx {
             config: mailbox.clone(),
             graph: self.deps.graph.clone(),
@@ -151,13 +163,14 @@ impl Supervisor {
             // Replays asked for before a restart are found by the first round.
             replay_pending: std::sync::atomic::AtomicBool::new(true),
             poll_override: Default::default(),
-            gate: MailboxGate::new(mailbox.address.as_str(), mailbox.max_concurrent_requests),
+            gate,
             store: self.deps.store.clone(),
             sink: self.deps.sink.clone(),
             board: self.deps.board.clone(),
             metrics: self.deps.metrics.clone(),
             ingest: self.deps.ingest.clone(),
             page_size: Default::default(),
+            delta_links: Default::default(),
             filtered_delta_cap: self.config.microsoft.filtered_delta_cap,
         }))
     }
@@ -172,22 +185,91 @@ impl Supervisor {
     async fn start_many(&mut self, mailboxes: &[MailboxConfig]) {
         let mut map = (**self.registry.load()).clone();
         for mailbox in mailboxes {
-            let link = (mailbox.access == Access::Delegated)
-                .then(|| self.config.server.consent_link(self.deps.bound, &mailbox.address));
-            self.deps.board.register(mailbox, link).await;
-            let Some(ctx) = self.context(mailbox) else { continue };
-            map.insert(mailbox.address.clone(), ctx.clone());
-            // Each task starts as soon as its mailbox is registered: first rounds spread over
-            // the start-up instead of all beginning at once (10,000 idle mailboxes peaked at
-            // 182 MB that way, 107 MB this way).
-            let cancel = self.root.child_token();
-            if let Some(notifications) = &self.deps.notifications {
-                notifications.start(ctx.clone(), cancel.child_token());
+            let ctx = self.context(mailbox);
+            if let Some(ctx) = &ctx {
+                map.insert(mailbox.address.clone(), ctx.clone());
             }
-            let handle = tokio::spawn(supervised_mailbox(ctx, self.deps.metrics.clone(), cancel.clone()));
-            self.running.insert(mailbox.address.clone(), (cancel, handle));
+            if self.owned.as_ref().is_none_or(|o| o.contains(&mailbox.address)) {
+                // Each task starts as soon as its mailbox is registered: first rounds spread over
+                // the start-up instead of all beginning at once (10,000 idle mailboxes peaked at
+                // 182 MB that way, 107 MB this way).
+                self.run(mailbox, ctx).await;
+            }
         }
         self.registry.store(Arc::new(map));
+    }
+
+    /// Shows a mailbox on the board and, when enabled, starts its task.
+    async fn run(&mut self, mailbox: &MailboxConfig, ctx: Option<Arc<MailboxCtx>>) {
+        let link = (mailbox.access == Access::Delegated)
+            .then(|| self.config.server.consent_link(self.deps.bound, &mailbox.address));
+        self.deps.board.register(mailbox, link).await;
+        let Some(ctx) = ctx else { return };
+        let cancel = self.root.child_token();
+        if let Some(notifications) = &self.deps.notifications {
+            notifications.start(ctx.clone(), cancel.child_token());
+        }
+        let handle = tokio::spawn(supervised_mailbox(ctx, self.deps.metrics.clone(), cancel.clone()));
+        self.running.insert(mailbox.address.clone(), (cancel, handle));
+    }
+
+    /// Runs exactly the mailboxes whose leases this replica holds now: newly held ones start,
+    /// lost or released ones stop (another replica carries on from their checkpoints).
+    pub async fn set_owned(&mut self, owned: HashSet<MailboxAddress>) {
+        let previous = self.owned.replace(owned.clone()).unwrap_or_default();
+        let configured: HashSet<MailboxAddress> = self.config.mailboxes.iter().map(|m| m.address.clone()).collect();
+        let gone: Vec<MailboxAddress> = previous
+            .difference(&owned)
+            .filter(|a| configured.contains(*a))
+            .cloned()
+            .collect();
+        // All cancelled first, then awaited together: a lost lease stops every mailbox at once.
+        let stopping: Vec<_> = gone
+            .iter()
+            .filter_map(|a| {
+                self.running
+                    .remove(a)
+                    .map(|(cancel, handle)| (a.clone(), cancel, handle))
+            })
+            .collect();
+        for (_, cancel, _) in &stopping {
+            cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        for (address, _, mut handle) in stopping {
+            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+                tracing::warn!(mailbox = %address, "The mailbox did not stop in time after its lease moved; its round was cut off (its writes are refused anyway).");
+                handle.abort();
+                let _ = handle.await;
+            }
+        }
+        for address in &gone {
+            self.deps.board.remove(address);
+            if let Some(notifications) = &self.deps.notifications {
+                notifications.remove(address);
+            }
+        }
+        let registry = self.registry.load_full();
+        let mut started = 0;
+        for mailbox in self.config.mailboxes.clone() {
+            if owned.contains(&mailbox.address) && !previous.contains(&mailbox.address) {
+                self.run(&mailbox, registry.get(&mailbox.address).cloned()).await;
+                started += 1;
+            }
+        }
+        if started + gone.len() > 0 {
+            tracing::info!(
+                started,
+                stopped = gone.len(),
+                running = self.running.len(),
+                "Mailboxes follow this replica's leases."
+            );
+        }
+    }
+
+    /// Limits this supervisor to leased mailboxes, before `start_all` (a shared store).
+    pub fn run_only_owned(&mut self) {
+        self.owned = Some(HashSet::new());
     }
 
     /// Stops one mailbox after its current page (its checkpoints stay in the store).
@@ -195,6 +277,11 @@ impl Supervisor {
         let mut map = (**self.registry.load()).clone();
         map.remove(address);
         self.registry.store(Arc::new(map));
+        self.halt(address).await;
+    }
+
+    /// Stops a mailbox's task, keeping it in the registry.
+    async fn halt(&mut self, address: &MailboxAddress) {
         if let Some((cancel, mut handle)) = self.running.remove(address) {
             cancel.cancel();
             // A round stops at its next page; one stuck in Graph retries is cut off rather than
@@ -222,7 +309,16 @@ impl Supervisor {
                 self.config.server.listen.to_string(),
                 new.server.listen.to_string(),
             ),
-            ("store.url", self.config.store.url.clone(), new.store.url.clone()),
+            (
+                "store.url",
+                crate::store::postgres::redacted(&self.config.store.url),
+                crate::store::postgres::redacted(&new.store.url),
+            ),
+            (
+                "cluster",
+                format!("{:?}", self.config.cluster),
+                format!("{:?}", new.cluster),
+            ),
             (
                 "microsoft.graph_url",
                 self.config.microsoft.graph_url.to_string(),

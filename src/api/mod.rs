@@ -53,6 +53,8 @@ pub struct ApiState {
     pub redirect_uri: String,
     /// Rate limit of `/oauth/start` per client address.
     pub consent_limiter: Arc<limit::PerClient>,
+    /// Replicas on a shared store: every mailbox is listed with its owner.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Largest reply, forward or new message: 150 MB of attachments, base64-encoded, plus the rest.
@@ -201,7 +203,13 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 }
 
 async fn mailboxes(State(s): State<ApiState>) -> Response {
-    Json(json!({"mailboxes": s.board.all()})).into_response()
+    match &s.cluster {
+        None => Json(json!({"mailboxes": s.board.all()})).into_response(),
+        Some(cluster) => match crate::cluster::annotate(cluster, s.board.all(), None).await {
+            Ok(all) => Json(json!({"mailboxes": all})).into_response(),
+            Err(e) => store_unavailable(&e),
+        },
+    }
 }
 
 async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> Response {
@@ -212,6 +220,19 @@ async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> Resp
             format!("'{address}' is not an email address"),
         );
     };
+    if let Some(cluster) = &s.cluster {
+        return match crate::cluster::annotate(cluster, s.board.get(&address).into_iter().collect(), Some(&address))
+            .await
+        {
+            Ok(mut one) if !one.is_empty() => Json(one.swap_remove(0)).into_response(),
+            Ok(_) => error(
+                StatusCode::NOT_FOUND,
+                "unknown_mailbox",
+                format!("{address} is not configured"),
+            ),
+            Err(e) => store_unavailable(&e),
+        };
+    }
     match s.board.get(&address) {
         Some(view) => Json(view).into_response(),
         None => error(
@@ -219,6 +240,22 @@ async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> Resp
             "unknown_mailbox",
             format!("{address} is not configured"),
         ),
+    }
+}
+
+/// A configured mailbox as this replica knows it: from its own board, or (replicas on a shared
+/// store) as the store last recorded one that another replica runs.
+pub(crate) async fn view(s: &ApiState, mailbox: &MailboxAddress) -> Option<crate::mailbox::MailboxView> {
+    if let Some(view) = s.board.get(mailbox) {
+        return Some(view);
+    }
+    let cluster = s.cluster.as_ref()?;
+    match crate::cluster::remote(cluster, mailbox).await {
+        Ok(view) => view,
+        Err(e) => {
+            tracing::warn!(mailbox = %mailbox, error = %e, "Cannot read the mailbox from the store.");
+            None
+        }
     }
 }
 

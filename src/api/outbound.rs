@@ -106,7 +106,7 @@ async fn enqueue(
         Ok(None) => {}
         Err(e) => return store_unavailable(&e),
     }
-    let Some(view) = s.board.get(&mailbox) else {
+    let Some(view) = super::view(&s, &mailbox).await else {
         return error(
             StatusCode::NOT_FOUND,
             "unknown_mailbox",

@@ -42,7 +42,7 @@ pub async fn mailbox(State(s): State<ApiState>, Path(address): Path<String>) -> 
             format!("'{address}' is not an email address"),
         );
     };
-    if s.board.get(&address).is_none() {
+    if super::view(&s, &address).await.is_none() {
         return error(
             StatusCode::NOT_FOUND,
             "unknown_mailbox",

@@ -95,7 +95,7 @@ impl DelegatedTokens {
         let granted = self.endpoint.request(grant, true).await?;
         let rotated = granted.refresh_token.unwrap_or(refresh);
         // Durably store the rotated token before the access token is used.
-        self.save(&rotated, granted.scope.as_deref().unwrap_or(&stored.scopes))
+        self.seal_and_store(&rotated, granted.scope.as_deref().unwrap_or(&stored.scopes), true)
             .await
             .map_err(|e| {
                 self.error(
@@ -106,15 +106,24 @@ impl DelegatedTokens {
         Ok(granted.access)
     }
 
-    /// Seals and stores a refresh token (after consent, import, or rotation).
+    /// Seals and stores a newly granted refresh token (after consent or import).
     pub async fn save(&self, refresh: &SecretString, scopes: &str) -> Result<(), StoreError> {
+        self.seal_and_store(refresh, scopes, false).await
+    }
+
+    /// Seals and stores a refresh token; a rotation is a write only the mailbox's owner may do.
+    async fn seal_and_store(&self, refresh: &SecretString, scopes: &str, rotation: bool) -> Result<(), StoreError> {
         let token = DelegatedToken {
             mailbox: self.mailbox.clone(),
             sealed_token: self.sealer.seal(self.mailbox.as_str(), refresh.expose_secret()),
             scopes: scopes.to_string(),
             last_used_at: OffsetDateTime::now_utc(),
         };
-        self.store.save_delegated_token(&token).await
+        if rotation {
+            self.store.save_delegated_token(&token).await
+        } else {
+            self.store.save_granted_token(&token).await
+        }
     }
 
     /// A new grant was stored: forget the cached token and any failure pacing.

@@ -298,13 +298,14 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
             let polled = counts.per_mailbox.len();
             r.insert("graph_requests_per_mailbox_per_interval".into(), per.clone());
             r.insert("mailboxes_polled".into(), json!(polled));
-            let cpu_pct = r["daemon_cpu_percent_of_one_core"].clone();
+            // What idle mailboxes cost once running; the first round is start-up.
+            let cpu_pct = r["daemon_cpu_percent_after_first_round"].clone();
             budgets.insert(
                 "daemon_peak_rss_mb".into(),
                 budget("<= 60", &num(peak_mb), Some(peak_mb <= 60.0)),
             );
             budgets.insert(
-                "daemon_cpu_percent_of_one_core".into(),
+                "daemon_cpu_percent_after_first_round".into(),
                 budget("<= 3", &cpu_pct, cpu_pct.as_f64().map(|x| x <= 3.0)),
             );
             // One delta call per mailbox and interval; a round takes a little, so just under 1.

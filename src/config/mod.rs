@@ -52,6 +52,37 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     /// Replies and new mail.
     pub outbound: OutboundConfig,
+    /// Replicas sharing a Postgres store.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: how replicas sharing a Postgres store split the mailboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This replica's name in the lease table (default: hostname and process id).
+    pub replica_id: String,
+    /// How long a lease lasts without renewal: a dead replica's mailboxes move after at most
+    /// this long.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and membership refreshed (default: a third of the TTL).
+    pub heartbeat_interval: Duration,
+}
+
+impl ClusterConfig {
+    /// `hostname-pid`: unique per process, readable in `/v1/mailboxes`.
+    pub fn default_replica_id() -> String {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "inboxd".into());
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 /// `[notifications]`.
@@ -161,7 +192,7 @@ impl ServerConfig {
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `sqlite://path` (Postgres later).
+    /// `sqlite://path` or `postgres://…` (then shared by replicas).
     pub url: String,
     /// Seals delegated refresh tokens at rest.
     pub encryption_key: Option<SecretString>,

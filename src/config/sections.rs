@@ -11,9 +11,11 @@ use super::secrets::Secrets;
 use super::tree::Node;
 use super::values::{duration, https_url, socket_addr};
 use super::{
-    ApiTokens, AppConfig, AppCredential, Config, MicrosoftConfig, OutboundConfig, ServerConfig, SinkConfig, StoreConfig,
+    ApiTokens, AppConfig, AppCredential, ClusterConfig, Config, MicrosoftConfig, OutboundConfig, ServerConfig,
+    SinkConfig, StoreConfig,
 };
 use crate::domain::AppName;
+use secrecy::ExposeSecret;
 
 /// Reads and checks the whole tree; `None` when anything is wrong (all of it is in `errors`).
 pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> Option<Config> {
@@ -30,6 +32,7 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         super::notifications::notifications(table, encryption_key_given, errors)
     };
     let outbound = root.section("outbound", errors).and_then(|t| outbound(t, errors));
+    let cluster = root.section("cluster", errors).and_then(|t| cluster(t, errors));
     let intake = match root.get("intake") {
         None => Some(None),
         Some(field) => field
@@ -79,6 +82,48 @@ pub(super) fn build(root: &Node, secrets: &Secrets<'_>, errors: &mut Errors) -> 
         mailboxes: mailboxes?,
         notifications: notifications?,
         outbound: outbound?,
+        cluster: cluster?,
+    })
+}
+
+/// `[cluster]`: only used with a Postgres store.
+fn cluster(mut t: Table<'_>, errors: &mut Errors) -> Option<ClusterConfig> {
+    let replica_id = match t.get("replica_id") {
+        None => Some(ClusterConfig::default_replica_id()),
+        Some(field) => field.non_empty(errors),
+    };
+    let ttl_field = t.get_or("lease_ttl", "15s");
+    let lease_ttl = duration(&ttl_field, errors, false, Duration::from_secs(600));
+    if lease_ttl.is_some_and(|d| d < Duration::from_secs(1)) {
+        ttl_field.fail(errors, "must be at least 1s");
+    }
+    let heartbeat_field = t.get("heartbeat_interval");
+    let heartbeat_interval = match (&heartbeat_field, lease_ttl) {
+        (None, Some(ttl)) => Some(ttl / 3),
+        (None, None) => None,
+        (Some(field), ttl) => {
+            let d = duration(field, errors, false, Duration::from_secs(600));
+            match (d, ttl) {
+                (Some(d), Some(ttl)) if d > ttl / 3 => {
+                    field.fail(
+                        errors,
+                        format!(
+                            "must be at most a third of lease_ttl ({}), so a lease is renewed twice before it may expire",
+                            humantime::format_duration(ttl)
+                        ),
+                    );
+                    None
+                }
+                (d, _) => d,
+            }
+        }
+    };
+    t.finish(errors);
+    let lease_ttl = lease_ttl.filter(|d| *d >= Duration::from_secs(1));
+    Some(ClusterConfig {
+        replica_id: replica_id?,
+        lease_ttl: lease_ttl?,
+        heartbeat_interval: heartbeat_interval?,
     })
 }
 
@@ -175,12 +220,18 @@ fn secret_list(
 fn store(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> (Option<StoreConfig>, bool) {
     let url_field = t.get_or("url", "sqlite://./data/inboxd.db");
     let url = url_field.non_empty(errors).and_then(|url| {
-        if url.starts_with("sqlite:") {
+        // A Postgres URL may carry a password: it may come from a secret reference.
+        let url = if url.starts_with("env:") || url.starts_with("file:") {
+            secrets.resolve(&url_field, errors)?.expose_secret().to_string()
+        } else {
+            url
+        };
+        if ["sqlite:", "postgres://", "postgresql://"].iter().any(|p| url.starts_with(p)) {
             return Some(url);
         }
         url_field.fail(
             errors,
-            "only sqlite: store URLs are supported, e.g. \"sqlite://./data/inboxd.db\"",
+            "store URLs are sqlite: or postgres:, e.g. \"sqlite://./data/inboxd.db\" or \"postgres://inboxd@db.example/inboxd?sslmode=verify-full\"",
         );
         None
     });

@@ -17,6 +17,10 @@ pub struct MailboxGate {
     slots: Semaphore,
     size: u32,
     paused_until: Mutex<Option<Instant>>,
+    /// With replicas: whether this replica may still act for the mailbox (its lease), asked
+    /// right before every request, so a replica resumed after a pause never calls Graph for a
+    /// mailbox it lost, whatever its timers woke first.
+    lease: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl MailboxGate {
@@ -28,6 +32,7 @@ impl MailboxGate {
             slots: Semaphore::new(size),
             size: size as u32,
             paused_until: Mutex::new(None),
+            lease: std::sync::OnceLock::new(),
         }
     }
 
@@ -51,6 +56,16 @@ impl MailboxGate {
                 _ => return permit,
             }
         }
+    }
+
+    /// Makes every request wait for `holds` to answer true first (set once, at start).
+    pub fn require_lease(&self, holds: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.lease.set(Box::new(holds));
+    }
+
+    /// False when this replica no longer holds the mailbox's lease.
+    pub fn may_call(&self) -> bool {
+        self.lease.get().is_none_or(|holds| holds())
     }
 
     /// Returns once no throttling pause is in force (without taking a slot).

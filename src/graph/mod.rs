@@ -136,6 +136,21 @@ impl Graph {
     /// (honouring `Retry-After`), refreshes the token once on a 401.
     pub async fn call(&self, gate: &MailboxGate, tokens: &TokenSource, call: &Call) -> Result<Value, CallError> {
         let attempt = || async {
+            if !gate.may_call() {
+                // Answered as a transport failure: transient, and nothing reached Graph.
+                return Err(GraphError {
+                    kind: GraphErrorKind::Transport,
+                    operation: call.operation,
+                    status: None,
+                    code: Some("LeaseLost".into()),
+                    message: "this replica no longer holds the mailbox's lease; its new owner polls and sends for it"
+                        .into(),
+                    request_id: None,
+                    client_request_id: String::new(),
+                    retry_after: None,
+                }
+                .into());
+            }
             let token = tokens.token().await?;
             match self.once(gate, &token, call).await {
                 Err(e) if e.kind == GraphErrorKind::Unauthorized => {

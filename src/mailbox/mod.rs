@@ -70,11 +70,33 @@ pub struct MailboxCtx {
     pub ingest: Arc<IngestBudget>,
     /// Items its next delta page asks for, learnt from what its mail weighs.
     pub page_size: PageSize,
+    /// Each folder's delta link as last written to the store by this task.
+    pub delta_links: std::sync::Mutex<HashMap<String, String>>,
     /// Where Graph ends a delta filtered on receipt time (`microsoft.filtered_delta_cap`).
     pub filtered_delta_cap: usize,
 }
 
 impl MailboxCtx {
+    /// The folder's delta link as this task last stored it.
+    fn remembered_link(&self, folder: &str) -> Option<String> {
+        self.delta_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(folder)
+            .cloned()
+    }
+
+    /// Notes a link the store has just accepted.
+    fn remember_link(&self, folder: &str, link: &str) {
+        let mut links = self.delta_links.lock().unwrap_or_else(|p| p.into_inner());
+        match links.get_mut(folder) {
+            Some(held) => link.clone_into(held),
+            None => {
+                links.insert(folder.to_string(), link.to_string());
+            }
+        }
+    }
+
     /// The wait after a successful round: the safety poll while notifications are healthy.
     pub fn poll_wait(&self) -> Duration {
         match self.poll_override.load(std::sync::atomic::Ordering::Relaxed) {

@@ -151,6 +151,7 @@ async fn salvage(ctx: &MailboxCtx, folder: &str) -> Result<(String, OffsetDateTi
     let start = began - START_MARGIN;
     let link = initial_url(ctx, folder, Some(start));
     ctx.store.save_delta_link(mailbox, folder, &link).await?;
+    ctx.remember_link(folder, &link);
     tracing::info!(
         mailbox = %mailbox, folder, delivered = stats.delivered, quarantined = stats.quarantined,
         "Read the folder message by message; delta goes on from now."
@@ -183,7 +184,13 @@ fn is_filtered(link: &str) -> bool {
 pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -> Result<RoundStats, PollError> {
     let mailbox = &ctx.config.address;
     let round_began = OffsetDateTime::now_utc();
-    let mut link = match ctx.store.delta_link(mailbox, folder).await? {
+    // The task is the folder's only writer: after its first round the link comes from memory
+    // (an idle round then costs the store one write, not a read and a write).
+    let saved = match ctx.remembered_link(folder) {
+        Some(link) => Some(link),
+        None => ctx.store.delta_link(mailbox, folder).await?,
+    };
+    let mut link = match saved {
         Some(link) => link,
         None => {
             // Fix the start now and persist it, so a crash in the first round resumes the same
@@ -195,6 +202,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
             };
             let url = initial_url(ctx, folder, from);
             ctx.store.begin_delta(mailbox, folder, &url, from).await?;
+            ctx.remember_link(folder, &url);
             url
         }
     };
@@ -239,6 +247,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 seen.clear();
                 // Keeps the window: a crash or another 410 resyncs from the same point.
                 ctx.store.save_delta_link(mailbox, folder, &link).await?;
+                ctx.remember_link(folder, &link);
                 continue;
             }
             // A page Graph keeps answering unreadably: read the folder message by message.
@@ -326,6 +335,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                         );
                         link = initial_url(ctx, folder, Some(newest));
                         ctx.store.save_delta_link(mailbox, folder, &link).await?;
+                        ctx.remember_link(folder, &link);
                         window_from = Some(newest);
                         newest_seen = None;
                         seen.clear();
@@ -338,6 +348,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 }
             }
             ctx.store.save_checkpoint(mailbox, folder, delta, round_began).await?;
+            ctx.remember_link(folder, delta);
             if let Some(p) = &progress {
                 let v = p.view();
                 tracing::info!(

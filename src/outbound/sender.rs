@@ -264,6 +264,12 @@ impl Outbox {
             saved.updated_at = OffsetDateTime::now_utc();
             match self.store.update_outbound(&saved).await {
                 Ok(()) => return true,
+                // Another replica owns the mailbox now: this attempt ends here, and whoever holds
+                // the lease continues from the stored row (never from this stale copy).
+                Err(StoreError::Fenced { .. }) => {
+                    tracing::warn!(mailbox = %row.mailbox, outbound_id = %row.id, "The mailbox's lease moved to another replica; this attempt stops and its new owner carries on.");
+                    return false;
+                }
                 Err(e) => {
                     tracing::error!(mailbox = %row.mailbox, outbound_id = %row.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "Cannot record outbound progress; retrying.");
                     tokio::select! {

@@ -1,15 +1,21 @@
-//! Persistence: delta checkpoints, delivered keys, mailbox states, quarantine.
+//! Persistence: delta checkpoints, delivered keys, mailbox states, quarantine, outbox,
+//! delegated tokens, subscriptions; and, on PostgreSQL, the mailbox leases of several replicas.
 //!
-//! A trait, so a Postgres store can follow the SQLite one.
+//! One trait, two implementations: SQLite (one process, the default) and PostgreSQL (shared).
 
+mod codec;
+pub mod postgres;
 mod sqlite;
 mod subscriptions;
+#[cfg(test)]
+mod suite;
 
 use std::collections::HashSet;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use subscriptions::{SubscriptionRecord, SubscriptionStore};
 
@@ -22,7 +28,7 @@ pub enum StoreError {
     #[error("store: {0}")]
     Database(String),
     /// The store URL is not one this build can open.
-    #[error("store url '{0}' is not supported (use sqlite://PATH)")]
+    #[error("store url '{0}' is not supported (use sqlite://PATH or postgres://HOST/DATABASE)")]
     UnsupportedUrl(String),
     /// Another process holds the store's lock file: two writers would both poll and send.
     #[error(
@@ -30,6 +36,15 @@ pub enum StoreError {
         .0.display()
     )]
     Locked(std::path::PathBuf),
+    /// This replica no longer holds the mailbox's lease at the epoch it claimed: another
+    /// replica owns the mailbox now, and this write would overwrite its work.
+    #[error("store: write for {mailbox} refused: its lease moved on from epoch {epoch} (another replica owns it now)")]
+    Fenced {
+        /// The mailbox.
+        mailbox: MailboxAddress,
+        /// The stale epoch the write carried (0: no lease held at all).
+        epoch: i64,
+    },
 }
 
 /// A mailbox's persisted status.
@@ -327,8 +342,14 @@ pub trait Store: SubscriptionStore + Send + Sync + 'static {
         folders: &[String],
     ) -> Result<Option<OffsetDateTime>, StoreError>;
 
-    /// Stores (replaces) a mailbox's sealed refresh token, atomically.
+    /// Stores (replaces) a mailbox's sealed refresh token, atomically: a rotation, which only
+    /// the mailbox's owner may write.
     async fn save_delegated_token(&self, token: &DelegatedToken) -> Result<(), StoreError>;
+    /// Stores a newly granted refresh token (consent, import), which any replica may write,
+    /// and wakes the mailbox's owner.
+    async fn save_granted_token(&self, token: &DelegatedToken) -> Result<(), StoreError> {
+        self.save_delegated_token(token).await
+    }
     /// The sealed refresh token of a mailbox.
     async fn delegated_token(&self, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError>;
     /// Stores a pending consent flow.
@@ -384,10 +405,31 @@ pub trait Store: SubscriptionStore + Send + Sync + 'static {
     async fn release_quarantined(&self, mailbox: &MailboxAddress, graph_id: &str) -> Result<(), StoreError>;
 }
 
-/// Opens the store a URL names (`sqlite://path`, created if missing, migrated).
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+/// An opened store, by kind: the daemon runs leases only on PostgreSQL.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One process, one file.
+    Sqlite(SqliteStore),
+    /// Shared by replicas.
+    Postgres(PgStore),
+}
+
+/// Opens the store a URL names: `sqlite://path` (created if missing) or `postgres://…`,
+/// migrated either way.
+pub async fn open_backend(url: &str) -> Result<Backend, StoreError> {
     if url.starts_with("sqlite:") {
-        return Ok(std::sync::Arc::new(SqliteStore::open(url).await?));
+        return Ok(Backend::Sqlite(SqliteStore::open(url).await?));
     }
-    Err(StoreError::UnsupportedUrl(url.to_string()))
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Backend::Postgres(PgStore::open(url).await?));
+    }
+    Err(StoreError::UnsupportedUrl(postgres::redacted(url)))
+}
+
+/// Opens the store a URL names, as the trait.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match open_backend(url).await? {
+        Backend::Sqlite(s) => std::sync::Arc::new(s),
+        Backend::Postgres(p) => std::sync::Arc::new(p),
+    })
 }

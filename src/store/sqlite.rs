@@ -14,11 +14,9 @@ use async_trait::async_trait;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use time::format_description::BorrowedFormatItem;
-use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
-use time::{OffsetDateTime, UtcOffset};
+use time::OffsetDateTime;
 
+use super::codec::{db_err, from_stored, from_unix_millis, to_address, to_stored, unix_millis};
 use super::{
     ConsentState, DelegatedToken, DeltaWindow, MailboxStatus, OutboundRecord, QuarantineEntry, Store, StoreError,
 };
@@ -66,10 +64,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rows deleted per statement when pruning, so deliveries are not blocked behind one long delete.
 const PRUNE_BATCH: i64 = 5_000;
-
-/// Stored timestamps: UTC, always nine fractional digits, so text order is time order.
-const STORED_TIME: &[BorrowedFormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
 
 /// The default store: a SQLite database (`sqlite://PATH` or `sqlite::memory:`).
 #[derive(Debug, Clone)]
@@ -194,41 +188,6 @@ fn migrator() -> Migrator {
             })
             .collect(),
     )
-}
-
-/// Maps a database error to a `StoreError` that names the operation that failed.
-fn db_err(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| StoreError::Database(format!("{operation}: {e}"))
-}
-
-/// Formats a timestamp the way the schema stores them.
-fn to_stored(operation: &'static str, t: OffsetDateTime) -> Result<String, StoreError> {
-    t.to_offset(UtcOffset::UTC)
-        .format(STORED_TIME)
-        .map_err(|e| StoreError::Database(format!("{operation}: cannot store timestamp {t}: {e}")))
-}
-
-/// Parses a stored timestamp.
-fn from_stored(operation: &'static str, s: &str) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|e| StoreError::Database(format!("{operation}: bad stored timestamp '{s}': {e}")))
-}
-
-/// Parses a stored mailbox address.
-fn to_address(operation: &'static str, s: &str) -> Result<MailboxAddress, StoreError> {
-    MailboxAddress::parse(s).map_err(|e| StoreError::Database(format!("{operation}: bad stored mailbox: {e}")))
-}
-
-/// Unix milliseconds, the unit of `delivered_keys.delivered_at`.
-fn unix_millis(t: OffsetDateTime) -> i64 {
-    // Always in range: OffsetDateTime spans far fewer than 2^63 milliseconds.
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-/// The inverse of [`unix_millis`].
-fn from_unix_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map_err(|e| StoreError::Database(format!("bad stored time {ms}: {e}")))
 }
 
 /// Encodes keys as one JSON array bound to a single parameter and expanded with `json_each`,

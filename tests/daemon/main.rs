@@ -22,6 +22,7 @@ mod outbound;
 mod outbound_confirm;
 mod pipeline;
 mod reload;
+mod replicas;
 mod resilience;
 mod rotation;
 mod secrets;

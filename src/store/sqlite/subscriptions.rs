@@ -65,32 +65,3 @@ impl SubscriptionStore for SqliteStore {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_subscription_is_saved_replaced_and_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = crate::store::open(&url).await.unwrap();
-        let mailbox = MailboxAddress::parse("a@b.test").unwrap();
-        let at = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
-        let mut record = SubscriptionRecord {
-            mailbox: mailbox.clone(),
-            folder: "inbox".into(),
-            id: "sub-1".into(),
-            expires_at: at,
-            sealed_client_state: vec![1, 2, 3],
-            notification_url: "https://x.test/graph/notifications".into(),
-        };
-        store.save_subscription(&record).await.unwrap();
-        record.id = "sub-2".into();
-        store.save_subscription(&record).await.unwrap();
-        assert_eq!(store.subscriptions(&mailbox).await.unwrap(), vec![record.clone()]);
-        store.delete_subscription(&mailbox, "inbox").await.unwrap();
-        assert!(store.subscriptions(&mailbox).await.unwrap().is_empty());
-        store.ping().await.unwrap();
-    }
-}

@@ -1,0 +1,114 @@
+//! Sealed refresh tokens of delegated mailboxes and pending consent states.
+
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Transaction};
+
+use super::{db_err, from_stored, to_stored};
+use crate::domain::MailboxAddress;
+use crate::store::{ConsentState, DelegatedToken, StoreError};
+
+pub(super) async fn save_token(mut tx: Transaction<'static, Postgres>, t: &DelegatedToken) -> Result<(), StoreError> {
+    const OP: &str = "save delegated token";
+    let now = to_stored(OP, time::OffsetDateTime::now_utc())?;
+    sqlx::query(
+        "INSERT INTO delegated_tokens (mailbox, sealed_token, scopes, last_used_at, updated_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (mailbox) DO UPDATE SET sealed_token = excluded.sealed_token, scopes = excluded.scopes,
+             last_used_at = excluded.last_used_at, updated_at = excluded.updated_at",
+    )
+    .bind(t.mailbox.as_str())
+    .bind(&t.sealed_token)
+    .bind(&t.scopes)
+    .bind(to_stored(OP, t.last_used_at)?)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err(OP))?;
+    tx.commit().await.map_err(db_err(OP))
+}
+
+pub(super) async fn token(pool: &PgPool, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError> {
+    const OP: &str = "read delegated token";
+    let row: Option<(Vec<u8>, String, String)> =
+        sqlx::query_as("SELECT sealed_token, scopes, last_used_at FROM delegated_tokens WHERE mailbox = $1")
+            .bind(mailbox.as_str())
+            .fetch_optional(pool)
+            .await
+            .map_err(db_err(OP))?;
+    row.map(|(sealed_token, scopes, last)| {
+        Ok(DelegatedToken {
+            mailbox: mailbox.clone(),
+            sealed_token,
+            scopes,
+            last_used_at: from_stored(OP, &last)?,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn save_state(pool: &PgPool, s: &ConsentState) -> Result<(), StoreError> {
+    const OP: &str = "save consent state";
+    sqlx::query("INSERT INTO consent_states (state, mailbox, sealed_verifier, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(&s.state)
+        .bind(s.mailbox.as_str())
+        .bind(&s.sealed_verifier)
+        .bind(to_stored(OP, s.expires_at)?)
+        .execute(pool)
+        .await
+        .map_err(db_err(OP))?;
+    // Old, never-used states go with every new one.
+    sqlx::query("DELETE FROM consent_states WHERE expires_at < $1")
+        .bind(to_stored(
+            OP,
+            time::OffsetDateTime::now_utc() - time::Duration::days(1),
+        )?)
+        .execute(pool)
+        .await
+        .map_err(db_err(OP))?;
+    Ok(())
+}
+
+pub(super) async fn take_state(pool: &PgPool, state: &str) -> Result<Option<ConsentState>, StoreError> {
+    const OP: &str = "take consent state";
+    let row: Option<(String, Vec<u8>, String)> =
+        sqlx::query_as("DELETE FROM consent_states WHERE state = $1 RETURNING mailbox, sealed_verifier, expires_at")
+            .bind(state)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_err(OP))?;
+    row.map(|(mailbox, sealed_verifier, expires)| {
+        Ok(ConsentState {
+            state: state.to_string(),
+            mailbox: MailboxAddress::parse(&mailbox).map_err(|e| StoreError::Database(format!("{OP}: {e}")))?,
+            sealed_verifier,
+            expires_at: from_stored(OP, &expires)?,
+        })
+    })
+    .transpose()
+}
+
+/// Records that a consent state was used; false when it already was. The row is kept until
+/// the state would have expired anyway (then it could not be used again regardless).
+pub(super) async fn claim_state(
+    pool: &PgPool,
+    state: &str,
+    mailbox: &MailboxAddress,
+    expires_at: time::OffsetDateTime,
+) -> Result<bool, StoreError> {
+    const OP: &str = "claim consent state";
+    sqlx::query("DELETE FROM consent_states WHERE expires_at < $1")
+        .bind(to_stored(OP, time::OffsetDateTime::now_utc())?)
+        .execute(pool)
+        .await
+        .map_err(db_err(OP))?;
+    let done = sqlx::query(
+        "INSERT INTO consent_states (state, mailbox, sealed_verifier, expires_at) VALUES ($1, $2, ''::BYTEA, $3)
+         ON CONFLICT (state) DO NOTHING",
+    )
+    .bind(state)
+    .bind(mailbox.as_str())
+    .bind(to_stored(OP, expires_at)?)
+    .execute(pool)
+    .await
+    .map_err(db_err(OP))?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,216 @@
+//! The outbox table on Postgres: enqueued on any replica, advanced by the owner's sender
+//! (its updates fenced by the caller's transaction), loaded one row at a time.
+
+use sqlx::Row as _;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, Transaction};
+use time::OffsetDateTime;
+
+use super::{db_err, from_stored, to_stored};
+use crate::domain::MailboxAddress;
+use crate::store::{OutboundRecord, OutboundStatus, SendStep, StoreError};
+
+/// The columns after `request`, as a macro so queries stay `&'static str` (sqlx refuses built strings).
+macro_rules! columns_after_request {
+    () => {
+        "kind, status, step, draft_id, error, attempts, next_attempt_at, created_at, updated_at, submitted_at, \
+         internet_message_id, conversation_id"
+    };
+}
+
+fn record(op: &'static str, r: &PgRow) -> Result<OutboundRecord, StoreError> {
+    let text = |name: &str| -> Result<String, StoreError> { r.try_get::<String, _>(name).map_err(db_err(op)) };
+    let opt =
+        |name: &str| -> Result<Option<String>, StoreError> { r.try_get::<Option<String>, _>(name).map_err(db_err(op)) };
+    let bad = |what: &str, v: &str| StoreError::Database(format!("{op}: bad stored {what} '{v}'"));
+    let (mailbox, status, step) = (text("mailbox")?, text("status")?, text("step")?);
+    Ok(OutboundRecord {
+        mailbox: MailboxAddress::parse(&mailbox).map_err(|_| bad("mailbox", &mailbox))?,
+        status: OutboundStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
+        step: SendStep::parse(&step).ok_or_else(|| bad("step", &step))?,
+        id: text("id")?,
+        idempotency_key: text("idempotency_key")?,
+        request_hash: text("request_hash")?,
+        request: text("request")?,
+        kind: text("kind")?,
+        draft_id: opt("draft_id")?,
+        error: opt("error")?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err(op))?).unwrap_or(0),
+        next_attempt_at: from_stored(op, &text("next_attempt_at")?)?,
+        created_at: from_stored(op, &text("created_at")?)?,
+        updated_at: from_stored(op, &text("updated_at")?)?,
+        submitted_at: opt("submitted_at")?.map(|t| from_stored(op, &t)).transpose()?,
+        internet_message_id: opt("internet_message_id")?,
+        conversation_id: opt("conversation_id")?,
+    })
+}
+
+pub(super) async fn enqueue(pool: &PgPool, rec: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
+    const OP: &str = "enqueue outbound";
+    let mut tx = pool.begin().await.map_err(db_err(OP))?;
+    sqlx::query(
+        "INSERT INTO outbox (id, mailbox, idempotency_key, request_hash, request, kind, status, step, draft_id, error,
+                             attempts, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (mailbox, idempotency_key) DO NOTHING",
+    )
+    .bind(&rec.id)
+    .bind(rec.mailbox.as_str())
+    .bind(&rec.idempotency_key)
+    .bind(&rec.request_hash)
+    .bind(&rec.request)
+    .bind(&rec.kind)
+    .bind(rec.status.as_str())
+    .bind(rec.step.as_str())
+    .bind(&rec.draft_id)
+    .bind(&rec.error)
+    .bind(i64::from(rec.attempts))
+    .bind(to_stored(OP, rec.next_attempt_at)?)
+    .bind(to_stored(OP, rec.created_at)?)
+    .bind(to_stored(OP, rec.updated_at)?)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err(OP))?;
+    // The stored row without its payload: the caller has the request it just sent.
+    let row = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash, '' AS request, ",
+        columns_after_request!(),
+        " FROM outbox WHERE mailbox = $1 AND idempotency_key = $2"
+    ))
+    .bind(rec.mailbox.as_str())
+    .bind(&rec.idempotency_key)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err(OP))?;
+    tx.commit().await.map_err(db_err(OP))?;
+    record(OP, &row)
+}
+
+pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<OutboundRecord>, StoreError> {
+    const OP: &str = "read outbound";
+    let row = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash, '' AS request, ",
+        columns_after_request!(),
+        " FROM outbox WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err(OP))?;
+    row.map(|r| record(OP, &r)).transpose()
+}
+
+/// The newest `limit` requests, newest first, without their payloads (the status page).
+pub(super) async fn recent(pool: &PgPool, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
+    const OP: &str = "read recent outbound";
+    let rows = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash, '' AS request, ",
+        columns_after_request!(),
+        " FROM outbox ORDER BY created_at DESC, id LIMIT $1"
+    ))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(db_err(OP))?;
+    rows.iter().map(|r| record(OP, r)).collect()
+}
+
+pub(super) async fn by_key(
+    pool: &PgPool,
+    mailbox: &MailboxAddress,
+    key: &str,
+) -> Result<Option<OutboundRecord>, StoreError> {
+    const OP: &str = "read outbound by key";
+    let row = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash, '' AS request, ",
+        columns_after_request!(),
+        " FROM outbox WHERE mailbox = $1 AND idempotency_key = $2"
+    ))
+    .bind(mailbox.as_str())
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err(OP))?;
+    row.map(|r| record(OP, &r)).transpose()
+}
+
+/// Mailboxes with due rows; only those in `held` when given (the leases this replica holds).
+pub(super) async fn due_mailboxes(
+    pool: &PgPool,
+    now: OffsetDateTime,
+    held: Option<&[String]>,
+) -> Result<Vec<MailboxAddress>, StoreError> {
+    const OP: &str = "read outbound mailboxes";
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT mailbox FROM outbox WHERE status IN ('queued', 'sending') AND next_attempt_at <= $1
+         AND ($2::TEXT[] IS NULL OR mailbox = ANY($2))",
+    )
+    .bind(to_stored(OP, now)?)
+    .bind(held)
+    .fetch_all(pool)
+    .await
+    .map_err(db_err(OP))?;
+    rows.into_iter()
+        .map(|(m,)| {
+            MailboxAddress::parse(&m).map_err(|_| StoreError::Database(format!("{OP}: bad stored mailbox '{m}'")))
+        })
+        .collect()
+}
+
+pub(super) async fn next_due(
+    pool: &PgPool,
+    mailbox: &MailboxAddress,
+    now: OffsetDateTime,
+) -> Result<Option<OutboundRecord>, StoreError> {
+    const OP: &str = "read due outbound";
+    let row = sqlx::query(concat!(
+        "SELECT id, mailbox, idempotency_key, request_hash,
+                CASE WHEN step IN ('send_requested', 'accepted') THEN '' ELSE request END AS request, ",
+        columns_after_request!(),
+        " FROM outbox WHERE mailbox = $1 AND status IN ('queued', 'sending') AND next_attempt_at <= $2
+         ORDER BY next_attempt_at, created_at LIMIT 1"
+    ))
+    .bind(mailbox.as_str())
+    .bind(to_stored(OP, now)?)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err(OP))?;
+    row.map(|r| record(OP, &r)).transpose()
+}
+
+pub(super) async fn update(mut tx: Transaction<'static, Postgres>, rec: &OutboundRecord) -> Result<(), StoreError> {
+    const OP: &str = "update outbound";
+    sqlx::query(
+        "UPDATE outbox SET status = $2, step = $3, draft_id = $4, error = $5, attempts = $6, next_attempt_at = $7,
+                           updated_at = $8, submitted_at = $9, internet_message_id = $10, conversation_id = $11
+         WHERE id = $1",
+    )
+    .bind(&rec.id)
+    .bind(rec.status.as_str())
+    .bind(rec.step.as_str())
+    .bind(&rec.draft_id)
+    .bind(&rec.error)
+    .bind(i64::from(rec.attempts))
+    .bind(to_stored(OP, rec.next_attempt_at)?)
+    .bind(to_stored(OP, rec.updated_at)?)
+    .bind(rec.submitted_at.map(|t| to_stored(OP, t)).transpose()?)
+    .bind(&rec.internet_message_id)
+    .bind(&rec.conversation_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err(OP))?;
+    tx.commit().await.map_err(db_err(OP))
+}
+
+pub(super) async fn prune(pool: &PgPool, before: OffsetDateTime) -> Result<u64, StoreError> {
+    const OP: &str = "prune outbound";
+    let done = sqlx::query(
+        "UPDATE outbox SET request = '' WHERE status IN ('sent', 'failed', 'unconfirmed') AND updated_at < $1
+         AND request <> ''",
+    )
+    .bind(to_stored(OP, before)?)
+    .execute(pool)
+    .await
+    .map_err(db_err(OP))?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,110 @@
+//! The quarantine table: messages that could not become events or that the receiver refused,
+//! and the replays asked for through the API.
+
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Transaction};
+
+use super::{db_err, from_stored, to_address, to_stored};
+use crate::domain::MailboxAddress;
+use crate::store::{QuarantineEntry, StoreError};
+
+/// Quarantines a message. A message quarantined again (a replay that failed) keeps its id and
+/// first time, takes the new reason and is no longer due for replay.
+pub(super) async fn put(mut tx: Transaction<'static, Postgres>, entry: &QuarantineEntry) -> Result<(), StoreError> {
+    const OP: &str = "quarantine message";
+    sqlx::query(
+        "INSERT INTO quarantine (mailbox, graph_id, folder, reason, at, id, replay_requested)
+         VALUES ($1, $2, $3, $4, $5, replace(gen_random_uuid()::TEXT, '-', ''), FALSE)
+         ON CONFLICT (mailbox, graph_id) DO UPDATE SET reason = excluded.reason, replay_requested = FALSE",
+    )
+    .bind(entry.mailbox.as_str())
+    .bind(&entry.graph_id)
+    .bind(&entry.folder)
+    .bind(&entry.reason)
+    .bind(to_stored(OP, entry.at)?)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err(OP))?;
+    tx.commit().await.map_err(db_err(OP))
+}
+
+/// Entries, newest first (or, for `due`, only those awaiting replay, oldest first).
+pub(super) async fn list(
+    pool: &PgPool,
+    mailbox: Option<&MailboxAddress>,
+    due: bool,
+) -> Result<Vec<QuarantineEntry>, StoreError> {
+    const OP: &str = "read quarantine";
+    let sql = if due {
+        "SELECT id, mailbox, folder, graph_id, reason, at FROM quarantine
+         WHERE mailbox = $1 AND replay_requested = TRUE ORDER BY at, seq"
+    } else {
+        "SELECT id, mailbox, folder, graph_id, reason, at FROM quarantine
+         WHERE $1::TEXT IS NULL OR mailbox = $1 ORDER BY at DESC, seq DESC"
+    };
+    let rows = sqlx::query_as::<_, Row>(sql)
+        .bind(mailbox.map(MailboxAddress::as_str))
+        .fetch_all(pool)
+        .await
+        .map_err(db_err(OP))?;
+    rows.into_iter().map(|row| entry(OP, row)).collect()
+}
+
+/// A row of `id, mailbox, folder, graph_id, reason, at`.
+type Row = (String, String, String, String, String, String);
+
+/// A stored row as an entry.
+fn entry(
+    operation: &'static str,
+    (id, mailbox, folder, graph_id, reason, at): Row,
+) -> Result<QuarantineEntry, StoreError> {
+    Ok(QuarantineEntry {
+        id,
+        mailbox: to_address(operation, &mailbox)?,
+        folder,
+        graph_id,
+        reason,
+        at: from_stored(operation, &at)?,
+    })
+}
+
+/// Flags one entry for replay and returns it.
+pub(super) async fn request_one(pool: &PgPool, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
+    const OP: &str = "request replay";
+    let row = sqlx::query_as::<_, Row>(
+        "UPDATE quarantine SET replay_requested = TRUE WHERE id = $1
+         RETURNING id, mailbox, folder, graph_id, reason, at",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err(OP))?;
+    row.map(|row| entry(OP, row)).transpose()
+}
+
+/// Flags every entry of a mailbox for replay.
+pub(super) async fn request_all(pool: &PgPool, mailbox: &MailboxAddress) -> Result<u64, StoreError> {
+    const OP: &str = "request replays";
+    let done = sqlx::query("UPDATE quarantine SET replay_requested = TRUE WHERE mailbox = $1")
+        .bind(mailbox.as_str())
+        .execute(pool)
+        .await
+        .map_err(db_err(OP))?;
+    Ok(done.rows_affected())
+}
+
+/// Drops an entry whose message was delivered.
+pub(super) async fn release(
+    mut tx: Transaction<'static, Postgres>,
+    mailbox: &MailboxAddress,
+    graph_id: &str,
+) -> Result<(), StoreError> {
+    const OP: &str = "release quarantined message";
+    sqlx::query("DELETE FROM quarantine WHERE mailbox = $1 AND graph_id = $2")
+        .bind(mailbox.as_str())
+        .bind(graph_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+    tx.commit().await.map_err(db_err(OP))
+}

@@ -1,0 +1,69 @@
+//! The subscriptions table on Postgres; its writes are fenced like every mailbox write.
+
+use async_trait::async_trait;
+
+use super::{PgStore, db_err, from_stored, to_stored};
+use crate::domain::MailboxAddress;
+use crate::store::{StoreError, SubscriptionRecord, SubscriptionStore};
+
+#[async_trait]
+impl SubscriptionStore for PgStore {
+    async fn subscriptions(&self, mailbox: &MailboxAddress) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        const OP: &str = "read subscriptions";
+        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT folder, id, expires_at, sealed_client_state, notification_url FROM subscriptions
+             WHERE mailbox = $1 ORDER BY folder",
+        )
+        .bind(mailbox.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        rows.into_iter()
+            .map(|(folder, id, expires_at, sealed_client_state, notification_url)| {
+                Ok(SubscriptionRecord {
+                    mailbox: mailbox.clone(),
+                    folder,
+                    id,
+                    expires_at: from_stored(OP, &expires_at)?,
+                    sealed_client_state,
+                    notification_url,
+                })
+            })
+            .collect()
+    }
+
+    async fn save_subscription(&self, r: &SubscriptionRecord) -> Result<(), StoreError> {
+        const OP: &str = "save subscription";
+        let mut tx = self.begin_for(OP, &r.mailbox).await?;
+        sqlx::query(
+            "INSERT INTO subscriptions (mailbox, folder, id, expires_at, sealed_client_state, notification_url, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (mailbox, folder) DO UPDATE SET id = excluded.id, expires_at = excluded.expires_at,
+                 sealed_client_state = excluded.sealed_client_state, notification_url = excluded.notification_url,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(r.mailbox.as_str())
+        .bind(&r.folder)
+        .bind(&r.id)
+        .bind(to_stored(OP, r.expires_at)?)
+        .bind(&r.sealed_client_state)
+        .bind(&r.notification_url)
+        .bind(to_stored(OP, time::OffsetDateTime::now_utc())?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))
+    }
+
+    async fn delete_subscription(&self, mailbox: &MailboxAddress, folder: &str) -> Result<(), StoreError> {
+        const OP: &str = "delete subscription";
+        let mut tx = self.begin_for(OP, mailbox).await?;
+        sqlx::query("DELETE FROM subscriptions WHERE mailbox = $1 AND folder = $2")
+            .bind(mailbox.as_str())
+            .bind(folder)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))
+    }
+}
