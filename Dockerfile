@@ -84,6 +84,14 @@ COPY --from=builder /out/usr/local/bin/inboxd /usr/local/bin/inboxd
 COPY --from=builder --chown=65532:65532 /out/var/lib/inboxd /var/lib/inboxd
 COPY --from=builder /out/etc/inboxd /etc/inboxd
 
+# glibc's allocator: by default, freeing a mapped buffer raises the mmap threshold to its size
+# (up to 32 MB), so later buffers of tens of MB come from per-thread arenas and stay resident
+# after they are freed (large outbound requests left hundreds of MB behind). Two arenas, and every buffer of 4 MiB or more mapped
+# on its own and returned to the OS when freed. `inboxd bench outbound` runs the daemon with
+# the same two settings; docs/operations.md has the figures.
+ENV MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=4194304
+
 USER 65532:65532
 # Relative paths in the config (e.g. the default sqlite://./data/inboxd.db) land in the volume.
 WORKDIR /var/lib/inboxd

@@ -26,6 +26,10 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# SQLite keeps an outbound request's text apart from its row, in pieces (UTF-8 bytes) ordered by
+# seq; joined back into the one text PostgreSQL stores in the row ('' once pruned).
+request="COALESCE((SELECT group_concat(piece, '') FROM (SELECT CAST(chunk AS TEXT) AS piece FROM outbox_payloads p WHERE p.id = outbox.id ORDER BY p.seq)), '')"
+
 # table | PostgreSQL columns | the SQLite expressions that give them (BLOBs as bytea hex)
 tables=(
     "delta_links|mailbox, folder, link, updated_at, start_from_ms, checkpoint_ms|mailbox, folder, link, updated_at, start_from_ms, checkpoint_ms"
@@ -33,7 +37,7 @@ tables=(
     "delivered_totals|mailbox, total|mailbox, total"
     "mailbox_statuses|mailbox, state, reason, aadsts, since, last_success_at|mailbox, state, reason, aadsts, since, last_success_at"
     "quarantine|mailbox, graph_id, folder, reason, at, id, replay_requested|mailbox, graph_id, folder, reason, at, id, replay_requested"
-    "outbox|id, mailbox, idempotency_key, request_hash, request, kind, status, step, draft_id, error, attempts, next_attempt_at, created_at, updated_at, submitted_at, internet_message_id, conversation_id|id, mailbox, idempotency_key, request_hash, request, kind, status, step, draft_id, error, attempts, next_attempt_at, created_at, updated_at, submitted_at, internet_message_id, conversation_id"
+    "outbox|id, mailbox, idempotency_key, request_hash, request, kind, status, step, draft_id, error, attempts, next_attempt_at, created_at, updated_at, submitted_at, internet_message_id, conversation_id|id, mailbox, idempotency_key, request_hash, $request, kind, status, step, draft_id, error, attempts, next_attempt_at, created_at, updated_at, submitted_at, internet_message_id, conversation_id"
     "delegated_tokens|mailbox, sealed_token, scopes, last_used_at, updated_at|mailbox, '\\x' || hex(sealed_token), scopes, last_used_at, updated_at"
     "subscriptions|mailbox, folder, id, expires_at, sealed_client_state, notification_url, updated_at|mailbox, folder, id, expires_at, '\\x' || hex(sealed_client_state), notification_url, updated_at"
 )

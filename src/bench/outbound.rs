@@ -38,6 +38,12 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
 /// two overlap while the queue is being filled. Four copies of the largest request cover that;
 /// anything that grows with the queue does not fit.
 const RSS_BUDGET_REQUESTS: f64 = 4.0;
+/// The allocator settings the container image gives the daemon (the Dockerfile's `ENV`), so the
+/// bench measures the daemon as it runs there. glibc's defaults keep freed buffers of a few
+/// tens of MB resident in per-thread arenas; these return them to the OS.
+const IMAGE_MALLOC_ENV: &[(&str, &str)] = &[("MALLOC_ARENA_MAX", "2"), ("MALLOC_MMAP_THRESHOLD_", "4194304")];
+/// `INBOXD_BENCH_MALLOC=glibc` runs the daemon with glibc's defaults instead (to compare).
+const MALLOC_CHOICE_ENV: &str = "INBOXD_BENCH_MALLOC";
 /// `outbound.retention` of the restarted daemon, seconds.
 const PRUNE_RETENTION_SECS: f64 = 1.0;
 
@@ -259,7 +265,7 @@ fn store_bytes(db: &Path) -> u64 {
 async fn outbox_payload(db: &Path) -> anyhow::Result<(u64, u64)> {
     let url = format!("sqlite://{}", db.display());
     let pool = sqlx::SqlitePool::connect(&url).await?;
-    let payload: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(length(request)), 0) FROM outbox")
+    let payload: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(length(chunk)), 0) FROM outbox_payloads")
         .fetch_one(&pool)
         .await?;
     let free: i64 =
@@ -295,6 +301,18 @@ fn config(dir: &Path, emulator: &str, retention: &str) -> String {
         1,
     );
     format!("{toml}\n[outbound]\nretention = \"{retention}\"\n")
+}
+
+/// The daemon's environment: the API token and, unless [`MALLOC_CHOICE_ENV`] says `glibc`,
+/// the image's allocator settings. Returns the name of the allocator set-up for the report.
+fn daemon_env() -> (Vec<(&'static str, &'static str)>, String) {
+    let mut env = vec![(API_TOKEN_ENV, API_TOKEN)];
+    if std::env::var(MALLOC_CHOICE_ENV).as_deref() == Ok("glibc") {
+        return (env, "glibc defaults".into());
+    }
+    env.extend_from_slice(IMAGE_MALLOC_ENV);
+    let settings: Vec<String> = IMAGE_MALLOC_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    (env, format!("the image's: {}", settings.join(" ")))
 }
 
 /// Runs the scenario; the report carries its own `problems`.
@@ -343,6 +361,7 @@ pub async fn run(exe: &Path, smoke: bool) -> anyhow::Result<Map<String, Value>> 
     }
 
     let db = dir.path.join("inboxd.db");
+    let (env, malloc) = daemon_env();
     let ticks = clock_ticks();
     let started = unix_now();
     let deadline = started + sizes.deadline_secs;
@@ -351,7 +370,7 @@ pub async fn run(exe: &Path, smoke: bool) -> anyhow::Result<Map<String, Value>> 
         &dir.path,
         "daemon",
         &config(&dir.path, &emulator.url, "7days"),
-        &[(API_TOKEN_ENV, API_TOKEN)],
+        &env,
     )
     .await?;
     let pid = daemon.process.pid();
@@ -499,7 +518,7 @@ pub async fn run(exe: &Path, smoke: bool) -> anyhow::Result<Map<String, Value>> 
         &dir.path,
         "daemon-restarted",
         &config(&dir.path, &emulator.url, &format!("{PRUNE_RETENTION_SECS}s")),
-        &[(API_TOKEN_ENV, API_TOKEN)],
+        &env,
     )
     .await?;
     let restart_rss = RssSampler::start(restarted.process.pid());
@@ -532,6 +551,7 @@ pub async fn run(exe: &Path, smoke: bool) -> anyhow::Result<Map<String, Value>> 
     };
     put("scenario", json!("outbound"));
     put("smoke", json!(smoke));
+    put("daemon_malloc_env", json!(malloc));
     put("complete", json!(problems.is_empty()));
     put("replies", json!(posted.len()));
     put(
@@ -594,4 +614,30 @@ pub async fn run(exe: &Path, smoke: bool) -> anyhow::Result<Map<String, Value>> 
     r.insert("budget".into(), Value::Object(budgets));
     r.insert("problems".into(), json!(problems));
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IMAGE_MALLOC_ENV;
+
+    /// The bench must run the daemon the way the image does: every allocator setting it
+    /// passes is an `ENV` of the Dockerfile, with the same value.
+    #[test]
+    fn the_bench_passes_the_images_allocator_settings() {
+        let dockerfile = include_str!("../../Dockerfile");
+        let image: Vec<(String, String)> = dockerfile
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.strip_prefix("ENV ").unwrap_or(l).trim_end_matches('\\').trim())
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.starts_with("MALLOC_"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let bench: Vec<(String, String)> = IMAGE_MALLOC_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(image, bench, "the Dockerfile's MALLOC_ settings and the bench's differ");
+    }
 }

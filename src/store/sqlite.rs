@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "subscriptions",
         include_str!("../../migrations/0007_subscriptions.sql"),
     ),
+    (
+        8,
+        "outbox_payloads",
+        include_str!("../../migrations/0008_outbox_payloads.sql"),
+    ),
 ];
 
 /// Connections of a file-backed pool: SQLite has one writer at a time, a few readers suffice.

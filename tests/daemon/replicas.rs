@@ -594,7 +594,11 @@ async fn a_sqlite_store_moves_to_postgres_with_nothing_lost_or_repeated() {
         &m0,
         "key, with \"quotes\"".into(),
         "hash".into(),
-        "{\"kind\":\"reply\",\"comment\":\"line1\\nline2\"}".into(),
+        // Several stored pieces in SQLite, with multi-byte characters: joined back in order.
+        format!(
+            "{{\"kind\":\"reply\",\"comment\":\"line1\\nline2 {}\"}}",
+            "é€x".repeat(450_000)
+        ),
         "reply",
         now,
     );
