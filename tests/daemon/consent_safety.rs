@@ -161,6 +161,7 @@ async fn a_new_store_key_with_the_old_one_as_previous_keeps_mailboxes_and_reseal
     })
     .await;
     assert!(delivered, "{}", view(daemon.addr, &user).await);
-    assert_eq!(view(daemon.addr, &user).await["state"], "active");
+    // The round that delivered the event sets the state when it ends, after the sink's write.
+    wait_state(&env, daemon.addr, &user, "active", Duration::from_secs(10)).await;
     daemon.stop().await;
 }
