@@ -150,8 +150,7 @@ async fn salvage(ctx: &MailboxCtx, folder: &str) -> Result<(String, OffsetDateTi
     }
     let start = began - START_MARGIN;
     let link = initial_url(ctx, folder, Some(start));
-    ctx.store.save_delta_link(mailbox, folder, &link).await?;
-    ctx.remember_link(folder, &link);
+    save_link(ctx, folder, &link).await?;
     tracing::info!(
         mailbox = %mailbox, folder, delivered = stats.delivered, quarantined = stats.quarantined,
         "Read the folder message by message; delta goes on from now."
@@ -173,6 +172,13 @@ async fn first_sync(ctx: &MailboxCtx, folder: &str) -> Option<FirstSync> {
         "First sync of the folder started; progress is logged once a minute and shown in /v1/mailboxes."
     );
     Some(FirstSync::start(folder, ctx.board.first_sync(mailbox)))
+}
+
+/// Stores the folder's delta link and remembers it for the next round.
+async fn save_link(ctx: &MailboxCtx, folder: &str, link: &str) -> Result<(), PollError> {
+    ctx.store.save_delta_link(&ctx.config.address, folder, link).await?;
+    ctx.remember_link(folder, link);
+    Ok(())
 }
 
 /// True for a first link with a receipt-time filter (Graph caps those rounds).
@@ -248,8 +254,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 newest_seen = None;
                 seen.clear();
                 // Keeps the window: a crash or another 410 resyncs from the same point.
-                ctx.store.save_delta_link(mailbox, folder, &link).await?;
-                ctx.remember_link(folder, &link);
+                save_link(ctx, folder, &link).await?;
                 continue;
             }
             // A page Graph keeps answering unreadably: read the folder message by message.
@@ -336,8 +341,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                             "A delta filtered on receipt time stopped at Graph's item cap; reading on from the newest message seen."
                         );
                         link = initial_url(ctx, folder, Some(newest));
-                        ctx.store.save_delta_link(mailbox, folder, &link).await?;
-                        ctx.remember_link(folder, &link);
+                        save_link(ctx, folder, &link).await?;
                         window_from = Some(newest);
                         newest_seen = None;
                         seen.clear();

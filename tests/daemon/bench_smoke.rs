@@ -30,14 +30,15 @@ fn number(report: &Value, key: &str) -> f64 {
     x
 }
 
-#[test]
-fn every_scenario_reports_every_figure() {
+/// Runs `inboxd bench SCENARIO --smoke --out FILE` (bounded by [`LIMIT`]), asserts it exited 0
+/// and returns the report it wrote.
+fn smoke_report(scenario: &str) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report.json");
     let log = std::fs::File::create(dir.path().join("bench.log")).unwrap();
     let mut bench = Kill(
         Command::new(BIN)
-            .args(["bench", "all", "--smoke", "--out"])
+            .args(["bench", scenario, "--smoke", "--out"])
             .arg(&out)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -50,13 +51,21 @@ fn every_scenario_reports_every_figure() {
         if let Some(status) = bench.0.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < LIMIT, "bench --smoke still running after {LIMIT:?}");
+        assert!(
+            started.elapsed() < LIMIT,
+            "bench {scenario} --smoke still running after {LIMIT:?}"
+        );
         #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
         std::thread::sleep(Duration::from_millis(100));
     };
     let stderr = std::fs::read_to_string(dir.path().join("bench.log")).unwrap();
-    assert!(status.success(), "bench --smoke failed: {stderr}");
-    let all: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(status.success(), "bench {scenario} --smoke failed: {stderr}");
+    serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+}
+
+#[test]
+fn every_scenario_reports_every_figure() {
+    let all = smoke_report("all");
     let reports = all["reports"].as_array().unwrap();
     let names: Vec<&str> = reports.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
     assert_eq!(names, ["backlog", "idle", "steady", "reference"]);
@@ -98,34 +107,7 @@ fn every_scenario_reports_every_figure() {
 
 #[test]
 fn the_sinks_bench_delivers_the_backlog_into_each_broker() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("sinks.json");
-    let log = std::fs::File::create(dir.path().join("bench.log")).unwrap();
-    let mut bench = Kill(
-        Command::new(BIN)
-            .args(["bench", "sinks", "--smoke", "--out"])
-            .arg(&out)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = bench.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "bench sinks --smoke still running after {LIMIT:?}"
-        );
-        #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stderr = std::fs::read_to_string(dir.path().join("bench.log")).unwrap();
-    assert!(status.success(), "bench sinks --smoke failed: {stderr}");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let report = smoke_report("sinks");
     assert_eq!(report["problems"], serde_json::json!([]));
     for sink in ["file", "nats", "rabbitmq"] {
         let r = &report["sinks"][sink];
@@ -142,34 +124,7 @@ fn the_sinks_bench_delivers_the_backlog_into_each_broker() {
 
 #[test]
 fn the_outbound_bench_sends_every_reply_once_and_prunes_the_payloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("outbound.json");
-    let log = std::fs::File::create(dir.path().join("bench.log")).unwrap();
-    let mut bench = Kill(
-        Command::new(BIN)
-            .args(["bench", "outbound", "--smoke", "--out"])
-            .arg(&out)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = bench.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "bench outbound --smoke still running after {LIMIT:?}"
-        );
-        #[allow(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stderr = std::fs::read_to_string(dir.path().join("bench.log")).unwrap();
-    assert!(status.success(), "bench outbound --smoke failed: {stderr}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let r = smoke_report("outbound");
     assert_eq!(r["scenario"], "outbound");
     assert_eq!(r["problems"], serde_json::json!([]));
     assert_eq!(r["complete"], true);
