@@ -1,8 +1,12 @@
-//! Microsoft Graph client: typed calls, the error envelope, per-mailbox governor,
-//! `Retry-After` and exponential backoff with jitter.
+//! Microsoft Graph client: the error envelope, per-mailbox governor, `Retry-After` and
+//! exponential backoff with jitter; [`MailboxGraph`] gives each mailbox typed operations.
 
+mod compose;
 mod error;
 mod gate;
+mod ingest;
+mod mailbox;
+mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use url::Url;
 
 pub use error::{GraphError, GraphErrorKind, classify, retry_after};
 pub use gate::MailboxGate;
+pub use mailbox::{Folder, MailboxGraph, ShapeError};
 
 use crate::auth::{AccessToken, TokenError, TokenSource};
 use crate::metrics::Metrics;
@@ -91,6 +96,9 @@ pub enum CallError {
     /// Graph refused or failed (after retries, if transient).
     #[error(transparent)]
     Graph(#[from] GraphError),
+    /// Graph answered, but without a field inboxd needs.
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
 }
 
 /// The Graph client shared by every mailbox.
@@ -190,7 +198,7 @@ impl Graph {
                         && !(g.kind == GraphErrorKind::Malformed
                             && malformed.load(std::sync::atomic::Ordering::Relaxed) >= MALFORMED_RETRIES)
                 }
-                CallError::Token(_) => false,
+                CallError::Token(_) | CallError::Shape(_) => false,
             })
             .adjust(|e: &CallError, planned: Option<Duration>| match (e, planned) {
                 // Retry-After was already applied to the gate; only add the planned jitter on top.

@@ -105,6 +105,11 @@ impl MailboxCtx {
         }
     }
 
+    /// Graph as this mailbox sees it now (with the tokens [`MailboxCtx::active`] picks).
+    pub fn mailbox_graph(&self) -> crate::graph::MailboxGraph<'_> {
+        crate::graph::MailboxGraph::new(&self.graph, &self.gate, self.active(), self.config.address.as_str())
+    }
+
     /// The tokens to use now.
     pub fn active(&self) -> TokenSource {
         (**self.current.load()).clone()

@@ -55,6 +55,8 @@ impl From<CallError> for Failure {
                 }
                 _ => Failure::Transient(e.to_string()),
             },
+            // An answer without a field the step reads: the step is looked up again later.
+            CallError::Shape(_) => Failure::Transient(e.to_string()),
         }
     }
 }
