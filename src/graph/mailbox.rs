@@ -82,7 +82,7 @@ impl<'a> MailboxGraph<'a> {
     /// field is a [`ShapeError`] that names it).
     pub(super) async fn typed<T: DeserializeOwned>(&self, call: &Call) -> Result<T, CallError> {
         let value = self.raw(call).await?;
-        shaped(call.operation, value)
+        Ok(shaped(call.operation, value)?)
     }
 
     /// A mail folder, by id or well-known name (`inbox`, `sentitems`).
@@ -96,12 +96,10 @@ impl<'a> MailboxGraph<'a> {
 }
 
 /// Reads an answer as `T`.
-pub(super) fn shaped<T: DeserializeOwned>(operation: &'static str, value: Value) -> Result<T, CallError> {
-    T::deserialize(value).map_err(|e| {
-        CallError::Shape(ShapeError {
-            operation,
-            detail: e.to_string(),
-        })
+pub(super) fn shaped<T: DeserializeOwned>(operation: &'static str, value: Value) -> Result<T, ShapeError> {
+    T::deserialize(value).map_err(|e| ShapeError {
+        operation,
+        detail: e.to_string(),
     })
 }
 
