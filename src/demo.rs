@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::app::App;
+use crate::daemon::Daemon;
 use crate::emulator::{EmulatorOptions, spawn};
 use crate::event::MessageEvent;
 
@@ -52,7 +52,7 @@ pub async fn run(duration: Duration, data: &Path) -> anyhow::Result<()> {
     .collect();
     let config =
         crate::config::from_sources(DEMO_CONFIG, &env, data).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-    let app = App::build(config).await?;
+    let app = Daemon::build(config).await?;
     let api_addr = app.local_addr();
     println!("inboxd demo");
     println!("  emulator    {}", emulator.url());

@@ -5,7 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod app;
 pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
@@ -13,12 +12,14 @@ pub mod broker;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod doctor;
 pub mod domain;
 pub mod emulator;
 pub mod event;
 pub mod graph;
+pub mod http;
 pub mod intake;
 pub mod mailbox;
 pub mod metrics;
@@ -27,7 +28,6 @@ pub mod outbound;
 pub mod shutdown;
 pub mod sink;
 pub mod store;
-pub mod supervisor;
 pub mod task;
 pub mod telemetry;
 

@@ -161,7 +161,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let app = match inboxd::app::App::build(loaded)
+            let app = match inboxd::daemon::Daemon::build(loaded)
                 .await
                 .map(|a| a.reload_from(config.clone()))
             {

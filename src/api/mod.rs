@@ -44,7 +44,7 @@ pub struct ApiState {
     /// Replies and new mail.
     pub outbox: Arc<crate::outbound::Outbox>,
     /// Every polled mailbox (consent needs its tokens and gate).
-    pub mailboxes: crate::supervisor::Registry,
+    pub mailboxes: crate::mailbox::supervisor::Registry,
     /// Graph client (the consent flow checks a new grant).
     pub graph: Arc<crate::graph::Graph>,
     /// Seals consent states and refresh tokens.

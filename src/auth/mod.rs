@@ -9,6 +9,7 @@ pub mod consent;
 mod delegated;
 mod endpoint;
 mod expiry;
+mod inactivity;
 pub mod seal;
 mod token_cache;
 
@@ -19,6 +20,7 @@ pub use classify::{Verdict, classify_token_error};
 pub use delegated::{DELEGATED_SCOPES, DelegatedTokens, reseal};
 pub use endpoint::{AccessToken, Granted, TokenEndpoint, TokenError, describe};
 pub use expiry::watch_expiry;
+pub use inactivity::watch_refresh_inactivity;
 
 /// Where a mailbox's tokens come from.
 #[derive(Clone)]

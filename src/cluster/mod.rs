@@ -206,7 +206,11 @@ impl Cluster {
 
     /// Wakes the mailboxes other replicas ask about (a consent completed or a replay was asked
     /// for there), if this replica runs them.
-    pub async fn forward_wakes(self: Arc<Self>, registry: crate::supervisor::Registry, cancel: CancellationToken) {
+    pub async fn forward_wakes(
+        self: Arc<Self>,
+        registry: crate::mailbox::supervisor::Registry,
+        cancel: CancellationToken,
+    ) {
         let mut backoff = std::time::Duration::from_secs(1);
         loop {
             let mut listener = match self.store.wake_listener().await {

@@ -13,6 +13,7 @@ mod sections;
 mod tests;
 mod tree;
 mod values;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ pub use brokers::{
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{from_sources, load_file};
+pub use watch::watch_config;
 
 use crate::domain::{AppName, MailboxAddress};
 

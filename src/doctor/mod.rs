@@ -51,7 +51,7 @@ pub async fn run(options: &Options) -> Report {
         "valid",
         format!("{} apps, {} mailboxes", config.apps.len(), config.mailboxes.len()),
     ));
-    let http = match crate::app::http_client(&config) {
+    let http = match crate::http::client(&config) {
         Ok(h) => h,
         Err(e) => {
             report.push(

@@ -10,6 +10,7 @@ mod poll;
 pub mod progress;
 mod replay;
 mod status;
+pub mod supervisor;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -74,7 +74,7 @@ pub struct Outbox {
     /// Where the `inboxd.outbound.v1` events go.
     sink: Arc<Sink>,
     /// The configured mailboxes (their Graph contexts).
-    mailboxes: crate::supervisor::Registry,
+    mailboxes: crate::mailbox::supervisor::Registry,
     /// Mailbox states: a flagged mailbox's rows wait.
     board: Arc<StatusBoard>,
     /// Plain client for upload URLs (they carry their own token: no Authorization header).
@@ -94,7 +94,7 @@ impl Outbox {
     pub fn new(
         store: Arc<dyn Store>,
         sink: Arc<Sink>,
-        mailboxes: crate::supervisor::Registry,
+        mailboxes: crate::mailbox::supervisor::Registry,
         board: Arc<StatusBoard>,
         upload: reqwest::Client,
         metrics: Arc<crate::metrics::Metrics>,

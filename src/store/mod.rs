@@ -4,6 +4,7 @@
 //! One trait, two implementations: SQLite (one process, the default) and PostgreSQL (shared).
 
 mod codec;
+mod housekeeping;
 pub mod postgres;
 mod sqlite;
 mod subscriptions;
@@ -15,6 +16,7 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+pub use housekeeping::prune_delivered_keys;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use subscriptions::{SubscriptionRecord, SubscriptionStore};

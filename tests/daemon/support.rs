@@ -179,7 +179,7 @@ client_secret = "env:{SECRET_ENV}"
         let env: HashMap<String, String> = [(SECRET_ENV.to_string(), SECRET.to_string())].into();
         let config =
             inboxd::config::from_sources(toml, &env, self.dir.path()).unwrap_or_else(|e| panic!("config: {e}"));
-        let app = inboxd::app::App::build(config).await.expect("daemon builds");
+        let app = inboxd::daemon::Daemon::build(config).await.expect("daemon builds");
         let addr = app.local_addr();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async {
@@ -191,7 +191,7 @@ client_secret = "env:{SECRET_ENV}"
     /// Starts the daemon in-process from a config file it reloads on change.
     pub async fn start_with_reload(&self, path: &Path) -> Daemon {
         let config = inboxd::config::load_file(path).unwrap_or_else(|e| panic!("config: {e}"));
-        let app = inboxd::app::App::build(config)
+        let app = inboxd::daemon::Daemon::build(config)
             .await
             .expect("daemon builds")
             .reload_from(path.to_path_buf());

@@ -424,7 +424,7 @@ async fn the_daemons_client_never_follows_a_redirect() {
         ..status(307)
     };
     rx.script(&key(0), vec![to_login.clone(), to_login.clone(), to_login]);
-    let http = crate::app::http_client_builder(Duration::from_secs(5), None)
+    let http = crate::http::client_builder(Duration::from_secs(5), None)
         .unwrap()
         .build()
         .unwrap();

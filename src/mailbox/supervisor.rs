@@ -100,6 +100,28 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Loads and applies the file; a bad file changes nothing and is reported at ERROR.
+    pub async fn reload_file(&mut self, path: &std::path::Path, metrics: &Metrics) {
+        match crate::config::load_file(path) {
+            Err(errors) => {
+                for e in errors.iter() {
+                    tracing::error!(key = %e.path, problem = %e.message, "Configuration reload refused; the running configuration stays.");
+                }
+                metrics.config_reload("invalid");
+            }
+            Ok(config) => match self.reload(config).await {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "Configuration reloaded.");
+                    metrics.config_reload("applied");
+                }
+                Err(e) => {
+                    tracing::error!(problem = %e, "Configuration reload refused; the running configuration stays.");
+                    metrics.config_reload("invalid");
+                }
+            },
+        }
+    }
+
     /// A supervisor for `config`; nothing runs until `start_all`.
     pub fn new(
         deps: Deps,

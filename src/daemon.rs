@@ -1,6 +1,6 @@
-//! The daemon: builds every part from the config, serves the API, runs the supervisor,
-//! the sender and the housekeeping tasks, reloads the configuration, and drains on shutdown
-//! within the grace period.
+//! The daemon's wiring: builds every part from the config, serves the API, starts the
+//! supervisor, the sender and each part's background tasks, applies reloads, and drains on
+//! shutdown within the grace period.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -23,18 +22,15 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::domain::{AppName, MailboxAddress};
 use crate::graph::Graph;
+use crate::mailbox::supervisor::{Deps, Supervisor, build_apps};
 use crate::mailbox::{self, StatusBoard};
 use crate::metrics::Metrics;
 use crate::outbound::Outbox;
 use crate::sink::Sink;
 use crate::store::{self, Store};
-use crate::supervisor::{Deps, Supervisor, build_apps};
-
-/// How often the config file is compared for changes (Kubernetes swaps ConfigMaps through a symlink).
-const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// A built daemon, listening, not yet polling.
-pub struct App {
+pub struct Daemon {
     config: Config,
     listener: TcpListener,
     store: Arc<dyn Store>,
@@ -56,39 +52,11 @@ pub struct App {
 /// A background task's future, boxed so differently typed tasks share one supervisor helper.
 type BoxTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// The HTTP client for Microsoft: rustls, the extra root of `microsoft.ca_file` if any.
-pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
-    Ok(http_client_builder(config.microsoft.request_timeout, config.microsoft.ca_file.as_deref())?.build()?)
-}
-
-/// The client's settings: timeouts, extra root, and no redirects.
-pub fn http_client_builder(
-    timeout: Duration,
-    ca_file: Option<&std::path::Path>,
-) -> anyhow::Result<reqwest::ClientBuilder> {
-    let mut builder = reqwest::Client::builder()
-        .user_agent(concat!("inboxd/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        // Never follow a redirect: a webhook answering 302 to a login page would turn the
-        // POST into a body-less GET whose 200 looks like an acknowledgement; Graph and the
-        // token endpoint do not redirect API calls either.
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).with_context(|| format!("microsoft.ca_file: cannot read {}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .with_context(|| format!("microsoft.ca_file: {} is not a PEM certificate", path.display()))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    Ok(builder)
-}
-
-impl App {
+impl Daemon {
     /// Opens the store and the sink, builds token caches, binds the API port.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
+    pub async fn build(config: Config) -> anyhow::Result<Daemon> {
         let metrics = Metrics::new();
-        let http = http_client(&config)?;
+        let http = crate::http::client(&config)?;
         let (store, cluster): (Arc<dyn Store>, _) = match store::open_backend(&config.store.url)
             .await
             .context("opening the store")?
@@ -155,7 +123,7 @@ impl App {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
-        Ok(App {
+        Ok(Daemon {
             config,
             listener,
             store,
@@ -173,7 +141,7 @@ impl App {
     }
 
     /// Reload the configuration from `path` on SIGHUP and whenever the file changes.
-    pub fn reload_from(mut self, path: PathBuf) -> App {
+    pub fn reload_from(mut self, path: PathBuf) -> Daemon {
         self.config_path = Some(path);
         self
     }
@@ -301,7 +269,14 @@ impl App {
         tasks.spawn(supervised(
             "prune_delivered",
             root.child_token(),
-            Box::new(move |cancel| Box::pin(prune_delivered(store.clone(), cancel))),
+            Box::new(move |cancel| {
+                Box::pin(store::prune_delivered_keys(
+                    store.clone(),
+                    mailbox::KEY_RETENTION,
+                    mailbox::RESYNC_MARGIN,
+                    cancel,
+                ))
+            }),
         ));
         let delegated: Vec<MailboxAddress> = self
             .config
@@ -314,7 +289,13 @@ impl App {
         tasks.spawn(supervised(
             "refresh_inactivity",
             root.child_token(),
-            Box::new(move |cancel| Box::pin(watch_refresh_inactivity(store.clone(), delegated.clone(), cancel))),
+            Box::new(move |cancel| {
+                Box::pin(crate::auth::watch_refresh_inactivity(
+                    store.clone(),
+                    delegated.clone(),
+                    cancel,
+                ))
+            }),
         ));
         // Leases: the heartbeat publishes what this replica holds; the loop below applies it.
         let (owned_tx, mut owned_rx) = tokio::sync::watch::channel(crate::cluster::Owned::new());
@@ -340,7 +321,7 @@ impl App {
             tasks.spawn(supervised(
                 "config_watch",
                 root.child_token(),
-                Box::new(move |cancel| Box::pin(watch_config(path.clone(), reload_tx.clone(), cancel))),
+                Box::new(move |cancel| Box::pin(crate::config::watch_config(path.clone(), reload_tx.clone(), cancel))),
             ));
         }
         tasks.close();
@@ -352,7 +333,7 @@ impl App {
                 _ = &mut shutdown => break,
                 Some(()) = reload_rx.recv() => {
                     if let Some(path) = &self.config_path {
-                        reload(&mut supervisor, path, &self.metrics).await;
+                        supervisor.reload_file(path, &self.metrics).await;
                         if let Some(cluster) = &self.cluster {
                             cluster.set_configured(&supervisor.config().mailboxes);
                         }
@@ -391,83 +372,6 @@ impl App {
     }
 }
 
-/// Loads and applies the file; a bad file changes nothing and is reported at ERROR.
-async fn reload(supervisor: &mut Supervisor, path: &std::path::Path, metrics: &Metrics) {
-    match crate::config::load_file(path) {
-        Err(errors) => {
-            for e in errors.iter() {
-                tracing::error!(key = %e.path, problem = %e.message, "Configuration reload refused; the running configuration stays.");
-            }
-            metrics.config_reload("invalid");
-        }
-        Ok(config) => match supervisor.reload(config).await {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), "Configuration reloaded.");
-                metrics.config_reload("applied");
-            }
-            Err(e) => {
-                tracing::error!(problem = %e, "Configuration reload refused; the running configuration stays.");
-                metrics.config_reload("invalid");
-            }
-        },
-    }
-}
-
-/// A digest of the config file and of every `file:` secret it refers to: a rotated secret file
-/// (a Kubernetes Secret volume swaps it under the pod) reloads like an edited config. Hashed,
-/// so no secret is kept around in plain text; None while the config cannot be read.
-fn fingerprint(path: &std::path::Path) -> Option<Vec<u8>> {
-    let text = std::fs::read(path).ok()?;
-    let base = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    digest.update(&text);
-    // Quoted TOML strings alternate with the text between them; a reference is a whole string.
-    for reference in String::from_utf8_lossy(&text)
-        .split('"')
-        .filter_map(|s| s.strip_prefix("file:"))
-    {
-        digest.update(reference.as_bytes());
-        digest.update(&std::fs::read(base.join(reference.trim())).unwrap_or_default());
-    }
-    Some(digest.finish().as_ref().to_vec())
-}
-
-/// Signals a reload on SIGHUP and when the file's content, or a secret file's, changes.
-async fn watch_config(path: PathBuf, reload: mpsc::Sender<()>, cancel: CancellationToken) {
-    let read = |p: &PathBuf| fingerprint(p);
-    let mut last = read(&path);
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(CONFIG_POLL);
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<Option<()>>();
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = hangup => {
-                tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration.");
-                last = read(&path);
-                let _ = reload.try_send(());
-            }
-            _ = tick.tick() => {
-                let now = read(&path);
-                if now.is_some() && now != last {
-                    tracing::info!(path = %path.display(), "The configuration file or a secret file it names changed: reloading.");
-                    last = now;
-                    let _ = reload.try_send(());
-                }
-            }
-        }
-    }
-}
-
 /// Each app's credential expiry (configured for secrets, read from certificates).
 fn expiries(config: &Config, apps: &HashMap<AppName, Arc<AppTokens>>) -> Vec<(String, time::OffsetDateTime)> {
     config
@@ -478,49 +382,4 @@ fn expiries(config: &Config, apps: &HashMap<AppName, Arc<AppTokens>>) -> Vec<(St
             a.secret_expires_at.or(cert).map(|at| (a.name.0.clone(), at))
         })
         .collect()
-}
-
-/// Entra expires refresh tokens unused for 90 days; a delegated mailbox that is disabled or
-/// flagged for long does not refresh. Warn from 60 days on, daily.
-async fn watch_refresh_inactivity(store: Arc<dyn Store>, mailboxes: Vec<MailboxAddress>, cancel: CancellationToken) {
-    if mailboxes.is_empty() {
-        return;
-    }
-    let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = cancel.cancelled() => return,
-        }
-        for mailbox in &mailboxes {
-            let Ok(Some(token)) = store.delegated_token(mailbox).await else {
-                continue;
-            };
-            let idle_days = (time::OffsetDateTime::now_utc() - token.last_used_at).whole_days();
-            if idle_days >= 60 {
-                tracing::warn!(
-                    mailbox = %mailbox, idle_days,
-                    "The mailbox's refresh token has not been used for {idle_days} days; Entra expires it at 90. Enable the mailbox or fix its state, or consent again later."
-                );
-            }
-        }
-    }
-}
-
-/// Keeps the delivered-keys table bounded: keys older than the retention go, unless a resync
-/// of their mailbox could still reach them.
-async fn prune_delivered(store: Arc<dyn Store>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = cancel.cancelled() => return,
-        }
-        let before = time::OffsetDateTime::now_utc() - mailbox::KEY_RETENTION;
-        match store.prune_delivered(before, mailbox::RESYNC_MARGIN).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "Pruned old delivered keys."),
-            Err(e) => tracing::warn!(error = %e, "Pruning delivered keys failed; will retry in an hour."),
-        }
-    }
 }
