@@ -20,7 +20,7 @@ use crate::auth::consent::{self, ConsentError};
 use crate::auth::seal::Sealer;
 use crate::auth::{DelegatedTokens, TokenSource};
 use crate::domain::MailboxAddress;
-use crate::graph::Call;
+use crate::graph::MailboxGraph;
 use crate::mailbox::MailboxCtx;
 
 /// A delegated mailbox's context, tokens and the sealer.
@@ -222,14 +222,9 @@ pub async fn callback(
             return Err(ConsentError::BadState);
         };
         let granted = consent::redeem(tokens, code, &verifier, &s.redirect_uri).await?;
-        let probe = Call::get(
-            "consent_check",
-            format!(
-                "users/{}/mailFolders/inbox?$select=id",
-                crate::graph::segment(mailbox.as_str())
-            ),
-        );
-        if s.graph.probe(&ctx.gate, &granted.access, &probe).await.is_err() {
+        // The grant must open this mailbox before it replaces anything stored.
+        let graph = MailboxGraph::with_token(&s.graph, &ctx.gate, &granted.access, mailbox.as_str());
+        if graph.folder("inbox").await.is_err() {
             return Err(ConsentError::WrongUser(mailbox.to_string()));
         }
         let refresh = granted.refresh_token.clone().ok_or(ConsentError::NoRefreshToken)?;
