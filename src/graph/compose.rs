@@ -156,13 +156,13 @@ pub struct MessageHeader {
 }
 
 /// A list answer: `{"value": [...]}`.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct List<T> {
     value: Vec<T>,
 }
 
 /// A message with its marker property expanded (absent when the message has none).
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WithMarker {
     #[serde(default)]
@@ -170,7 +170,7 @@ struct WithMarker {
 }
 
 /// A single-value extended property.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct ExtendedProperty {
     id: String,
     #[serde(default)]
@@ -406,5 +406,65 @@ impl MailboxGraph<'_> {
         let call = Call::get("find_ndr", self.path(&format!("mailFolders/inbox/messages?{query}")))
             .prefer("outlook.body-content-type=\"text\"");
         Ok(self.typed::<List<InboxMessage>>(&call).await?.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::graph::mailbox::shaped;
+
+    #[test]
+    fn a_marked_message_without_an_id_is_a_shape_error_naming_it() {
+        let err = shaped::<List<MarkedMessage>>("find_outbound", json!({"value": [{"internetMessageId": "<a@x>"}]}))
+            .unwrap_err();
+        assert_eq!(err.operation, "find_outbound");
+        assert!(err.detail.contains("missing field `id`"), "{}", err.detail);
+        // No list at all is not "nothing found": the caller must not create a second draft.
+        let err = shaped::<List<MarkedMessage>>("find_outbound", json!({"@odata.context": "x"})).unwrap_err();
+        assert!(err.detail.contains("missing field `value`"), "{}", err.detail);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_optional_ones_may_be_missing() {
+        let found: List<MarkedMessage> = shaped(
+            "find_outbound",
+            json!({"@odata.context": "x", "value": [{"id": "m1", "conversationId": "c1", "@odata.etag": "e"}]}),
+        )
+        .unwrap();
+        let m = &found.value[0];
+        assert_eq!(
+            (
+                m.id.as_str(),
+                m.conversation_id.as_deref(),
+                m.internet_message_id.as_deref(),
+                m.is_draft
+            ),
+            ("m1", Some("c1"), None, None)
+        );
+        let attachments: List<PresentAttachment> = shaped(
+            "list_attachments",
+            json!({"value": [{"id": "a1", "name": "f.pdf", "size": 10}, {"id": "a2", "size": 3}]}),
+        )
+        .unwrap();
+        assert_eq!(attachments.value[1].name, None);
+    }
+
+    #[test]
+    fn the_marker_is_read_from_the_expanded_property_only_when_its_value_matches() {
+        let with: WithMarker = shaped(
+            "check_marker",
+            json!({"id": "m1", "singleValueExtendedProperties": [{"id": MARKER_PROPERTY.to_lowercase(), "value": "o1"}]}),
+        )
+        .unwrap();
+        let p = &with.single_value_extended_properties[0];
+        assert!(p.id.eq_ignore_ascii_case(MARKER_PROPERTY) && p.value.as_deref() == Some("o1"));
+        // Graph leaves the expanded list out when the message has no such property.
+        let without: WithMarker = shaped("check_marker", json!({"id": "m1"})).unwrap();
+        assert!(without.single_value_extended_properties.is_empty());
+        let err = shaped::<UploadSession>("upload_session", json!({"expirationDateTime": "x"})).unwrap_err();
+        assert!(err.detail.contains("missing field `uploadUrl`"), "{}", err.detail);
     }
 }

@@ -116,3 +116,37 @@ impl MailboxGraph<'_> {
         self.raw(&call).await.map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::graph::mailbox::shaped;
+
+    #[test]
+    fn a_subscription_needs_its_id_and_a_readable_expiry() {
+        let s: Subscription = shaped(
+            "subscribe",
+            json!({"id": "s1", "expirationDateTime": "2026-12-07T01:00:00.1234567Z", "resource": "x"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.id.as_str(), s.expiration_date_time.unix_timestamp()),
+            ("s1", 1_796_605_200)
+        );
+        let err = shaped::<Subscription>("renew_subscription", json!({"id": "s1"})).unwrap_err();
+        assert!(
+            err.detail.contains("missing field `expirationDateTime`"),
+            "{}",
+            err.detail
+        );
+        assert!(shaped::<Subscription>("subscribe", json!({"id": "s1", "expirationDateTime": "soon"})).is_err());
+    }
+
+    #[test]
+    fn expiries_go_out_without_fractions() {
+        let t = OffsetDateTime::from_unix_timestamp(1_796_605_200).unwrap() + time::Duration::milliseconds(250);
+        assert_eq!(wire_time(t), "2026-12-07T01:00:00Z");
+    }
+}
