@@ -16,11 +16,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, ApiState, error};
+use crate::auth::callback::{Callback, Completion, ConsentTarget};
 use crate::auth::consent::{self, ConsentError};
 use crate::auth::seal::Sealer;
-use crate::auth::{DelegatedTokens, TokenSource};
+use crate::auth::{AccessToken, DelegatedTokens, TokenSource};
 use crate::domain::MailboxAddress;
-use crate::graph::Call;
+use crate::graph::{Graph, MailboxGraph};
 use crate::mailbox::MailboxCtx;
 
 /// A delegated mailbox's context, tokens and the sealer.
@@ -195,55 +196,24 @@ pub async fn callback(
         return page(StatusCode::BAD_REQUEST, "The callback has no state.");
     };
     let cookie = presented_cookie(&headers);
-    let result = async {
-        let pending =
-            consent::open_state(&sealer, state, time::OffsetDateTime::now_utc()).ok_or(ConsentError::BadState)?;
-        if let Some(err) = q.get("error") {
-            let description = q.get("error_description").map(String::as_str).unwrap_or("");
-            return Err(ConsentError::Refused(format!("{err}: {description}")));
-        }
-        if !pending.same_browser(cookie.as_deref()) {
-            return Err(ConsentError::OtherBrowser);
-        }
-        let code = q
-            .get("code")
-            .ok_or_else(|| ConsentError::Refused("no code in the callback".into()))?;
-        if !pending.claim(s.store.as_ref(), state).await? {
-            return Err(ConsentError::BadState);
-        }
-        let (mailbox, verifier) = (pending.mailbox.clone(), pending.verifier.clone());
-        let ctx = s
-            .mailboxes
-            .load()
-            .get(&mailbox)
-            .cloned()
-            .ok_or(ConsentError::BadState)?;
-        let TokenSource::Delegated(tokens) = &ctx.tokens else {
-            return Err(ConsentError::BadState);
-        };
-        let granted = consent::redeem(tokens, code, &verifier, &s.redirect_uri).await?;
-        let probe = Call::get(
-            "consent_check",
-            format!(
-                "users/{}/mailFolders/inbox?$select=id",
-                crate::graph::segment(mailbox.as_str())
-            ),
-        );
-        if s.graph.probe(&ctx.gate, &granted.access, &probe).await.is_err() {
-            return Err(ConsentError::WrongUser(mailbox.to_string()));
-        }
-        let refresh = granted.refresh_token.clone().ok_or(ConsentError::NoRefreshToken)?;
-        tokens
-            .save(
-                &refresh,
-                granted.scope.as_deref().unwrap_or(crate::auth::DELEGATED_SCOPES),
-            )
-            .await?;
-        tokens.reset().await;
-        ctx.wake.notify_one();
-        Ok(mailbox)
-    }
-    .await;
+    let callback = Callback {
+        state,
+        code: q.get("code").map(String::as_str),
+        error: q.get("error").map(String::as_str),
+        error_description: q.get("error_description").map(String::as_str),
+        cookie: cookie.as_deref(),
+    };
+    let completion = Completion {
+        sealer: &sealer,
+        store: s.store.as_ref(),
+        redirect_uri: &s.redirect_uri,
+    };
+    let result = completion
+        .complete(&callback, |mailbox| {
+            let ctx = s.mailboxes.load().get(mailbox).cloned()?;
+            Some(Configured { ctx, graph: &s.graph })
+        })
+        .await;
     let mut resp = match result {
         Ok(mailbox) => {
             tracing::info!(mailbox = %mailbox, "Consent completed; the mailbox resumes.");
@@ -273,6 +243,30 @@ pub async fn callback(
         }
     }
     resp
+}
+
+/// A configured mailbox, as the consent flow sees it.
+struct Configured<'a> {
+    ctx: Arc<MailboxCtx>,
+    graph: &'a Graph,
+}
+
+impl ConsentTarget for Configured<'_> {
+    fn delegated(&self) -> Option<&DelegatedTokens> {
+        match &self.ctx.tokens {
+            TokenSource::Delegated(tokens) => Some(tokens),
+            TokenSource::App(_) => None,
+        }
+    }
+
+    async fn opens_with(&self, token: &AccessToken) -> bool {
+        let graph = MailboxGraph::with_token(self.graph, &self.ctx.gate, token, self.ctx.config.address.as_str());
+        graph.folder("inbox").await.is_ok()
+    }
+
+    fn resume(&self) {
+        self.ctx.wake.notify_one();
+    }
 }
 
 /// Body of the import endpoint.

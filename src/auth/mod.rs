@@ -4,6 +4,7 @@
 
 mod app_tokens;
 mod assertion;
+pub mod callback;
 mod classify;
 pub mod consent;
 mod delegated;

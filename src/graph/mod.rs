@@ -6,6 +6,7 @@ mod error;
 mod gate;
 mod ingest;
 mod mailbox;
+mod probe;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -19,6 +20,13 @@ use url::Url;
 pub use error::{GraphError, GraphErrorKind, classify, retry_after};
 pub use gate::MailboxGate;
 pub use mailbox::{Folder, MailboxGraph, ShapeError};
+pub use {
+    compose::{
+        Addressee, DraftBody, DraftContent, DraftOf, InboxMessage, MARKER_PROPERTY, MarkedMessage, MessageBody,
+        MessageHeader, NewAttachment, PresentAttachment, UploadSession,
+    },
+    subscriptions::{NewSubscription, Subscription},
+};
 
 use crate::auth::{AccessToken, TokenError, TokenSource};
 use crate::metrics::Metrics;

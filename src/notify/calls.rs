@@ -1,12 +1,9 @@
 //! The subscription requests of one mailbox folder: create, read, renew, reauthorize, delete.
 
-use reqwest::Method;
-use serde_json::{Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::Notifications;
-use crate::graph::{Call, CallError, GraphErrorKind, segment};
+use crate::graph::{CallError, GraphErrorKind, NewSubscription, Subscription};
 use crate::mailbox::MailboxCtx;
 
 /// A subscription as Graph answered it.
@@ -17,21 +14,13 @@ pub(super) struct Created {
     pub(super) expires_at: OffsetDateTime,
 }
 
-/// The resource watched for a folder.
-fn resource(ctx: &MailboxCtx, folder: &str) -> String {
-    format!(
-        "users/{}/mailFolders('{}')/messages",
-        ctx.config.address.as_str(),
-        folder.replace('\'', "''")
-    )
-}
-
-/// RFC 3339 without fractions, as Graph's examples write it.
-fn wire_time(t: OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap_or(t)
-        .format(&Rfc3339)
-        .unwrap_or_default()
+impl From<Subscription> for Created {
+    fn from(s: Subscription) -> Created {
+        Created {
+            id: s.id,
+            expires_at: s.expiration_date_time,
+        }
+    }
 }
 
 /// The N of "Subscription expiration can only be N minutes in the future".
@@ -48,34 +37,23 @@ pub(super) fn is_gone(e: &CallError) -> bool {
     matches!(e, CallError::Graph(g) if matches!(g.kind, GraphErrorKind::ItemNotFound | GraphErrorKind::MailboxNotFound))
 }
 
-/// Runs `call` once more with the cap Graph announced, when it refused the lifetime.
-async fn with_cap<F>(hub: &Notifications, ctx: &MailboxCtx, build: F) -> Result<Value, CallError>
+/// Asks once more with the cap Graph announced, when it refused the lifetime.
+async fn with_cap<F, Fut>(hub: &Notifications, ctx: &MailboxCtx, ask: F) -> Result<Subscription, CallError>
 where
-    F: Fn(OffsetDateTime) -> Call,
+    F: Fn(OffsetDateTime) -> Fut,
+    Fut: Future<Output = Result<Subscription, CallError>>,
 {
-    let first = build(OffsetDateTime::now_utc() + hub.lifetime());
-    match ctx.graph.call(&ctx.gate, &ctx.active(), &first).await {
+    match ask(OffsetDateTime::now_utc() + hub.lifetime()).await {
         Err(e) => match announced_cap(&e) {
             Some(cap) if cap > 0 => {
                 tracing::info!(mailbox = %ctx.config.address, minutes = cap, "Graph caps subscription lifetimes; asking for that instead.");
                 hub.learned_cap_minutes.store(cap, std::sync::atomic::Ordering::Relaxed);
-                let again = build(OffsetDateTime::now_utc() + hub.lifetime());
-                ctx.graph.call(&ctx.gate, &ctx.active(), &again).await
+                ask(OffsetDateTime::now_utc() + hub.lifetime()).await
             }
             _ => Err(e),
         },
         ok => ok,
     }
-}
-
-/// The id and expiry of an answer.
-fn parse(value: &Value, fallback_id: &str) -> Created {
-    let id = value["id"].as_str().unwrap_or(fallback_id).to_string();
-    let expires_at = value["expirationDateTime"]
-        .as_str()
-        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-        .unwrap_or_else(OffsetDateTime::now_utc);
-    Created { id, expires_at }
 }
 
 /// `POST /subscriptions` for a folder's new messages.
@@ -85,68 +63,44 @@ pub(super) async fn create(
     folder: &str,
     client_state: &str,
 ) -> Result<Created, CallError> {
-    let value = with_cap(hub, ctx, |expires| {
-        Call::post(
-            "subscribe",
-            "subscriptions",
-            json!({
-                "changeType": "created",
-                "notificationUrl": hub.notification_url,
-                "lifecycleNotificationUrl": hub.lifecycle_url,
-                "resource": resource(ctx, folder),
-                "expirationDateTime": wire_time(expires),
-                "clientState": client_state,
-            }),
-        )
+    let new = NewSubscription {
+        address: ctx.config.address.as_str(),
+        folder,
+        notification_url: &hub.notification_url,
+        lifecycle_url: &hub.lifecycle_url,
+        client_state,
+    };
+    let created = with_cap(hub, ctx, |expires| async move {
+        ctx.mailbox_graph().subscribe(&new, expires).await
     })
     .await?;
-    Ok(parse(&value, ""))
+    Ok(created.into())
 }
 
 /// `PATCH /subscriptions/{id}` with a new expiry.
 pub(super) async fn renew(hub: &Notifications, ctx: &MailboxCtx, id: &str) -> Result<Created, CallError> {
-    let url = format!("subscriptions/{}", segment(id));
-    let value = with_cap(hub, ctx, |expires| Call {
-        method: Method::PATCH,
-        ..Call::post(
-            "renew_subscription",
-            url.clone(),
-            json!({"expirationDateTime": wire_time(expires)}),
-        )
+    let renewed = with_cap(hub, ctx, |expires| async move {
+        ctx.mailbox_graph().renew_subscription(id, expires).await
     })
     .await?;
-    Ok(parse(&value, id))
+    Ok(renewed.into())
 }
 
 /// `GET /subscriptions/{id}`: does it still exist?
 pub(super) async fn read(ctx: &MailboxCtx, id: &str) -> Result<Created, CallError> {
-    let call = Call::get("read_subscription", format!("subscriptions/{}", segment(id)));
-    let value = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-    Ok(parse(&value, id))
+    Ok(ctx.mailbox_graph().subscription(id).await?.into())
 }
 
 /// `POST /subscriptions/{id}/reauthorize`.
 pub(super) async fn reauthorize(ctx: &MailboxCtx, id: &str) -> Result<(), CallError> {
-    let call = Call {
-        body: None,
-        ..Call::post(
-            "reauthorize_subscription",
-            format!("subscriptions/{}/reauthorize", segment(id)),
-            Value::Null,
-        )
-    };
-    ctx.graph.call(&ctx.gate, &ctx.active(), &call).await.map(|_| ())
+    ctx.mailbox_graph().reauthorize_subscription(id).await
 }
 
 /// `DELETE /subscriptions/{id}`; one already gone counts as deleted.
 pub(super) async fn delete(ctx: &MailboxCtx, id: &str) -> Result<(), CallError> {
-    let call = Call {
-        method: Method::DELETE,
-        ..Call::get("unsubscribe", format!("subscriptions/{}", segment(id)))
-    };
-    match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
+    match ctx.mailbox_graph().delete_subscription(id).await {
         Err(e) if is_gone(&e) => Ok(()),
-        other => other.map(|_| ()),
+        other => other,
     }
 }
 

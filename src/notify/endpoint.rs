@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use secrecy::ExposeSecret;
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::{Lifecycle, Notifications};
 
@@ -30,6 +30,25 @@ pub fn router(hub: Arc<Notifications>) -> Router {
         .route("/graph/lifecycle", post(notification))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(hub)
+}
+
+/// A notification request as Graph posts it.
+#[derive(Deserialize)]
+struct Batch {
+    value: Vec<Item>,
+}
+
+/// One notification: a change, or a lifecycle event. Fields Graph left out read as empty,
+/// which matches no subscription.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Item {
+    #[serde(default)]
+    subscription_id: String,
+    #[serde(default)]
+    client_state: String,
+    #[serde(default)]
+    lifecycle_event: Option<String>,
 }
 
 /// What one request carried.
@@ -74,10 +93,7 @@ async fn notification(
         )
             .into_response();
     }
-    let Some(items) = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("value").and_then(Value::as_array).cloned())
-    else {
+    let Ok(Batch { value: items }) = serde_json::from_slice::<Batch>(&body) else {
         hub.count("invalid", 1);
         return (StatusCode::BAD_REQUEST, "expected {\"value\": [...]}").into_response();
     };
@@ -94,16 +110,16 @@ async fn notification(
 
 /// Wakes the mailboxes of genuine notifications; a burst for one mailbox is one wake-up, since
 /// the mailbox's `Notify` keeps at most one pending permit.
-fn dispatch(hub: &Notifications, items: &[Value]) -> Tally {
+fn dispatch(hub: &Notifications, items: &[Item]) -> Tally {
     let mut tally = Tally::default();
     let routes = hub.routes.read().unwrap_or_else(|p| p.into_inner());
     for item in items {
-        let id = item["subscriptionId"].as_str().unwrap_or_default();
+        let id = item.subscription_id.as_str();
         let Some(route) = routes.get(id) else {
             tally.unknown += 1;
             continue;
         };
-        let presented = item["clientState"].as_str().unwrap_or_default().as_bytes();
+        let presented = item.client_state.as_bytes();
         let genuine =
             aws_lc_rs::constant_time::verify_slices_are_equal(route.client_state.expose_secret().as_bytes(), presented)
                 .is_ok();
@@ -113,7 +129,7 @@ fn dispatch(hub: &Notifications, items: &[Value]) -> Tally {
             tracing::warn!(mailbox = %mailbox, subscription = id, "Refused a change notification whose clientState does not match; someone other than Graph may be posting to the endpoint.");
             continue;
         }
-        match item["lifecycleEvent"].as_str() {
+        match item.lifecycle_event.as_deref() {
             None => {
                 tally.accepted += 1;
                 route.ctx.wake.notify_one();

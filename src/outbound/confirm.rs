@@ -2,11 +2,9 @@
 //! Drafts through the Outbox to Sent Items later (and gives the Sent Items copy a new id),
 //! or sends a non-delivery report back to the Inbox. This module finds out which happened.
 
-use serde_json::Value;
-
 use super::sender::Failure;
 use super::steps::{self, Found};
-use crate::graph::Call;
+use crate::graph::InboxMessage;
 use crate::mailbox::MailboxCtx;
 
 /// Where the marked message is now.
@@ -24,18 +22,14 @@ pub(super) enum Whereabouts {
 
 /// Looks for the marked message in Sent Items, the Outbox and Drafts (never Deleted Items:
 /// a discarded draft there is not the message).
-pub(super) async fn locate(ctx: &MailboxCtx, user: &str, outbound_id: &str) -> Result<Whereabouts, Failure> {
-    if let Some(copy) = steps::find(ctx, user, "sentitems", outbound_id)
-        .await?
-        .into_iter()
-        .next()
-    {
+pub(super) async fn locate(ctx: &MailboxCtx, outbound_id: &str) -> Result<Whereabouts, Failure> {
+    if let Some(copy) = steps::find(ctx, "sentitems", outbound_id).await?.into_iter().next() {
         return Ok(Whereabouts::Sent(copy));
     }
-    if !steps::find(ctx, user, "outbox", outbound_id).await?.is_empty() {
+    if !steps::find(ctx, "outbox", outbound_id).await?.is_empty() {
         return Ok(Whereabouts::Outbox);
     }
-    if let Some(draft) = steps::find(ctx, user, "drafts", outbound_id).await?.into_iter().next() {
+    if let Some(draft) = steps::find(ctx, "drafts", outbound_id).await?.into_iter().next() {
         return Ok(Whereabouts::Drafts(draft));
     }
     Ok(Whereabouts::Nowhere)
@@ -47,54 +41,33 @@ pub(super) async fn locate(ctx: &MailboxCtx, user: &str, outbound_id: &str) -> R
 /// `Undeliverable:` subject).
 pub(super) async fn non_delivery(
     ctx: &MailboxCtx,
-    user: &str,
     internet_message_id: &str,
     conversation_id: &str,
 ) -> Result<Option<String>, Failure> {
-    let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair(
-            "$filter",
-            &format!("conversationId eq '{}'", conversation_id.replace('\'', "''")),
-        )
-        .append_pair("$select", "id,subject,body,internetMessageHeaders")
-        .append_pair("$top", "50")
-        .finish();
-    let call = Call::get("find_ndr", format!("{user}/mailFolders/inbox/messages?{query}"))
-        .prefer("outlook.body-content-type=\"text\"");
-    let found = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-    let items = found
-        .get("value")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let items = ctx.mailbox_graph().inbox_conversation(conversation_id).await?;
     Ok(items.iter().find_map(|m| report_reason(m, internet_message_id)))
 }
 
 /// The reason, when `m` is a non-delivery report about `internet_message_id`.
-fn report_reason(m: &Value, internet_message_id: &str) -> Option<String> {
-    let headers = m.get("internetMessageHeaders").and_then(Value::as_array)?;
+fn report_reason(m: &InboxMessage, internet_message_id: &str) -> Option<String> {
     let header = |name: &str| {
-        headers
+        m.internet_message_headers
             .iter()
-            .filter(|h| {
-                h.get("name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
-            })
-            .filter_map(|h| h.get("value").and_then(Value::as_str))
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| h.value.as_deref())
             .collect::<Vec<_>>()
     };
     let about = header("In-Reply-To")
         .iter()
         .chain(header("References").iter())
         .any(|v| v.split_whitespace().any(|id| id == internet_message_id));
-    let subject = m.get("subject").and_then(Value::as_str).unwrap_or_default();
+    let subject = m.subject.as_deref().unwrap_or_default();
     let is_report =
         !header("X-MS-Exchange-Message-Is-Ndr").is_empty() || subject.to_ascii_lowercase().starts_with("undeliverable");
     if !(about && is_report) {
         return None;
     }
-    let body = m.pointer("/body/content").and_then(Value::as_str).unwrap_or_default();
+    let body = m.body.as_ref().and_then(|b| b.content.as_deref()).unwrap_or_default();
     let diagnostic = body
         .split("Remote Server returned '")
         .nth(1)
@@ -112,12 +85,16 @@ mod tests {
 
     use super::report_reason;
 
-    fn report(in_reply_to: &str, ndr_header: bool, subject: &str, body: &str) -> serde_json::Value {
+    /// A message of the Inbox as Graph answers it (read the way the look-up reads it).
+    fn report(in_reply_to: &str, ndr_header: bool, subject: &str, body: &str) -> crate::graph::InboxMessage {
         let mut headers = vec![json!({"name": "In-Reply-To", "value": in_reply_to})];
         if ndr_header {
             headers.push(json!({"name": "X-MS-Exchange-Message-Is-Ndr", "value": ""}));
         }
-        json!({"subject": subject, "body": {"content": body}, "internetMessageHeaders": headers})
+        serde_json::from_value(
+            json!({"subject": subject, "body": {"content": body}, "internetMessageHeaders": headers}),
+        )
+        .expect("the shape Graph answers")
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::confirm::{self, Whereabouts};
 use super::request::{Kind, StoredRequest};
 use super::sender::{Failure, Outbox};
 use super::steps;
-use crate::graph::{Call, CallError, GraphErrorKind};
+use crate::graph::{CallError, GraphErrorKind};
 use crate::mailbox::MailboxCtx;
 use crate::store::{OutboundRecord, SendStep};
 
@@ -27,9 +27,8 @@ impl Outbox {
     /// The send state machine: build the marked draft (looking before creating), send it,
     /// then confirm.
     pub(super) async fn advance(&self, ctx: &MailboxCtx, row: &mut OutboundRecord) -> Result<Progress, Failure> {
-        let user = format!("users/{}", crate::graph::segment(ctx.config.address.as_str()));
         if matches!(row.step, SendStep::SendRequested | SendStep::Accepted) {
-            return self.confirm(ctx, &user, row).await;
+            return self.confirm(ctx, row).await;
         }
         // Taken, not copied: the row is written back without its request, and the attachments'
         // content is borrowed from this text, the only copy the sender holds.
@@ -39,10 +38,10 @@ impl Outbox {
         let mut check_marker = false;
         if !(row.step == SendStep::New && row.attempts <= 1) {
             // An earlier attempt may have created drafts whose outcome it never heard.
-            let mut drafts = steps::find(ctx, &user, "drafts", &row.id).await?;
+            let mut drafts = steps::find(ctx, "drafts", &row.id).await?;
             if drafts.is_empty()
                 && let Some(id) = &row.draft_id
-                && let Some(found) = steps::get(ctx, &user, id).await?
+                && let Some(found) = steps::get(ctx, id).await?
             {
                 // Recorded, but Graph dropped the marker before it could be set.
                 drafts.push(found);
@@ -58,7 +57,7 @@ impl Outbox {
                     .unwrap_or(0);
                 let kept = drafts.remove(keep);
                 for extra in drafts {
-                    steps::discard(ctx, &user, &extra.id).await?;
+                    steps::discard(ctx, &extra.id).await?;
                 }
                 row.draft_id = Some(kept.id);
                 row.internet_message_id = kept.internet_message_id.or(row.internet_message_id.take());
@@ -70,7 +69,7 @@ impl Outbox {
         }
         let mut fresh = false;
         if row.step == SendStep::New {
-            let draft = steps::create_draft(ctx, &user, &req, &row.id).await?;
+            let draft = steps::create_draft(ctx, &req, &row.id).await?;
             row.draft_id = Some(draft.id);
             row.internet_message_id = draft.internet_message_id;
             row.conversation_id = draft.conversation_id;
@@ -84,21 +83,21 @@ impl Outbox {
             .clone()
             .ok_or_else(|| Failure::Transient("draft id missing".into()))?;
         if check_marker {
-            steps::ensure_marker(ctx, &user, &draft, &row.id).await?;
+            steps::ensure_marker(ctx, &draft, &row.id).await?;
         }
         if row.step == SendStep::Draft {
             // Only what is missing is added: an earlier attempt may have added some.
             let mut present = if fresh {
                 Vec::new()
             } else {
-                steps::attachments(ctx, &user, &draft).await?
+                steps::attachments(ctx, &draft).await?
             };
             if req.kind == Kind::Forward && fresh {
                 present.clear();
             }
             for a in &req.attachments {
                 if !steps::take_present(&mut present, a) {
-                    steps::attach(&self.upload, ctx, &user, &draft, a).await?;
+                    steps::attach(&self.upload, ctx, &draft, a).await?;
                 }
             }
             row.step = SendStep::Attachments;
@@ -106,18 +105,12 @@ impl Outbox {
         }
         drop(req);
         drop(text);
-        self.submit(ctx, &user, row, &draft).await
+        self.submit(ctx, row, &draft).await
     }
 
     /// Asks Graph to send the draft. From the checkpoint before the request on, no new
     /// draft is ever made for this row.
-    async fn submit(
-        &self,
-        ctx: &MailboxCtx,
-        user: &str,
-        row: &mut OutboundRecord,
-        draft: &str,
-    ) -> Result<Progress, Failure> {
+    async fn submit(&self, ctx: &MailboxCtx, row: &mut OutboundRecord, draft: &str) -> Result<Progress, Failure> {
         let before = (row.step, row.submitted_at);
         row.step = SendStep::SendRequested;
         row.submitted_at = Some(OffsetDateTime::now_utc());
@@ -126,18 +119,8 @@ impl Outbox {
             (row.step, row.submitted_at) = before;
             return Err(e);
         }
-        let send = Call {
-            body: None,
-            // Not idempotent: never repeated blindly.
-            retry: false,
-            ..Call::post(
-                "send",
-                format!("{user}/messages/{}/send", crate::graph::segment(draft)),
-                serde_json::Value::Null,
-            )
-            .prefer("IdType=\"ImmutableId\"")
-        };
-        match ctx.graph.call(&ctx.gate, &ctx.active(), &send).await {
+        // Not idempotent: `send_draft` makes the request once, never repeated blindly.
+        match ctx.mailbox_graph().send_draft(draft).await {
             Ok(_) => {
                 row.step = SendStep::Accepted;
                 if let Err(e) = self.checkpoint(row).await {
@@ -174,7 +157,7 @@ impl Outbox {
     }
 
     /// What became of a message whose `send` was asked for.
-    async fn confirm(&self, ctx: &MailboxCtx, user: &str, row: &mut OutboundRecord) -> Result<Progress, Failure> {
+    async fn confirm(&self, ctx: &MailboxCtx, row: &mut OutboundRecord) -> Result<Progress, Failure> {
         let now = OffsetDateTime::now_utc();
         let submitted = row.submitted_at.unwrap_or(row.updated_at);
         let within = time::Duration::try_from(self.settings.confirm_within).unwrap_or(time::Duration::minutes(10));
@@ -191,11 +174,11 @@ impl Outbox {
                 "accepted by Graph; waiting for its copy in Sent Items".into(),
             ))
         };
-        match confirm::locate(ctx, user, &row.id).await? {
+        match confirm::locate(ctx, &row.id).await? {
             Whereabouts::Sent(copy) => {
                 row.internet_message_id = copy.internet_message_id.or(row.internet_message_id.take());
                 row.conversation_id = copy.conversation_id.or(row.conversation_id.take());
-                if let Some(reason) = self.report(ctx, user, row).await? {
+                if let Some(reason) = self.report(ctx, row).await? {
                     return Err(Failure::Permanent(reason));
                 }
                 Ok(Progress::Sent)
@@ -208,12 +191,12 @@ impl Outbox {
                     // did not reach Graph. The same draft is sent again, never a new one.
                     tracing::info!(mailbox = %row.mailbox, outbound_id = %row.id, "The draft was not taken by Graph; sending it again.");
                     row.draft_id = Some(draft.id.clone());
-                    return self.submit(ctx, user, row, &draft.id).await;
+                    return self.submit(ctx, row, &draft.id).await;
                 }
                 in_transit(row)
             }
             Whereabouts::Nowhere => {
-                if let Some(reason) = self.report(ctx, user, row).await? {
+                if let Some(reason) = self.report(ctx, row).await? {
                     return Err(Failure::Permanent(reason));
                 }
                 in_transit(row)
@@ -222,9 +205,9 @@ impl Outbox {
     }
 
     /// A non-delivery report's reason, when one came back for this row's message.
-    async fn report(&self, ctx: &MailboxCtx, user: &str, row: &OutboundRecord) -> Result<Option<String>, Failure> {
+    async fn report(&self, ctx: &MailboxCtx, row: &OutboundRecord) -> Result<Option<String>, Failure> {
         match (&row.internet_message_id, &row.conversation_id) {
-            (Some(message), Some(conversation)) => confirm::non_delivery(ctx, user, message, conversation).await,
+            (Some(message), Some(conversation)) => confirm::non_delivery(ctx, message, conversation).await,
             _ => Ok(None),
         }
     }

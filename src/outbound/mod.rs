@@ -8,4 +8,7 @@ mod sender;
 mod steps;
 
 pub use request::{ApiRequest, Invalid, Kind, OutboundRequest};
-pub use sender::{MARKER_PROPERTY, Outbox};
+pub use sender::Outbox;
+
+/// The extended property that marks inboxd's drafts with the outbound id.
+pub use crate::graph::MARKER_PROPERTY;

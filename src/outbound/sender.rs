@@ -22,8 +22,6 @@ use crate::mailbox::StatusBoard;
 use crate::sink::Sink;
 use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store, StoreError};
 
-/// The extended property that marks inboxd's drafts with the outbound id.
-pub const MARKER_PROPERTY: &str = "String {8c6f3b1e-2d4a-4b7e-9f15-6a0c2e9d4b31} Name inboxd-outbound-id";
 /// How often finished rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Longest wait between tries of a store write that fails.

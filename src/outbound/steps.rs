@@ -4,196 +4,101 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use reqwest::Method;
-use serde_json::{Value, json};
 
 use super::request::{Kind, Recipient, StoredAttachment, StoredRequest};
-use super::sender::{Failure, MARKER_PROPERTY};
-use crate::graph::{Call, segment};
+use super::sender::Failure;
+use crate::graph::{
+    Addressee, CallError, DraftBody, DraftContent, DraftOf, GraphErrorKind, MarkedMessage, NewAttachment,
+};
 use crate::mailbox::MailboxCtx;
 
 /// Attachments up to this size are added in one request; larger ones use an upload session.
 const SIMPLE_ATTACHMENT_MAX: usize = 3 * 1024 * 1024;
 /// Upload chunk: a multiple of 320 KiB under Graph's 4 MB per request.
 const CHUNK: usize = 10 * 320 * 1024;
-/// Immutable ids: the draft keeps its id while it moves (Drafts → Outbox).
-const IMMUTABLE: &str = "IdType=\"ImmutableId\"";
 
 /// A marked item as found in a folder.
-#[derive(Debug, Clone)]
-pub(super) struct Found {
-    /// Its (immutable) id.
-    pub(super) id: String,
-    /// `internetMessageId`.
-    pub(super) internet_message_id: Option<String>,
-    /// `conversationId`.
-    pub(super) conversation_id: Option<String>,
-}
-
-impl Found {
-    fn from(v: &Value) -> Option<Found> {
-        Some(Found {
-            id: v.get("id")?.as_str()?.to_string(),
-            internet_message_id: v.get("internetMessageId").and_then(Value::as_str).map(str::to_string),
-            conversation_id: v.get("conversationId").and_then(Value::as_str).map(str::to_string),
-        })
-    }
-}
-
-/// A call that creates something: one try, the caller looks before trying again.
-fn creating(call: Call) -> Call {
-    Call { retry: false, ..call }
-}
+pub(super) type Found = MarkedMessage;
 
 /// The items in `folder` marked with `outbound_id`.
-pub(super) async fn find(ctx: &MailboxCtx, user: &str, folder: &str, outbound_id: &str) -> Result<Vec<Found>, Failure> {
-    let filter = format!(
-        "singleValueExtendedProperties/Any(ep: ep/id eq '{MARKER_PROPERTY}' and ep/value eq '{}')",
-        outbound_id.replace('\'', "''")
-    );
-    let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("$filter", &filter)
-        .append_pair("$select", "id,internetMessageId,conversationId")
-        .append_pair("$top", "25")
-        .finish();
-    let call = Call::get("find_outbound", format!("{user}/mailFolders/{folder}/messages?{query}")).prefer(IMMUTABLE);
-    let found = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-    Ok(found
-        .get("value")
-        .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(Found::from).collect())
-        .unwrap_or_default())
+pub(super) async fn find(ctx: &MailboxCtx, folder: &str, outbound_id: &str) -> Result<Vec<Found>, Failure> {
+    Ok(ctx.mailbox_graph().find_marked(folder, outbound_id).await?)
 }
 
-/// One message by id, or `None` when it is gone.
-pub(super) async fn get(ctx: &MailboxCtx, user: &str, id: &str) -> Result<Option<Found>, Failure> {
-    let call = Call::get(
-        "get_outbound",
-        format!(
-            "{user}/messages/{}?$select=id,internetMessageId,conversationId,isDraft",
-            segment(id)
-        ),
-    )
-    .prefer(IMMUTABLE);
-    match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
-        Ok(v) if v.get("isDraft").and_then(Value::as_bool) == Some(true) => Ok(Found::from(&v)),
+/// One draft by id, or `None` when it is gone or no longer a draft.
+pub(super) async fn get(ctx: &MailboxCtx, id: &str) -> Result<Option<Found>, Failure> {
+    match ctx.mailbox_graph().outbound_message(id).await {
+        Ok(m) if m.is_draft == Some(true) => Ok(Some(m)),
         Ok(_) => Ok(None),
-        Err(crate::graph::CallError::Graph(g)) if g.kind == crate::graph::GraphErrorKind::ItemNotFound => Ok(None),
+        Err(CallError::Graph(g)) if g.kind == GraphErrorKind::ItemNotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
 /// Discards a surplus draft (a soft delete: it goes to Deleted Items, which no search includes).
-pub(super) async fn discard(ctx: &MailboxCtx, user: &str, id: &str) -> Result<(), Failure> {
-    let call = Call {
-        method: Method::DELETE,
-        ..Call::get("delete_draft", format!("{user}/messages/{}", segment(id))).prefer(IMMUTABLE)
-    };
-    match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
-        Ok(_) => Ok(()),
-        Err(crate::graph::CallError::Graph(g)) if g.kind == crate::graph::GraphErrorKind::ItemNotFound => Ok(()),
+pub(super) async fn discard(ctx: &MailboxCtx, id: &str) -> Result<(), Failure> {
+    match ctx.mailbox_graph().delete_message(id).await {
+        Ok(()) => Ok(()),
+        Err(CallError::Graph(g)) if g.kind == GraphErrorKind::ItemNotFound => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The recipients as the draft names them.
+fn addressees(list: &[Recipient]) -> Vec<Addressee<'_>> {
+    list.iter()
+        .map(|r| Addressee {
+            name: &r.name,
+            address: &r.address,
+        })
+        .collect()
 }
 
 /// Creates the marked draft; returns it.
 pub(super) async fn create_draft(
     ctx: &MailboxCtx,
-    user: &str,
     req: &StoredRequest<'_>,
     outbound_id: &str,
 ) -> Result<Found, Failure> {
-    let marker = json!([{"id": MARKER_PROPERTY, "value": outbound_id}]);
-    let recipients = |list: &[Recipient]| -> Value {
-        list.iter()
-            .map(|r| json!({"emailAddress": {"name": r.name, "address": r.address}}))
-            .collect()
-    };
-    let body = req
-        .body
-        .as_ref()
-        .map(|b| json!({"contentType": b.content_type, "content": b.content}));
-    let call = match req.kind {
-        Kind::Send => {
-            let mut message = json!({
-                "subject": req.subject.clone().unwrap_or_default(),
-                "toRecipients": recipients(&req.to), "ccRecipients": recipients(&req.cc), "bccRecipients": recipients(&req.bcc),
-                "singleValueExtendedProperties": marker,
-            });
-            if let Some(b) = body {
-                message["body"] = b;
-            }
-            Call::post("create_draft", format!("{user}/messages"), message)
-        }
+    let of = match req.kind {
+        Kind::Send => DraftOf::New,
         kind => {
-            let original = req.original.as_deref().ok_or_else(|| Failure::Permanent("no original message".into()))?;
-            let action = match kind {
-                Kind::Reply => "createReply",
-                Kind::ReplyAll => "createReplyAll",
-                _ => "createForward",
-            };
-            let mut message = json!({"singleValueExtendedProperties": marker});
-            if let Some(b) = body {
-                message["body"] = b;
+            let original = req
+                .original
+                .as_deref()
+                .ok_or_else(|| Failure::Permanent("no original message".into()))?;
+            match kind {
+                Kind::Reply => DraftOf::Reply(original),
+                Kind::ReplyAll => DraftOf::ReplyAll(original),
+                _ => DraftOf::Forward(original),
             }
-            for (field, list) in [("toRecipients", &req.to), ("ccRecipients", &req.cc), ("bccRecipients", &req.bcc)] {
-                if !list.is_empty() {
-                    message[field] = recipients(list);
-                }
-            }
-            let mut payload = json!({"message": message});
-            if let Some(c) = &req.comment {
-                payload["comment"] = json!(c);
-            }
-            Call::post("create_draft", format!("{user}/messages/{}/{action}", segment(original)), payload)
         }
-    }
-    .prefer(IMMUTABLE);
-    let draft = ctx.graph.call(&ctx.gate, &ctx.active(), &creating(call)).await?;
-    Found::from(&draft).ok_or_else(|| Failure::Transient("Graph created a draft without an id".into()))
-}
-
-/// True when the draft carries the marker with `outbound_id`.
-async fn has_marker(ctx: &MailboxCtx, user: &str, draft: &str, outbound_id: &str) -> Result<bool, Failure> {
-    let expand = format!("singleValueExtendedProperties($filter=id eq '{MARKER_PROPERTY}')");
-    let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("$select", "id")
-        .append_pair("$expand", &expand)
-        .finish();
-    let call = Call::get("check_marker", format!("{user}/messages/{}?{query}", segment(draft))).prefer(IMMUTABLE);
-    let got = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-    Ok(got
-        .get("singleValueExtendedProperties")
-        .and_then(Value::as_array)
-        .is_some_and(|props| {
-            props.iter().any(|p| {
-                p.get("id")
-                    .and_then(Value::as_str)
-                    .is_some_and(|id| id.eq_ignore_ascii_case(MARKER_PROPERTY))
-                    && p.get("value").and_then(Value::as_str) == Some(outbound_id)
-            })
-        }))
+    };
+    let content = DraftContent {
+        subject: req.subject.as_deref(),
+        comment: req.comment.as_deref(),
+        body: req.body.as_ref().map(|b| DraftBody {
+            content_type: &b.content_type,
+            content: &b.content,
+        }),
+        to: addressees(&req.to),
+        cc: addressees(&req.cc),
+        bcc: addressees(&req.bcc),
+    };
+    Ok(ctx.mailbox_graph().create_draft(of, &content, outbound_id).await?)
 }
 
 /// Makes sure the marker is on the draft: no document says `createReply` & co. keep
 /// extended properties given in `message`, so it is read back and set with `PATCH` when
 /// missing (a PATCH of the same value is harmless, so it may be repeated).
-pub(super) async fn ensure_marker(ctx: &MailboxCtx, user: &str, draft: &str, outbound_id: &str) -> Result<(), Failure> {
-    if has_marker(ctx, user, draft, outbound_id).await? {
+pub(super) async fn ensure_marker(ctx: &MailboxCtx, draft: &str, outbound_id: &str) -> Result<(), Failure> {
+    let graph = ctx.mailbox_graph();
+    if graph.has_marker(draft, outbound_id).await? {
         return Ok(());
     }
     tracing::info!(mailbox = %ctx.config.address, outbound_id, "Graph did not keep the marker on the draft; setting it.");
-    let patch = Call {
-        method: Method::PATCH,
-        ..Call::post(
-            "set_marker",
-            format!("{user}/messages/{}", segment(draft)),
-            json!({"singleValueExtendedProperties": [{"id": MARKER_PROPERTY, "value": outbound_id}]}),
-        )
-        .prefer(IMMUTABLE)
-    };
-    ctx.graph.call(&ctx.gate, &ctx.active(), &patch).await?;
-    if has_marker(ctx, user, draft, outbound_id).await? {
+    graph.set_marker(draft, outbound_id).await?;
+    if graph.has_marker(draft, outbound_id).await? {
         Ok(())
     } else {
         Err(Failure::Transient("the marker could not be set on the draft".into()))
@@ -201,23 +106,10 @@ pub(super) async fn ensure_marker(ctx: &MailboxCtx, user: &str, draft: &str, out
 }
 
 /// `(name, size)` of the attachments already on the draft.
-pub(super) async fn attachments(ctx: &MailboxCtx, user: &str, draft: &str) -> Result<Vec<(String, u64)>, Failure> {
-    let call = Call::get(
-        "list_attachments",
-        format!("{user}/messages/{}/attachments?$select=id,name,size", segment(draft)),
-    )
-    .prefer(IMMUTABLE);
-    let got = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-    Ok(got
-        .get("value")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|a| Some((a.get("name")?.as_str()?.to_string(), a.get("size")?.as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default())
+pub(super) async fn attachments(ctx: &MailboxCtx, draft: &str) -> Result<Vec<(String, u64)>, Failure> {
+    let present = ctx.mailbox_graph().attachments(draft).await?;
+    // One without a name or size cannot stand for anything inboxd adds.
+    Ok(present.into_iter().filter_map(|a| Some((a.name?, a.size?))).collect())
 }
 
 /// Takes the attachment already on the draft that stands for `a` (same name, at least its
@@ -237,42 +129,28 @@ pub(super) fn take_present(present: &mut Vec<(String, u64)>, a: &StoredAttachmen
 pub(super) async fn attach(
     upload: &reqwest::Client,
     ctx: &MailboxCtx,
-    user: &str,
     draft: &str,
     a: &StoredAttachment<'_>,
 ) -> Result<(), Failure> {
-    let base = format!("{user}/messages/{}/attachments", segment(draft));
+    let graph = ctx.mailbox_graph();
+    let attachment = NewAttachment {
+        name: &a.name,
+        content_type: &a.content_type,
+        is_inline: a.is_inline,
+        content_id: a.content_id.as_deref(),
+    };
     let encoded = a.content_base64.trim();
     // base64 is 4 characters per 3 bytes: small ones go as they are, without decoding.
     if encoded.len() / 4 * 3 <= SIMPLE_ATTACHMENT_MAX {
-        let mut attachment = json!({
-            "@odata.type": "#microsoft.graph.fileAttachment", "name": a.name, "contentType": a.content_type,
-            "contentBytes": encoded, "isInline": a.is_inline,
-        });
-        if let Some(cid) = &a.content_id {
-            attachment["contentId"] = json!(cid);
-        }
-        let call = Call::post("add_attachment", base, attachment).prefer(IMMUTABLE);
-        ctx.graph.call(&ctx.gate, &ctx.active(), &creating(call)).await?;
+        graph.add_attachment(draft, &attachment, encoded).await?;
         return Ok(());
     }
     let unreadable = |e: base64::DecodeError| Failure::Permanent(format!("attachment '{}': {e}", a.name));
     let total = super::request::decoded_len(encoded).map_err(unreadable)?;
-    let mut item = json!({"attachmentType": "file", "name": a.name, "size": total, "contentType": a.content_type, "isInline": a.is_inline});
-    if let Some(cid) = &a.content_id {
-        item["contentId"] = json!(cid);
-    }
-    let call = Call::post(
-        "upload_session",
-        format!("{base}/createUploadSession"),
-        json!({"AttachmentItem": item}),
-    )
-    .prefer(IMMUTABLE);
-    let session = ctx.graph.call(&ctx.gate, &ctx.active(), &creating(call)).await?;
-    let url = session
-        .get("uploadUrl")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Failure::Transient("upload session without uploadUrl".into()))?;
+    let session = graph.create_upload_session(draft, &attachment, total).await?;
+    // The chunks go to the session's own pre-authorized URL with a plain client: they are
+    // not Graph calls (no bearer token, no gate).
+    let url = session.upload_url.as_str();
     let mut start = 0;
     while start < total {
         let end = (start + CHUNK).min(total);
