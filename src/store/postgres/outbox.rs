@@ -1,14 +1,15 @@
 //! The outbox table on Postgres: enqueued on any replica, advanced by the owner's sender
 //! (its updates fenced by the caller's transaction), loaded one row at a time.
 
+use async_trait::async_trait;
 use sqlx::Row as _;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 
-use super::{db_err, from_stored, to_stored};
+use super::{PgStore, db_err, from_stored, to_stored};
 use crate::domain::MailboxAddress;
-use crate::store::{OutboundRecord, OutboundStatus, SendStep, StoreError};
+use crate::store::{OutboundRecord, OutboundStatus, OutboxStore, SendStep, StoreError};
 
 /// The columns after `request`, as a macro so queries stay `&'static str` (sqlx refuses built strings).
 macro_rules! columns_after_request {
@@ -213,4 +214,51 @@ pub(super) async fn prune(pool: &PgPool, before: OffsetDateTime) -> Result<u64, 
     .await
     .map_err(db_err(OP))?;
     Ok(done.rows_affected())
+}
+
+#[async_trait]
+impl OutboxStore for PgStore {
+    async fn enqueue_outbound(&self, record: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
+        enqueue(&self.pool, record).await
+    }
+
+    async fn outbound(&self, id: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        get(&self.pool, id).await
+    }
+
+    async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError> {
+        let tx = self.begin_for("update outbound", &record.mailbox).await?;
+        update(tx, record).await
+    }
+
+    async fn recent_outbound(&self, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
+        recent(&self.pool, limit).await
+    }
+
+    async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        by_key(&self.pool, mailbox, key).await
+    }
+
+    async fn outbound_due_mailboxes(&self, now: OffsetDateTime) -> Result<Vec<MailboxAddress>, StoreError> {
+        // Each replica's sender sees only the mailboxes whose lease it holds.
+        let held = self.fence.as_ref().map(|f| f.held_addresses());
+        due_mailboxes(&self.pool, now, held.as_deref()).await
+    }
+
+    async fn next_due_outbound(
+        &self,
+        mailbox: &MailboxAddress,
+        now: OffsetDateTime,
+    ) -> Result<Option<OutboundRecord>, StoreError> {
+        // Nothing is due here for a mailbox another replica owns: the sender's worker for it
+        // ends (rather than retrying an error) and a new one starts if the lease comes back.
+        if self.fence.as_ref().is_some_and(|f| !f.holds(mailbox)) {
+            return Ok(None);
+        }
+        next_due(&self.pool, mailbox, now).await
+    }
+
+    async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        prune(&self.pool, before).await
+    }
 }

@@ -1,12 +1,13 @@
 //! The quarantine table: messages that could not become events or that the receiver refused,
 //! and the replays asked for through the API.
 
+use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
-use super::{db_err, from_stored, to_address, to_stored};
+use super::{PgStore, Wake, db_err, from_stored, to_address, to_stored};
 use crate::domain::MailboxAddress;
-use crate::store::{QuarantineEntry, StoreError};
+use crate::store::{QuarantineEntry, QuarantineStore, StoreError};
 
 /// Quarantines a message. A message quarantined again (a replay that failed) keeps its id and
 /// first time, takes the new reason and is no longer due for replay.
@@ -107,4 +108,40 @@ pub(super) async fn release(
         .await
         .map_err(db_err(OP))?;
     tx.commit().await.map_err(db_err(OP))
+}
+
+#[async_trait]
+impl QuarantineStore for PgStore {
+    async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        let tx = self.begin_for("quarantine message", &entry.mailbox).await?;
+        put(tx, entry).await
+    }
+
+    async fn quarantined(&self, mailbox: Option<&MailboxAddress>) -> Result<Vec<QuarantineEntry>, StoreError> {
+        list(&self.pool, mailbox, false).await
+    }
+
+    async fn request_replay(&self, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
+        let entry = request_one(&self.pool, id).await?;
+        if let Some(e) = &entry {
+            self.notify_wake(&e.mailbox, Wake::Replay).await?;
+        }
+        Ok(entry)
+    }
+
+    async fn request_replays(&self, mailbox: &MailboxAddress) -> Result<u64, StoreError> {
+        let n = request_all(&self.pool, mailbox).await?;
+        self.notify_wake(mailbox, Wake::Replay).await?;
+        Ok(n)
+    }
+
+    async fn replays_due(&self, mailbox: &MailboxAddress) -> Result<Vec<QuarantineEntry>, StoreError> {
+        self.guard(mailbox)?;
+        list(&self.pool, Some(mailbox), true).await
+    }
+
+    async fn release_quarantined(&self, mailbox: &MailboxAddress, graph_id: &str) -> Result<(), StoreError> {
+        let tx = self.begin_for("release quarantined message", mailbox).await?;
+        release(tx, mailbox, graph_id).await
+    }
 }

@@ -1,14 +1,17 @@
 //! Sealed refresh tokens of delegated mailboxes and pending consent states.
 
+use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
-use super::{db_err, from_stored, to_stored};
+use super::{SqliteStore, db_err, from_stored, to_stored};
+use time::OffsetDateTime;
+
 use crate::domain::MailboxAddress;
-use crate::store::{ConsentState, DelegatedToken, StoreError};
+use crate::store::{ConsentState, DelegatedStore, DelegatedToken, StoreError};
 
 pub(super) async fn save_token(pool: &SqlitePool, t: &DelegatedToken) -> Result<(), StoreError> {
     const OP: &str = "save delegated token";
-    let now = to_stored(OP, time::OffsetDateTime::now_utc())?;
+    let now = to_stored(OP, OffsetDateTime::now_utc())?;
     sqlx::query(
         "INSERT INTO delegated_tokens (mailbox, sealed_token, scopes, last_used_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (mailbox) DO UPDATE SET sealed_token = excluded.sealed_token, scopes = excluded.scopes,
@@ -56,10 +59,7 @@ pub(super) async fn save_state(pool: &SqlitePool, s: &ConsentState) -> Result<()
         .map_err(db_err(OP))?;
     // Old, never-used states go with every new one.
     sqlx::query("DELETE FROM consent_states WHERE expires_at < ?1")
-        .bind(to_stored(
-            OP,
-            time::OffsetDateTime::now_utc() - time::Duration::days(1),
-        )?)
+        .bind(to_stored(OP, OffsetDateTime::now_utc() - time::Duration::days(1))?)
         .execute(pool)
         .await
         .map_err(db_err(OP))?;
@@ -91,11 +91,11 @@ pub(super) async fn claim_state(
     pool: &SqlitePool,
     state: &str,
     mailbox: &MailboxAddress,
-    expires_at: time::OffsetDateTime,
+    expires_at: OffsetDateTime,
 ) -> Result<bool, StoreError> {
     const OP: &str = "claim consent state";
     sqlx::query("DELETE FROM consent_states WHERE expires_at < ?1")
-        .bind(to_stored(OP, time::OffsetDateTime::now_utc())?)
+        .bind(to_stored(OP, OffsetDateTime::now_utc())?)
         .execute(pool)
         .await
         .map_err(db_err(OP))?;
@@ -110,4 +110,32 @@ pub(super) async fn claim_state(
     .await
     .map_err(db_err(OP))?;
     Ok(done.rows_affected() == 1)
+}
+
+#[async_trait]
+impl DelegatedStore for SqliteStore {
+    async fn save_delegated_token(&self, token: &DelegatedToken) -> Result<(), StoreError> {
+        save_token(&self.pool, token).await
+    }
+
+    async fn delegated_token(&self, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError> {
+        token(&self.pool, mailbox).await
+    }
+
+    async fn save_consent_state(&self, state: &ConsentState) -> Result<(), StoreError> {
+        save_state(&self.pool, state).await
+    }
+
+    async fn take_consent_state(&self, state: &str) -> Result<Option<ConsentState>, StoreError> {
+        take_state(&self.pool, state).await
+    }
+
+    async fn claim_consent_state(
+        &self,
+        state: &str,
+        mailbox: &MailboxAddress,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        claim_state(&self.pool, state, mailbox, expires_at).await
+    }
 }

@@ -4,13 +4,14 @@
 
 use std::collections::HashSet;
 
+use async_trait::async_trait;
 use sqlx::Row as _;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use time::OffsetDateTime;
 
-use super::{db_err, from_stored, to_stored};
+use super::{SqliteStore, db_err, from_stored, to_stored};
 use crate::domain::MailboxAddress;
-use crate::store::{OutboundRecord, OutboundStatus, SendStep, StoreError};
+use crate::store::{OutboundRecord, OutboundStatus, OutboxStore, SendStep, StoreError};
 
 /// The outbox row's columns, as a macro so queries stay `&'static str` (sqlx refuses built strings).
 macro_rules! columns {
@@ -282,13 +283,53 @@ pub(super) async fn prune(pool: &SqlitePool, before: OffsetDateTime) -> Result<u
     Ok(ids.into_iter().map(|(id,)| id).collect::<HashSet<_>>().len() as u64)
 }
 
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn enqueue_outbound(&self, record: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
+        enqueue(&self.pool, record).await
+    }
+
+    async fn outbound(&self, id: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        get(&self.pool, id).await
+    }
+
+    async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError> {
+        update(&self.pool, record).await
+    }
+
+    async fn recent_outbound(&self, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
+        recent(&self.pool, limit).await
+    }
+
+    async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        by_key(&self.pool, mailbox, key).await
+    }
+
+    async fn outbound_due_mailboxes(&self, now: OffsetDateTime) -> Result<Vec<MailboxAddress>, StoreError> {
+        due_mailboxes(&self.pool, now).await
+    }
+
+    async fn next_due_outbound(
+        &self,
+        mailbox: &MailboxAddress,
+        now: OffsetDateTime,
+    ) -> Result<Option<OutboundRecord>, StoreError> {
+        next_due(&self.pool, mailbox, now).await
+    }
+
+    async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        prune(&self.pool, before).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use time::{Duration, OffsetDateTime};
 
     use super::super::SqliteStore;
     use crate::domain::MailboxAddress;
-    use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store};
+    use crate::store::prelude::*;
+    use crate::store::{OutboundRecord, OutboundStatus, SendStep};
 
     fn row(mailbox: &MailboxAddress, key: &str, now: OffsetDateTime) -> OutboundRecord {
         OutboundRecord::queued(

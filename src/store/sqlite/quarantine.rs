@@ -1,11 +1,12 @@
 //! The quarantine table: messages that could not become events or that the receiver refused,
 //! and the replays asked for through the API.
 
+use async_trait::async_trait;
 use sqlx::SqlitePool;
 
-use super::{db_err, from_stored, to_address, to_stored};
+use super::{SqliteStore, db_err, from_stored, to_address, to_stored};
 use crate::domain::MailboxAddress;
-use crate::store::{QuarantineEntry, StoreError};
+use crate::store::{QuarantineEntry, QuarantineStore, StoreError};
 
 /// Quarantines a message. A message quarantined again (a replay that failed) keeps its id and
 /// first time, takes the new reason and is no longer due for replay.
@@ -102,4 +103,31 @@ pub(super) async fn release(pool: &SqlitePool, mailbox: &MailboxAddress, graph_i
         .await
         .map_err(db_err(OP))?;
     Ok(())
+}
+
+#[async_trait]
+impl QuarantineStore for SqliteStore {
+    async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        put(&self.pool, entry).await
+    }
+
+    async fn quarantined(&self, mailbox: Option<&MailboxAddress>) -> Result<Vec<QuarantineEntry>, StoreError> {
+        list(&self.pool, mailbox, false).await
+    }
+
+    async fn request_replay(&self, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
+        request_one(&self.pool, id).await
+    }
+
+    async fn request_replays(&self, mailbox: &MailboxAddress) -> Result<u64, StoreError> {
+        request_all(&self.pool, mailbox).await
+    }
+
+    async fn replays_due(&self, mailbox: &MailboxAddress) -> Result<Vec<QuarantineEntry>, StoreError> {
+        list(&self.pool, Some(mailbox), true).await
+    }
+
+    async fn release_quarantined(&self, mailbox: &MailboxAddress, graph_id: &str) -> Result<(), StoreError> {
+        release(&self.pool, mailbox, graph_id).await
+    }
 }
