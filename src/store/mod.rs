@@ -12,6 +12,7 @@ mod delivered;
 mod outbox;
 pub mod postgres;
 mod quarantine;
+mod rows;
 mod sqlite;
 mod statuses;
 mod subscriptions;

@@ -13,7 +13,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, SqlSafeStr, Transaction};
 
-use super::codec::{db_err, from_stored, from_unix_millis, to_address, to_stored, unix_millis};
+use super::codec::{db_err, from_stored, to_address, to_stored, unix_millis};
 use super::{Store, StoreError};
 use crate::domain::MailboxAddress;
 

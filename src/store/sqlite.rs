@@ -14,7 +14,7 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::codec::{db_err, from_stored, from_unix_millis, to_address, to_stored, unix_millis};
+use super::codec::{db_err, from_stored, to_address, to_stored, unix_millis};
 use super::{Store, StoreError};
 
 /// The schema, in version order. Embedded by hand rather than with `sqlx::migrate!()`, which

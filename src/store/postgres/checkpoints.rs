@@ -3,8 +3,9 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{PgStore, db_err, from_unix_millis, to_stored, unix_millis};
+use super::{PgStore, db_err, to_stored, unix_millis};
 use crate::domain::MailboxAddress;
+use crate::store::rows;
 use crate::store::{CheckpointStore, DeltaWindow, StoreError};
 
 #[async_trait]
@@ -98,10 +99,6 @@ impl CheckpointStore for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err(OP))?;
-        let (start, checkpoint) = row.unwrap_or_default();
-        Ok(DeltaWindow {
-            start_from: start.map(from_unix_millis).transpose()?,
-            checkpoint: checkpoint.map(from_unix_millis).transpose()?,
-        })
+        rows::delta_window(row)
     }
 }

@@ -4,10 +4,11 @@ use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
-use super::{PgStore, Wake, db_err, from_stored, to_stored};
+use super::{PgStore, Wake, db_err, to_stored};
 use time::OffsetDateTime;
 
 use crate::domain::MailboxAddress;
+use crate::store::rows;
 use crate::store::{ConsentState, DelegatedStore, DelegatedToken, StoreError};
 
 pub(super) async fn save_token(mut tx: Transaction<'static, Postgres>, t: &DelegatedToken) -> Result<(), StoreError> {
@@ -31,21 +32,13 @@ pub(super) async fn save_token(mut tx: Transaction<'static, Postgres>, t: &Deleg
 
 pub(super) async fn token(pool: &PgPool, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError> {
     const OP: &str = "read delegated token";
-    let row: Option<(Vec<u8>, String, String)> =
+    let row: Option<rows::TokenRow> =
         sqlx::query_as("SELECT sealed_token, scopes, last_used_at FROM delegated_tokens WHERE mailbox = $1")
             .bind(mailbox.as_str())
             .fetch_optional(pool)
             .await
             .map_err(db_err(OP))?;
-    row.map(|(sealed_token, scopes, last)| {
-        Ok(DelegatedToken {
-            mailbox: mailbox.clone(),
-            sealed_token,
-            scopes,
-            last_used_at: from_stored(OP, &last)?,
-        })
-    })
-    .transpose()
+    row.map(|row| rows::delegated_token(OP, mailbox, row)).transpose()
 }
 
 pub(super) async fn save_state(pool: &PgPool, s: &ConsentState) -> Result<(), StoreError> {
@@ -69,21 +62,13 @@ pub(super) async fn save_state(pool: &PgPool, s: &ConsentState) -> Result<(), St
 
 pub(super) async fn take_state(pool: &PgPool, state: &str) -> Result<Option<ConsentState>, StoreError> {
     const OP: &str = "take consent state";
-    let row: Option<(String, Vec<u8>, String)> =
+    let row: Option<rows::ConsentRow> =
         sqlx::query_as("DELETE FROM consent_states WHERE state = $1 RETURNING mailbox, sealed_verifier, expires_at")
             .bind(state)
             .fetch_optional(pool)
             .await
             .map_err(db_err(OP))?;
-    row.map(|(mailbox, sealed_verifier, expires)| {
-        Ok(ConsentState {
-            state: state.to_string(),
-            mailbox: MailboxAddress::parse(&mailbox).map_err(|e| StoreError::Database(format!("{OP}: {e}")))?,
-            sealed_verifier,
-            expires_at: from_stored(OP, &expires)?,
-        })
-    })
-    .transpose()
+    row.map(|row| rows::consent_state(OP, state, row)).transpose()
 }
 
 /// Records that a consent state was used; false when it already was. The row is kept until

@@ -7,9 +7,10 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 
-use super::{PgStore, db_err, from_stored, to_stored};
+use super::{PgStore, db_err, to_address, to_stored};
 use crate::domain::MailboxAddress;
-use crate::store::{OutboundRecord, OutboundStatus, OutboxStore, SendStep, StoreError};
+use crate::store::rows;
+use crate::store::{OutboundRecord, OutboxStore, StoreError};
 
 /// The columns after `request`, as a macro so queries stay `&'static str` (sqlx refuses built strings).
 macro_rules! columns_after_request {
@@ -19,31 +20,9 @@ macro_rules! columns_after_request {
     };
 }
 
+/// A row with its `request` column (empty where the query left the text out).
 fn record(op: &'static str, r: &PgRow) -> Result<OutboundRecord, StoreError> {
-    let text = |name: &str| -> Result<String, StoreError> { r.try_get::<String, _>(name).map_err(db_err(op)) };
-    let opt =
-        |name: &str| -> Result<Option<String>, StoreError> { r.try_get::<Option<String>, _>(name).map_err(db_err(op)) };
-    let bad = |what: &str, v: &str| StoreError::Database(format!("{op}: bad stored {what} '{v}'"));
-    let (mailbox, status, step) = (text("mailbox")?, text("status")?, text("step")?);
-    Ok(OutboundRecord {
-        mailbox: MailboxAddress::parse(&mailbox).map_err(|_| bad("mailbox", &mailbox))?,
-        status: OutboundStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
-        step: SendStep::parse(&step).ok_or_else(|| bad("step", &step))?,
-        id: text("id")?,
-        idempotency_key: text("idempotency_key")?,
-        request_hash: text("request_hash")?,
-        request: text("request")?,
-        kind: text("kind")?,
-        draft_id: opt("draft_id")?,
-        error: opt("error")?,
-        attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err(op))?).unwrap_or(0),
-        next_attempt_at: from_stored(op, &text("next_attempt_at")?)?,
-        created_at: from_stored(op, &text("created_at")?)?,
-        updated_at: from_stored(op, &text("updated_at")?)?,
-        submitted_at: opt("submitted_at")?.map(|t| from_stored(op, &t)).transpose()?,
-        internet_message_id: opt("internet_message_id")?,
-        conversation_id: opt("conversation_id")?,
-    })
+    rows::outbound(op, r, r.try_get("request").map_err(db_err(op))?)
 }
 
 pub(super) async fn enqueue(pool: &PgPool, rec: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
@@ -151,11 +130,7 @@ pub(super) async fn due_mailboxes(
     .fetch_all(pool)
     .await
     .map_err(db_err(OP))?;
-    rows.into_iter()
-        .map(|(m,)| {
-            MailboxAddress::parse(&m).map_err(|_| StoreError::Database(format!("{OP}: bad stored mailbox '{m}'")))
-        })
-        .collect()
+    rows.into_iter().map(|(m,)| to_address(OP, &m)).collect()
 }
 
 pub(super) async fn next_due(

@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{PgStore, db_err, from_stored, to_address, to_stored};
-use crate::domain::{MailboxAddress, MailboxState};
+use super::{PgStore, db_err, from_stored, to_stored};
+use crate::domain::MailboxAddress;
+use crate::store::rows;
 use crate::store::{MailboxStatus, StatusStore, StoreError};
 
 #[async_trait]
@@ -35,29 +36,13 @@ impl StatusStore for PgStore {
 
     async fn statuses(&self) -> Result<Vec<(MailboxAddress, MailboxStatus)>, StoreError> {
         const OP: &str = "read mailbox statuses";
-        type StatusRow = (String, String, Option<String>, Option<i64>, String, Option<String>);
-        let rows = sqlx::query_as::<_, StatusRow>(
+        let rows = sqlx::query_as::<_, rows::StatusRow>(
             "SELECT mailbox, state, reason, aadsts, since, last_success_at FROM mailbox_statuses ORDER BY mailbox",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(db_err(OP))?;
-        rows.into_iter()
-            .map(|(mailbox, state, reason, aadsts, since, last_success_at)| {
-                let status = MailboxStatus {
-                    state: MailboxState::parse(&state)
-                        .ok_or_else(|| StoreError::Database(format!("{OP}: unknown state '{state}' of {mailbox}")))?,
-                    reason,
-                    aadsts: aadsts
-                        .map(u32::try_from)
-                        .transpose()
-                        .map_err(|e| StoreError::Database(format!("{OP}: bad aadsts of {mailbox}: {e}")))?,
-                    since: from_stored(OP, &since)?,
-                    last_success_at: last_success_at.as_deref().map(|t| from_stored(OP, t)).transpose()?,
-                };
-                Ok((to_address(OP, &mailbox)?, status))
-            })
-            .collect()
+        rows.into_iter().map(|row| rows::status(OP, row)).collect()
     }
 
     async fn last_progress(

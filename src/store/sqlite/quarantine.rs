@@ -4,8 +4,9 @@
 use async_trait::async_trait;
 use sqlx::SqlitePool;
 
-use super::{SqliteStore, db_err, from_stored, to_address, to_stored};
+use super::{SqliteStore, db_err, to_stored};
 use crate::domain::MailboxAddress;
+use crate::store::rows::{QuarantineRow, quarantine_entry};
 use crate::store::{QuarantineEntry, QuarantineStore, StoreError};
 
 /// Quarantines a message. A message quarantined again (a replay that failed) keeps its id and
@@ -42,36 +43,18 @@ pub(super) async fn list(
         "SELECT id, mailbox, folder, graph_id, reason, at FROM quarantine
          WHERE ?1 IS NULL OR mailbox = ?1 ORDER BY at DESC, rowid DESC"
     };
-    let rows = sqlx::query_as::<_, Row>(sql)
+    let rows = sqlx::query_as::<_, QuarantineRow>(sql)
         .bind(mailbox.map(MailboxAddress::as_str))
         .fetch_all(pool)
         .await
         .map_err(db_err(OP))?;
-    rows.into_iter().map(|row| entry(OP, row)).collect()
-}
-
-/// A row of `id, mailbox, folder, graph_id, reason, at`.
-type Row = (String, String, String, String, String, String);
-
-/// A stored row as an entry.
-fn entry(
-    operation: &'static str,
-    (id, mailbox, folder, graph_id, reason, at): Row,
-) -> Result<QuarantineEntry, StoreError> {
-    Ok(QuarantineEntry {
-        id,
-        mailbox: to_address(operation, &mailbox)?,
-        folder,
-        graph_id,
-        reason,
-        at: from_stored(operation, &at)?,
-    })
+    rows.into_iter().map(|row| quarantine_entry(OP, row)).collect()
 }
 
 /// Flags one entry for replay and returns it.
 pub(super) async fn request_one(pool: &SqlitePool, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
     const OP: &str = "request replay";
-    let row = sqlx::query_as::<_, Row>(
+    let row = sqlx::query_as::<_, QuarantineRow>(
         "UPDATE quarantine SET replay_requested = 1 WHERE id = ?1
          RETURNING id, mailbox, folder, graph_id, reason, at",
     )
@@ -79,7 +62,7 @@ pub(super) async fn request_one(pool: &SqlitePool, id: &str) -> Result<Option<Qu
     .fetch_optional(pool)
     .await
     .map_err(db_err(OP))?;
-    row.map(|row| entry(OP, row)).transpose()
+    row.map(|row| quarantine_entry(OP, row)).transpose()
 }
 
 /// Flags every entry of a mailbox for replay.
