@@ -9,6 +9,7 @@ mod checkpoints;
 mod codec;
 mod delegated;
 mod delivered;
+mod migrate;
 mod outbox;
 pub mod postgres;
 mod quarantine;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, SqlSafeStr, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::codec::{db_err, from_stored, to_address, to_stored, unix_millis};
+use super::migrate::{Embedded, migrator};
 use super::{Store, StoreError};
 use crate::domain::MailboxAddress;
 
@@ -21,7 +21,7 @@ pub use fence::Fence;
 pub use leases::{LeaseCounts, LeaseGrant, WAKE_CHANNEL, Wake};
 
 /// The schema, in version order (embedded by hand, as for SQLite: no sqlx `macros` feature).
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+const MIGRATIONS: &[Embedded] = &[
     (1, "store", include_str!("../../migrations/postgres/0001_store.sql")),
     (2, "leases", include_str!("../../migrations/postgres/0002_leases.sql")),
 ];
@@ -82,7 +82,7 @@ impl PgStore {
             .map_err(|e| StoreError::Database(format!("open {shown}: {e}")))?;
         // sqlx takes a Postgres advisory lock around the migrations: replicas starting together
         // wait for the first one, then find nothing left to do.
-        migrator()
+        migrator(MIGRATIONS)
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrate {shown}: {e}")))?;
@@ -149,24 +149,6 @@ impl PgStore {
 /// Removes the URL (it may hold a password) from a parse error.
 fn scrub(message: &str, url: &str) -> String {
     message.replace(url, "<url>")
-}
-
-/// The embedded migrations, ready to run.
-fn migrator() -> Migrator {
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|(version, description, sql)| {
-                Migration::new(
-                    *version,
-                    (*description).into(),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    )
 }
 
 #[async_trait]

@@ -10,17 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::SqlSafeStr;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::codec::{db_err, from_stored, to_address, to_stored, unix_millis};
+use super::migrate::{Embedded, migrator};
 use super::{Store, StoreError};
 
-/// The schema, in version order. Embedded by hand rather than with `sqlx::migrate!()`, which
-/// needs sqlx's `macros` feature; file names follow `migrate!()`'s `<version>_<description>.sql`
-/// so the two stay interchangeable (same versions, same checksums).
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+/// The schema, in version order.
+const MIGRATIONS: &[Embedded] = &[
     (1, "store", include_str!("../../migrations/0001_store.sql")),
     (2, "outbox", include_str!("../../migrations/0002_outbox.sql")),
     (3, "delegated", include_str!("../../migrations/0003_delegated.sql")),
@@ -132,7 +129,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Database(format!("open {url}: {e}")))?;
-        migrator()
+        migrator(MIGRATIONS)
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrate {url}: {e}")))?;
@@ -163,24 +160,6 @@ impl SqliteStore {
             let _ = lock.unlock();
         }
     }
-}
-
-/// The embedded migrations, ready to run.
-fn migrator() -> Migrator {
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|(version, description, sql)| {
-                Migration::new(
-                    *version,
-                    (*description).into(),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    )
 }
 
 #[async_trait]
