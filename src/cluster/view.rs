@@ -10,7 +10,8 @@ use super::Cluster;
 use crate::config::{Access, MailboxConfig};
 use crate::domain::{MailboxAddress, MailboxState};
 use crate::mailbox::MailboxView;
-use crate::store::{MailboxStatus, Store, StoreError};
+use crate::store::prelude::*;
+use crate::store::{MailboxStatus, StoreError};
 
 /// The configured mailboxes (or only `only`), each with its `owner` (null while nobody holds
 /// its lease).

@@ -6,11 +6,12 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use time::OffsetDateTime;
 use time::macros::format_description;
 use tokio::sync::Mutex;
 
-use super::SinkError;
+use super::{EncodedEvent, EventSink, SinkError, deliver_all};
 use crate::event::SinkEvent;
 
 /// Appends events to an NDJSON file.
@@ -72,29 +73,36 @@ impl FileSink {
         })
     }
 
+    /// Encodes and delivers typed events (see [`EventSink::deliver_encoded`]).
+    pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
+        deliver_all(self, events).await
+    }
+}
+
+#[async_trait]
+impl EventSink for FileSink {
     /// Appends one line per event and fsyncs once for the batch. On an I/O error every event
     /// of the batch is `Unavailable` and nothing of the batch remains in the live file.
-    pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
+    async fn deliver_encoded(&self, events: &[EncodedEvent<'_>]) -> Vec<Result<(), SinkError>> {
         if events.is_empty() {
             return Vec::new();
         }
-        // Serialise before taking the lock: it is CPU work that needs no file.
-        let lines: Vec<Result<Vec<u8>, SinkError>> = events
+        // Lines are built before taking the lock: copying needs no file.
+        let lines: Vec<Vec<u8>> = events
             .iter()
             .map(|event| {
-                let mut line = serde_json::to_vec(event)
-                    .map_err(|e| SinkError::Rejected(format!("event cannot be serialised: {e}")))?;
+                let mut line = Vec::with_capacity(event.json.len() + 1);
+                line.extend_from_slice(&event.json);
                 line.push(b'\n');
-                Ok(line)
+                line
             })
             .collect();
-        let good: Vec<Vec<u8>> = lines.iter().filter_map(|l| l.as_ref().ok().cloned()).collect();
         let mut state = Arc::clone(&self.state).lock_owned().await;
-        let written = tokio::task::spawn_blocking(move || state.append(&good))
+        let written = tokio::task::spawn_blocking(move || state.append(&lines))
             .await
             .unwrap_or_else(|e| Err(io::Error::other(format!("sink writer panicked: {e}"))));
         match written {
-            Ok(()) => lines.into_iter().map(|l| l.map(|_| ())).collect(),
+            Ok(()) => events.iter().map(|_| Ok(())).collect(),
             Err(e) => {
                 let err = unavailable(&self.path, "cannot append to", &e);
                 tracing::warn!(

@@ -1,11 +1,13 @@
 //! Where events go: an NDJSON file, a signed webhook, a NATS JetStream stream or a RabbitMQ
 //! exchange. Only an acknowledgement from the sink lets the checkpoint advance.
 
+mod deliver;
 mod file;
 mod nats;
 mod rabbitmq;
 mod webhook;
 
+pub use deliver::{EncodedEvent, EventSink, deliver_all};
 pub use file::FileSink;
 pub use nats::NatsSink;
 pub use rabbitmq::RabbitSink;
@@ -27,22 +29,10 @@ pub enum SinkError {
     Rejected(String),
 }
 
-/// Where events go.
-enum Kind {
-    /// NDJSON file.
-    File(FileSink),
-    /// HTTP receiver.
-    Webhook(WebhookSink),
-    /// JetStream stream.
-    Nats(Box<NatsSink>),
-    /// RabbitMQ exchange.
-    Rabbitmq(Box<RabbitSink>),
-}
-
 /// The configured sink, and whether it is answering.
 pub struct Sink {
-    /// The file or the receiver.
-    kind: Kind,
+    /// The file, the receiver or the broker.
+    inner: Box<dyn EventSink>,
     /// `inboxd_sink_unavailable{sink}`: 1 while the last delivery found the sink unavailable.
     unavailable: prometheus_client::metrics::gauge::Gauge,
 }
@@ -50,39 +40,32 @@ pub struct Sink {
 impl Sink {
     /// Opens the sink a config names (creates the file's directory).
     pub async fn open(config: &SinkConfig, http: reqwest::Client, metrics: &Metrics) -> Result<Sink, SinkError> {
-        let (label, kind) = match config {
-            SinkConfig::File { path, max_bytes } => {
-                ("file", Kind::File(FileSink::open(path.clone(), *max_bytes).await?))
-            }
+        let (label, inner): (&str, Box<dyn EventSink>) = match config {
+            SinkConfig::File { path, max_bytes } => ("file", Box::new(FileSink::open(path.clone(), *max_bytes).await?)),
             SinkConfig::Webhook {
                 url,
                 signing_secret,
                 timeout,
             } => (
                 "webhook",
-                Kind::Webhook(WebhookSink::new(http, url.clone(), signing_secret.clone(), *timeout)),
+                Box::new(WebhookSink::new(http, url.clone(), signing_secret.clone(), *timeout)),
             ),
-            SinkConfig::Nats(c) => ("nats", Kind::Nats(Box::new(NatsSink::open(c).await?))),
-            SinkConfig::Rabbitmq(c) => ("rabbitmq", Kind::Rabbitmq(Box::new(RabbitSink::open(c).await?))),
+            SinkConfig::Nats(c) => ("nats", Box::new(NatsSink::open(c).await?)),
+            SinkConfig::Rabbitmq(c) => ("rabbitmq", Box::new(RabbitSink::open(c).await?)),
         };
         let unavailable = metrics
             .sink_unavailable
             .get_or_create(&vec![("sink", label.to_string())])
             .clone();
         unavailable.set(0);
-        Ok(Sink { kind, unavailable })
+        Ok(Sink { inner, unavailable })
     }
 
     /// Delivers events; one outcome per event, in order. `Ok` means durably acknowledged
     /// (the file sink has fsynced; the webhook answered 2xx; the stream sent its PubAck; the
     /// exchange confirmed without returning the event).
     pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
-        let outcomes = match &self.kind {
-            Kind::File(f) => f.deliver(events).await,
-            Kind::Webhook(w) => w.deliver(events).await,
-            Kind::Nats(n) => n.deliver(events).await,
-            Kind::Rabbitmq(r) => r.deliver(events).await,
-        };
+        let outcomes = deliver_all(self.inner.as_ref(), events).await;
         if outcomes.iter().any(|o| matches!(o, Err(SinkError::Unavailable(_)))) {
             self.unavailable.set(1);
         } else if !outcomes.is_empty() {

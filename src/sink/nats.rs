@@ -5,9 +5,12 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy};
 use async_nats::jetstream::{self, ErrorCode};
+use async_trait::async_trait;
+// Only the tests name it (through `use super::*`): events arrive encoded.
+#[cfg(test)]
 use bytes::Bytes;
 
-use super::SinkError;
+use super::{EncodedEvent, EventSink, SinkError, deliver_all};
 use crate::config::{NatsSinkConfig, Retention, StreamSettings, Topics};
 use crate::event::SinkEvent;
 
@@ -55,8 +58,30 @@ impl NatsSink {
         })
     }
 
-    /// Publishes the batch, then waits for every PubAck; one outcome per event, in order.
+    /// Encodes and delivers typed events (see [`EventSink::deliver_encoded`]).
     pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
+        deliver_all(self, events).await
+    }
+
+    /// Sends one event; the future resolves with its PubAck.
+    async fn publish(&self, event: &EncodedEvent<'_>) -> Result<PublishAckFuture, SinkError> {
+        let subject = self.subjects.for_schema(event.schema).render(event.mailbox);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.dedup_key);
+        headers.insert(EVENT_ID_HEADER, event.event_id);
+        headers.insert(SCHEMA_HEADER, event.schema);
+        headers.insert("Content-Type", "application/json");
+        self.js
+            .publish_with_headers(subject, headers, event.json.clone())
+            .await
+            .map_err(|e| failure(e.kind(), &e))
+    }
+}
+
+#[async_trait]
+impl EventSink for NatsSink {
+    /// Publishes the batch, then waits for every PubAck; one outcome per event, in order.
+    async fn deliver_encoded(&self, events: &[EncodedEvent<'_>]) -> Vec<Result<(), SinkError>> {
         let mut pending: Vec<Result<PublishAckFuture, SinkError>> = Vec::with_capacity(events.len());
         for event in events {
             pending.push(self.publish(event).await);
@@ -80,22 +105,6 @@ impl NatsSink {
             );
         }
         outcomes
-    }
-
-    /// Sends one event; the future resolves with its PubAck.
-    async fn publish<E: SinkEvent>(&self, event: &E) -> Result<PublishAckFuture, SinkError> {
-        let body =
-            serde_json::to_vec(event).map_err(|e| SinkError::Rejected(format!("event cannot be serialised: {e}")))?;
-        let subject = self.subjects.for_schema(event.schema()).render(event.mailbox());
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.dedup_key());
-        headers.insert(EVENT_ID_HEADER, event.event_id());
-        headers.insert(SCHEMA_HEADER, event.schema());
-        headers.insert("Content-Type", "application/json");
-        self.js
-            .publish_with_headers(subject, headers, Bytes::from(body))
-            .await
-            .map_err(|e| failure(e.kind(), &e))
     }
 }
 

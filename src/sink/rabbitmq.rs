@@ -1,12 +1,13 @@
 //! The RabbitMQ sink: each event published persistent and mandatory with publisher confirms;
 //! acknowledged only by the broker's confirm, never when it returned the event as unroutable.
 
+use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind, PublisherConfirm};
 use tokio::sync::Mutex;
 
-use super::SinkError;
+use super::{EncodedEvent, EventSink, SinkError, deliver_all};
 use crate::config::{RabbitSinkConfig, Topics};
 use crate::event::SinkEvent;
 
@@ -101,9 +102,66 @@ impl RabbitSink {
         })
     }
 
+    /// Encodes and delivers typed events (see [`EventSink::deliver_encoded`]).
+    pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
+        deliver_all(self, events).await
+    }
+
+    /// The open channel (and its generation), connecting first if there is none or it broke.
+    async fn channel(&self) -> Result<(u64, Channel), String> {
+        let mut link = self.link.lock().await;
+        if let Some(l) = link.as_ref()
+            && crate::broker::amqp::usable(&l.connection, &l.channel)
+        {
+            return Ok((l.generation, l.channel.clone()));
+        }
+        let generation = link.as_ref().map_or(0, |l| l.generation + 1);
+        *link = None;
+        let mut fresh = self.connect().await?;
+        fresh.generation = generation;
+        let out = (generation, fresh.channel.clone());
+        *link = Some(fresh);
+        Ok(out)
+    }
+
+    async fn publish(&self, channel: &Channel, event: &EncodedEvent<'_>) -> Result<PublisherConfirm, SinkError> {
+        let routing_key = routing_key(&self.config.routing_keys, event);
+        let mut headers = FieldTable::default();
+        headers.insert(
+            EVENT_ID_HEADER.into(),
+            AMQPValue::LongString(LongString::from(event.event_id)),
+        );
+        headers.insert(
+            SCHEMA_HEADER.into(),
+            AMQPValue::LongString(LongString::from(event.schema)),
+        );
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(event.dedup_key.into())
+            .with_headers(headers);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        channel
+            .basic_publish(
+                self.config.exchange.as_str().into(),
+                routing_key.into(),
+                options,
+                &event.json,
+                properties,
+            )
+            .await
+            .map_err(|e| unavailable(format!("publish failed: {e}")))
+    }
+}
+
+#[async_trait]
+impl EventSink for RabbitSink {
     /// Publishes the batch, then waits for every confirm; one outcome per event, in order.
     /// Batches of several mailboxes share the channel and are in flight at the same time.
-    pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
+    async fn deliver_encoded(&self, events: &[EncodedEvent<'_>]) -> Vec<Result<(), SinkError>> {
         if events.is_empty() {
             return Vec::new();
         }
@@ -154,61 +212,10 @@ impl RabbitSink {
         }
         outcomes
     }
-
-    /// The open channel (and its generation), connecting first if there is none or it broke.
-    async fn channel(&self) -> Result<(u64, Channel), String> {
-        let mut link = self.link.lock().await;
-        if let Some(l) = link.as_ref()
-            && crate::broker::amqp::usable(&l.connection, &l.channel)
-        {
-            return Ok((l.generation, l.channel.clone()));
-        }
-        let generation = link.as_ref().map_or(0, |l| l.generation + 1);
-        *link = None;
-        let mut fresh = self.connect().await?;
-        fresh.generation = generation;
-        let out = (generation, fresh.channel.clone());
-        *link = Some(fresh);
-        Ok(out)
-    }
-
-    async fn publish<E: SinkEvent>(&self, channel: &Channel, event: &E) -> Result<PublisherConfirm, SinkError> {
-        let body =
-            serde_json::to_vec(event).map_err(|e| SinkError::Rejected(format!("event cannot be serialised: {e}")))?;
-        let routing_key = routing_key(&self.config.routing_keys, event);
-        let mut headers = FieldTable::default();
-        headers.insert(
-            EVENT_ID_HEADER.into(),
-            AMQPValue::LongString(LongString::from(event.event_id())),
-        );
-        headers.insert(
-            SCHEMA_HEADER.into(),
-            AMQPValue::LongString(LongString::from(event.schema())),
-        );
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_message_id(event.dedup_key().into())
-            .with_headers(headers);
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        };
-        channel
-            .basic_publish(
-                self.config.exchange.as_str().into(),
-                routing_key.into(),
-                options,
-                &body,
-                properties,
-            )
-            .await
-            .map_err(|e| unavailable(format!("publish failed: {e}")))
-    }
 }
 
-fn routing_key<E: SinkEvent>(topics: &Topics, event: &E) -> String {
-    topics.for_schema(event.schema()).render(event.mailbox())
+fn routing_key(topics: &Topics, event: &EncodedEvent<'_>) -> String {
+    topics.for_schema(event.schema).render(event.mailbox)
 }
 
 fn unavailable(reason: String) -> SinkError {

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use aws_lc_rs::hmac;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTE
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::SinkError;
+use super::{EncodedEvent, EventSink, SinkError, deliver_all};
 use crate::event::SinkEvent;
 
 /// Header carrying the signing time, in Unix seconds.
@@ -117,26 +118,16 @@ impl WebhookSink {
         self
     }
 
-    /// POSTs every event, at most [`MAX_IN_FLIGHT`] at once; one outcome per event, in order.
+    /// Encodes and delivers typed events (see [`EventSink::deliver_encoded`]).
     pub async fn deliver<E: SinkEvent>(&self, events: &[E]) -> Vec<Result<(), SinkError>> {
-        // The futures are collected first so no closure is part of the stream's type: with
-        // one, rustc cannot prove the future `Send` for `tokio::spawn`
-        // (https://github.com/rust-lang/rust/issues/102211).
-        let attempts: Vec<_> = events.iter().map(|event| self.deliver_one(event)).collect();
-        futures_util::stream::iter(attempts)
-            .buffered(MAX_IN_FLIGHT)
-            .collect()
-            .await
+        deliver_all(self, events).await
     }
 
-    async fn deliver_one<E: SinkEvent>(&self, event: &E) -> Result<(), SinkError> {
-        let body = match serde_json::to_vec(event) {
-            Ok(body) => Bytes::from(body),
-            Err(e) => return Err(SinkError::Rejected(format!("event cannot be serialised: {e}"))),
-        };
+    async fn deliver_one(&self, event: &EncodedEvent<'_>) -> Result<(), SinkError> {
+        let body = event.json.clone();
         let ids = match (
-            HeaderValue::from_str(event.event_id()),
-            HeaderValue::from_str(event.dedup_key()),
+            HeaderValue::from_str(event.event_id),
+            HeaderValue::from_str(event.dedup_key),
         ) {
             (Ok(id), Ok(key)) => (id, key),
             _ => {
@@ -152,8 +143,8 @@ impl WebhookSink {
             .adjust(pause)
             .notify(|f, wait| {
                 tracing::warn!(
-                    mailbox = %event.mailbox(),
-                    event_id = %event.event_id(),
+                    mailbox = %event.mailbox,
+                    event_id = %event.event_id,
                     error = ?f,
                     wait_ms = wait.as_millis() as u64,
                     "Webhook delivery failed; retrying."
@@ -240,6 +231,21 @@ impl WebhookSink {
         } else {
             format!("{answer}: {excerpt}")
         }))
+    }
+}
+
+#[async_trait]
+impl EventSink for WebhookSink {
+    /// POSTs every event, at most [`MAX_IN_FLIGHT`] at once; one outcome per event, in order.
+    async fn deliver_encoded(&self, events: &[EncodedEvent<'_>]) -> Vec<Result<(), SinkError>> {
+        // The futures are collected first so no closure is part of the stream's type: with
+        // one, rustc cannot prove the future `Send` for `tokio::spawn`
+        // (https://github.com/rust-lang/rust/issues/102211).
+        let attempts: Vec<_> = events.iter().map(|event| self.deliver_one(event)).collect();
+        futures_util::stream::iter(attempts)
+            .buffered(MAX_IN_FLIGHT)
+            .collect()
+            .await
     }
 }
 

@@ -14,7 +14,7 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
 
-use inboxd::store::Store;
+use inboxd::store::prelude::*;
 
 use crate::support::{API_TOKEN, Binary, Env, SECRET, SECRET_ENV, TENANT, eventually, log_path, log_time, read_events};
 

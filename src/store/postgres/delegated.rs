@@ -1,15 +1,19 @@
 //! Sealed refresh tokens of delegated mailboxes and pending consent states.
 
+use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
-use super::{db_err, from_stored, to_stored};
+use super::{PgStore, Wake, db_err, to_stored};
+use time::OffsetDateTime;
+
 use crate::domain::MailboxAddress;
-use crate::store::{ConsentState, DelegatedToken, StoreError};
+use crate::store::rows;
+use crate::store::{ConsentState, DelegatedStore, DelegatedToken, StoreError};
 
 pub(super) async fn save_token(mut tx: Transaction<'static, Postgres>, t: &DelegatedToken) -> Result<(), StoreError> {
     const OP: &str = "save delegated token";
-    let now = to_stored(OP, time::OffsetDateTime::now_utc())?;
+    let now = to_stored(OP, OffsetDateTime::now_utc())?;
     sqlx::query(
         "INSERT INTO delegated_tokens (mailbox, sealed_token, scopes, last_used_at, updated_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (mailbox) DO UPDATE SET sealed_token = excluded.sealed_token, scopes = excluded.scopes,
@@ -28,21 +32,13 @@ pub(super) async fn save_token(mut tx: Transaction<'static, Postgres>, t: &Deleg
 
 pub(super) async fn token(pool: &PgPool, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError> {
     const OP: &str = "read delegated token";
-    let row: Option<(Vec<u8>, String, String)> =
+    let row: Option<rows::TokenRow> =
         sqlx::query_as("SELECT sealed_token, scopes, last_used_at FROM delegated_tokens WHERE mailbox = $1")
             .bind(mailbox.as_str())
             .fetch_optional(pool)
             .await
             .map_err(db_err(OP))?;
-    row.map(|(sealed_token, scopes, last)| {
-        Ok(DelegatedToken {
-            mailbox: mailbox.clone(),
-            sealed_token,
-            scopes,
-            last_used_at: from_stored(OP, &last)?,
-        })
-    })
-    .transpose()
+    row.map(|row| rows::delegated_token(OP, mailbox, row)).transpose()
 }
 
 pub(super) async fn save_state(pool: &PgPool, s: &ConsentState) -> Result<(), StoreError> {
@@ -57,10 +53,7 @@ pub(super) async fn save_state(pool: &PgPool, s: &ConsentState) -> Result<(), St
         .map_err(db_err(OP))?;
     // Old, never-used states go with every new one.
     sqlx::query("DELETE FROM consent_states WHERE expires_at < $1")
-        .bind(to_stored(
-            OP,
-            time::OffsetDateTime::now_utc() - time::Duration::days(1),
-        )?)
+        .bind(to_stored(OP, OffsetDateTime::now_utc() - time::Duration::days(1))?)
         .execute(pool)
         .await
         .map_err(db_err(OP))?;
@@ -69,21 +62,13 @@ pub(super) async fn save_state(pool: &PgPool, s: &ConsentState) -> Result<(), St
 
 pub(super) async fn take_state(pool: &PgPool, state: &str) -> Result<Option<ConsentState>, StoreError> {
     const OP: &str = "take consent state";
-    let row: Option<(String, Vec<u8>, String)> =
+    let row: Option<rows::ConsentRow> =
         sqlx::query_as("DELETE FROM consent_states WHERE state = $1 RETURNING mailbox, sealed_verifier, expires_at")
             .bind(state)
             .fetch_optional(pool)
             .await
             .map_err(db_err(OP))?;
-    row.map(|(mailbox, sealed_verifier, expires)| {
-        Ok(ConsentState {
-            state: state.to_string(),
-            mailbox: MailboxAddress::parse(&mailbox).map_err(|e| StoreError::Database(format!("{OP}: {e}")))?,
-            sealed_verifier,
-            expires_at: from_stored(OP, &expires)?,
-        })
-    })
-    .transpose()
+    row.map(|row| rows::consent_state(OP, state, row)).transpose()
 }
 
 /// Records that a consent state was used; false when it already was. The row is kept until
@@ -92,11 +77,11 @@ pub(super) async fn claim_state(
     pool: &PgPool,
     state: &str,
     mailbox: &MailboxAddress,
-    expires_at: time::OffsetDateTime,
+    expires_at: OffsetDateTime,
 ) -> Result<bool, StoreError> {
     const OP: &str = "claim consent state";
     sqlx::query("DELETE FROM consent_states WHERE expires_at < $1")
-        .bind(to_stored(OP, time::OffsetDateTime::now_utc())?)
+        .bind(to_stored(OP, OffsetDateTime::now_utc())?)
         .execute(pool)
         .await
         .map_err(db_err(OP))?;
@@ -111,4 +96,40 @@ pub(super) async fn claim_state(
     .await
     .map_err(db_err(OP))?;
     Ok(done.rows_affected() == 1)
+}
+
+#[async_trait]
+impl DelegatedStore for PgStore {
+    async fn save_delegated_token(&self, token: &DelegatedToken) -> Result<(), StoreError> {
+        let tx = self.begin_for("save delegated token", &token.mailbox).await?;
+        save_token(tx, token).await
+    }
+
+    async fn save_granted_token(&self, token: &DelegatedToken) -> Result<(), StoreError> {
+        // A new grant (consent, import) may complete on any replica; rotations are fenced.
+        let tx = self.pool.begin().await.map_err(db_err("save delegated token"))?;
+        save_token(tx, token).await?;
+        self.notify_wake(&token.mailbox, Wake::Grant).await
+    }
+
+    async fn delegated_token(&self, mailbox: &MailboxAddress) -> Result<Option<DelegatedToken>, StoreError> {
+        token(&self.pool, mailbox).await
+    }
+
+    async fn save_consent_state(&self, state: &ConsentState) -> Result<(), StoreError> {
+        save_state(&self.pool, state).await
+    }
+
+    async fn take_consent_state(&self, state: &str) -> Result<Option<ConsentState>, StoreError> {
+        take_state(&self.pool, state).await
+    }
+
+    async fn claim_consent_state(
+        &self,
+        state: &str,
+        mailbox: &MailboxAddress,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        claim_state(&self.pool, state, mailbox, expires_at).await
+    }
 }

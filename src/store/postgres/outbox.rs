@@ -1,14 +1,16 @@
 //! The outbox table on Postgres: enqueued on any replica, advanced by the owner's sender
 //! (its updates fenced by the caller's transaction), loaded one row at a time.
 
+use async_trait::async_trait;
 use sqlx::Row as _;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 
-use super::{db_err, from_stored, to_stored};
+use super::{PgStore, db_err, to_address, to_stored};
 use crate::domain::MailboxAddress;
-use crate::store::{OutboundRecord, OutboundStatus, SendStep, StoreError};
+use crate::store::rows;
+use crate::store::{OutboundRecord, OutboxStore, StoreError};
 
 /// The columns after `request`, as a macro so queries stay `&'static str` (sqlx refuses built strings).
 macro_rules! columns_after_request {
@@ -18,31 +20,9 @@ macro_rules! columns_after_request {
     };
 }
 
+/// A row with its `request` column (empty where the query left the text out).
 fn record(op: &'static str, r: &PgRow) -> Result<OutboundRecord, StoreError> {
-    let text = |name: &str| -> Result<String, StoreError> { r.try_get::<String, _>(name).map_err(db_err(op)) };
-    let opt =
-        |name: &str| -> Result<Option<String>, StoreError> { r.try_get::<Option<String>, _>(name).map_err(db_err(op)) };
-    let bad = |what: &str, v: &str| StoreError::Database(format!("{op}: bad stored {what} '{v}'"));
-    let (mailbox, status, step) = (text("mailbox")?, text("status")?, text("step")?);
-    Ok(OutboundRecord {
-        mailbox: MailboxAddress::parse(&mailbox).map_err(|_| bad("mailbox", &mailbox))?,
-        status: OutboundStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
-        step: SendStep::parse(&step).ok_or_else(|| bad("step", &step))?,
-        id: text("id")?,
-        idempotency_key: text("idempotency_key")?,
-        request_hash: text("request_hash")?,
-        request: text("request")?,
-        kind: text("kind")?,
-        draft_id: opt("draft_id")?,
-        error: opt("error")?,
-        attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err(op))?).unwrap_or(0),
-        next_attempt_at: from_stored(op, &text("next_attempt_at")?)?,
-        created_at: from_stored(op, &text("created_at")?)?,
-        updated_at: from_stored(op, &text("updated_at")?)?,
-        submitted_at: opt("submitted_at")?.map(|t| from_stored(op, &t)).transpose()?,
-        internet_message_id: opt("internet_message_id")?,
-        conversation_id: opt("conversation_id")?,
-    })
+    rows::outbound(op, r, r.try_get("request").map_err(db_err(op))?)
 }
 
 pub(super) async fn enqueue(pool: &PgPool, rec: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
@@ -150,11 +130,7 @@ pub(super) async fn due_mailboxes(
     .fetch_all(pool)
     .await
     .map_err(db_err(OP))?;
-    rows.into_iter()
-        .map(|(m,)| {
-            MailboxAddress::parse(&m).map_err(|_| StoreError::Database(format!("{OP}: bad stored mailbox '{m}'")))
-        })
-        .collect()
+    rows.into_iter().map(|(m,)| to_address(OP, &m)).collect()
 }
 
 pub(super) async fn next_due(
@@ -213,4 +189,51 @@ pub(super) async fn prune(pool: &PgPool, before: OffsetDateTime) -> Result<u64, 
     .await
     .map_err(db_err(OP))?;
     Ok(done.rows_affected())
+}
+
+#[async_trait]
+impl OutboxStore for PgStore {
+    async fn enqueue_outbound(&self, record: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
+        enqueue(&self.pool, record).await
+    }
+
+    async fn outbound(&self, id: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        get(&self.pool, id).await
+    }
+
+    async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError> {
+        let tx = self.begin_for("update outbound", &record.mailbox).await?;
+        update(tx, record).await
+    }
+
+    async fn recent_outbound(&self, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
+        recent(&self.pool, limit).await
+    }
+
+    async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        by_key(&self.pool, mailbox, key).await
+    }
+
+    async fn outbound_due_mailboxes(&self, now: OffsetDateTime) -> Result<Vec<MailboxAddress>, StoreError> {
+        // Each replica's sender sees only the mailboxes whose lease it holds.
+        let held = self.fence.as_ref().map(|f| f.held_addresses());
+        due_mailboxes(&self.pool, now, held.as_deref()).await
+    }
+
+    async fn next_due_outbound(
+        &self,
+        mailbox: &MailboxAddress,
+        now: OffsetDateTime,
+    ) -> Result<Option<OutboundRecord>, StoreError> {
+        // Nothing is due here for a mailbox another replica owns: the sender's worker for it
+        // ends (rather than retrying an error) and a new one starts if the lease comes back.
+        if self.fence.as_ref().is_some_and(|f| !f.holds(mailbox)) {
+            return Ok(None);
+        }
+        next_due(&self.pool, mailbox, now).await
+    }
+
+    async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        prune(&self.pool, before).await
+    }
 }

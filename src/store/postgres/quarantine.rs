@@ -1,12 +1,14 @@
 //! The quarantine table: messages that could not become events or that the receiver refused,
 //! and the replays asked for through the API.
 
+use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
-use super::{db_err, from_stored, to_address, to_stored};
+use super::{PgStore, Wake, db_err, to_stored};
 use crate::domain::MailboxAddress;
-use crate::store::{QuarantineEntry, StoreError};
+use crate::store::rows::{QuarantineRow, quarantine_entry};
+use crate::store::{QuarantineEntry, QuarantineStore, StoreError};
 
 /// Quarantines a message. A message quarantined again (a replay that failed) keeps its id and
 /// first time, takes the new reason and is no longer due for replay.
@@ -42,36 +44,18 @@ pub(super) async fn list(
         "SELECT id, mailbox, folder, graph_id, reason, at FROM quarantine
          WHERE $1::TEXT IS NULL OR mailbox = $1 ORDER BY at DESC, seq DESC"
     };
-    let rows = sqlx::query_as::<_, Row>(sql)
+    let rows = sqlx::query_as::<_, QuarantineRow>(sql)
         .bind(mailbox.map(MailboxAddress::as_str))
         .fetch_all(pool)
         .await
         .map_err(db_err(OP))?;
-    rows.into_iter().map(|row| entry(OP, row)).collect()
-}
-
-/// A row of `id, mailbox, folder, graph_id, reason, at`.
-type Row = (String, String, String, String, String, String);
-
-/// A stored row as an entry.
-fn entry(
-    operation: &'static str,
-    (id, mailbox, folder, graph_id, reason, at): Row,
-) -> Result<QuarantineEntry, StoreError> {
-    Ok(QuarantineEntry {
-        id,
-        mailbox: to_address(operation, &mailbox)?,
-        folder,
-        graph_id,
-        reason,
-        at: from_stored(operation, &at)?,
-    })
+    rows.into_iter().map(|row| quarantine_entry(OP, row)).collect()
 }
 
 /// Flags one entry for replay and returns it.
 pub(super) async fn request_one(pool: &PgPool, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
     const OP: &str = "request replay";
-    let row = sqlx::query_as::<_, Row>(
+    let row = sqlx::query_as::<_, QuarantineRow>(
         "UPDATE quarantine SET replay_requested = TRUE WHERE id = $1
          RETURNING id, mailbox, folder, graph_id, reason, at",
     )
@@ -79,7 +63,7 @@ pub(super) async fn request_one(pool: &PgPool, id: &str) -> Result<Option<Quaran
     .fetch_optional(pool)
     .await
     .map_err(db_err(OP))?;
-    row.map(|row| entry(OP, row)).transpose()
+    row.map(|row| quarantine_entry(OP, row)).transpose()
 }
 
 /// Flags every entry of a mailbox for replay.
@@ -107,4 +91,40 @@ pub(super) async fn release(
         .await
         .map_err(db_err(OP))?;
     tx.commit().await.map_err(db_err(OP))
+}
+
+#[async_trait]
+impl QuarantineStore for PgStore {
+    async fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        let tx = self.begin_for("quarantine message", &entry.mailbox).await?;
+        put(tx, entry).await
+    }
+
+    async fn quarantined(&self, mailbox: Option<&MailboxAddress>) -> Result<Vec<QuarantineEntry>, StoreError> {
+        list(&self.pool, mailbox, false).await
+    }
+
+    async fn request_replay(&self, id: &str) -> Result<Option<QuarantineEntry>, StoreError> {
+        let entry = request_one(&self.pool, id).await?;
+        if let Some(e) = &entry {
+            self.notify_wake(&e.mailbox, Wake::Replay).await?;
+        }
+        Ok(entry)
+    }
+
+    async fn request_replays(&self, mailbox: &MailboxAddress) -> Result<u64, StoreError> {
+        let n = request_all(&self.pool, mailbox).await?;
+        self.notify_wake(mailbox, Wake::Replay).await?;
+        Ok(n)
+    }
+
+    async fn replays_due(&self, mailbox: &MailboxAddress) -> Result<Vec<QuarantineEntry>, StoreError> {
+        self.guard(mailbox)?;
+        list(&self.pool, Some(mailbox), true).await
+    }
+
+    async fn release_quarantined(&self, mailbox: &MailboxAddress, graph_id: &str) -> Result<(), StoreError> {
+        let tx = self.begin_for("release quarantined message", mailbox).await?;
+        release(tx, mailbox, graph_id).await
+    }
 }

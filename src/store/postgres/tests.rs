@@ -10,9 +10,10 @@ use tokio::time::Instant;
 
 use super::fence::{Fence, Held};
 use super::{PgStore, redacted};
+use crate::store::prelude::*;
 use crate::store::suite::pg::Schema;
 use crate::store::suite::{addr, keys};
-use crate::store::{OutboundRecord, Store, StoreError};
+use crate::store::{OutboundRecord, StoreError};
 
 const TTL: Duration = Duration::from_secs(10);
 

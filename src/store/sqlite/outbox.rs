@@ -4,13 +4,15 @@
 
 use std::collections::HashSet;
 
+use async_trait::async_trait;
 use sqlx::Row as _;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use time::OffsetDateTime;
 
-use super::{db_err, from_stored, to_stored};
+use super::{SqliteStore, db_err, to_address, to_stored};
 use crate::domain::MailboxAddress;
-use crate::store::{OutboundRecord, OutboundStatus, SendStep, StoreError};
+use crate::store::rows;
+use crate::store::{OutboundRecord, OutboxStore, SendStep, StoreError};
 
 /// The outbox row's columns, as a macro so queries stay `&'static str` (sqlx refuses built strings).
 macro_rules! columns {
@@ -20,37 +22,14 @@ macro_rules! columns {
     };
 }
 
+/// A row without its request text (`request` is empty).
+fn record(op: &'static str, r: &SqliteRow) -> Result<OutboundRecord, StoreError> {
+    rows::outbound(op, r, String::new())
+}
+
 /// Largest stored piece of a request's text, in bytes. Binding a value makes copies of it
 /// (sqlx's argument, SQLite's own): pieces keep those small, whatever the request's size.
 const PIECE_BYTES: usize = 1024 * 1024;
-
-/// A row without its request text (`request` is empty).
-fn record(op: &'static str, r: &SqliteRow) -> Result<OutboundRecord, StoreError> {
-    let text = |name: &str| -> Result<String, StoreError> { r.try_get::<String, _>(name).map_err(db_err(op)) };
-    let opt =
-        |name: &str| -> Result<Option<String>, StoreError> { r.try_get::<Option<String>, _>(name).map_err(db_err(op)) };
-    let bad = |what: &str, v: &str| StoreError::Database(format!("{op}: bad stored {what} '{v}'"));
-    let (mailbox, status, step) = (text("mailbox")?, text("status")?, text("step")?);
-    Ok(OutboundRecord {
-        mailbox: MailboxAddress::parse(&mailbox).map_err(|_| bad("mailbox", &mailbox))?,
-        status: OutboundStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
-        step: SendStep::parse(&step).ok_or_else(|| bad("step", &step))?,
-        id: text("id")?,
-        idempotency_key: text("idempotency_key")?,
-        request_hash: text("request_hash")?,
-        request: String::new(),
-        kind: text("kind")?,
-        draft_id: opt("draft_id")?,
-        error: opt("error")?,
-        attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err(op))?).unwrap_or(0),
-        next_attempt_at: from_stored(op, &text("next_attempt_at")?)?,
-        created_at: from_stored(op, &text("created_at")?)?,
-        updated_at: from_stored(op, &text("updated_at")?)?,
-        submitted_at: opt("submitted_at")?.map(|t| from_stored(op, &t)).transpose()?,
-        internet_message_id: opt("internet_message_id")?,
-        conversation_id: opt("conversation_id")?,
-    })
-}
 
 /// `text` cut into pieces of at most [`PIECE_BYTES`], each ending on a character boundary.
 fn pieces(text: &str) -> impl Iterator<Item = &str> {
@@ -206,11 +185,7 @@ pub(super) async fn due_mailboxes(pool: &SqlitePool, now: OffsetDateTime) -> Res
     .fetch_all(pool)
     .await
     .map_err(db_err(OP))?;
-    rows.into_iter()
-        .map(|(m,)| {
-            MailboxAddress::parse(&m).map_err(|_| StoreError::Database(format!("{OP}: bad stored mailbox '{m}'")))
-        })
-        .collect()
+    rows.into_iter().map(|(m,)| to_address(OP, &m)).collect()
 }
 
 /// The mailbox's oldest due row, with its request text unless `send` was already asked for
@@ -282,13 +257,53 @@ pub(super) async fn prune(pool: &SqlitePool, before: OffsetDateTime) -> Result<u
     Ok(ids.into_iter().map(|(id,)| id).collect::<HashSet<_>>().len() as u64)
 }
 
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn enqueue_outbound(&self, record: &OutboundRecord) -> Result<OutboundRecord, StoreError> {
+        enqueue(&self.pool, record).await
+    }
+
+    async fn outbound(&self, id: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        get(&self.pool, id).await
+    }
+
+    async fn update_outbound(&self, record: &OutboundRecord) -> Result<(), StoreError> {
+        update(&self.pool, record).await
+    }
+
+    async fn recent_outbound(&self, limit: u32) -> Result<Vec<OutboundRecord>, StoreError> {
+        recent(&self.pool, limit).await
+    }
+
+    async fn outbound_by_key(&self, mailbox: &MailboxAddress, key: &str) -> Result<Option<OutboundRecord>, StoreError> {
+        by_key(&self.pool, mailbox, key).await
+    }
+
+    async fn outbound_due_mailboxes(&self, now: OffsetDateTime) -> Result<Vec<MailboxAddress>, StoreError> {
+        due_mailboxes(&self.pool, now).await
+    }
+
+    async fn next_due_outbound(
+        &self,
+        mailbox: &MailboxAddress,
+        now: OffsetDateTime,
+    ) -> Result<Option<OutboundRecord>, StoreError> {
+        next_due(&self.pool, mailbox, now).await
+    }
+
+    async fn prune_outbound(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        prune(&self.pool, before).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use time::{Duration, OffsetDateTime};
 
     use super::super::SqliteStore;
     use crate::domain::MailboxAddress;
-    use crate::store::{OutboundRecord, OutboundStatus, SendStep, Store};
+    use crate::store::prelude::*;
+    use crate::store::{OutboundRecord, OutboundStatus, SendStep};
 
     fn row(mailbox: &MailboxAddress, key: &str, now: OffsetDateTime) -> OutboundRecord {
         OutboundRecord::queued(

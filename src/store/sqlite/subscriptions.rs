@@ -2,15 +2,16 @@
 
 use async_trait::async_trait;
 
-use super::{SqliteStore, db_err, from_stored, to_stored};
+use super::{SqliteStore, db_err, to_stored};
 use crate::domain::MailboxAddress;
+use crate::store::rows;
 use crate::store::{StoreError, SubscriptionRecord, SubscriptionStore};
 
 #[async_trait]
 impl SubscriptionStore for SqliteStore {
     async fn subscriptions(&self, mailbox: &MailboxAddress) -> Result<Vec<SubscriptionRecord>, StoreError> {
         const OP: &str = "read subscriptions";
-        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(
+        let found: Vec<rows::SubscriptionRow> = sqlx::query_as(
             "SELECT folder, id, expires_at, sealed_client_state, notification_url FROM subscriptions
              WHERE mailbox = ?1 ORDER BY folder",
         )
@@ -18,17 +19,9 @@ impl SubscriptionStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err(OP))?;
-        rows.into_iter()
-            .map(|(folder, id, expires_at, sealed_client_state, notification_url)| {
-                Ok(SubscriptionRecord {
-                    mailbox: mailbox.clone(),
-                    folder,
-                    id,
-                    expires_at: from_stored(OP, &expires_at)?,
-                    sealed_client_state,
-                    notification_url,
-                })
-            })
+        found
+            .into_iter()
+            .map(|row| rows::subscription(OP, mailbox, row))
             .collect()
     }
 

@@ -8,8 +8,9 @@ use time::{Duration, OffsetDateTime};
 
 use super::SqliteStore;
 use crate::domain::{MailboxAddress, MailboxState};
+use crate::store::prelude::*;
 use crate::store::suite::{addr, keys, without_ids};
-use crate::store::{MailboxStatus, QuarantineEntry, Store, StoreError};
+use crate::store::{MailboxStatus, QuarantineEntry, StoreError};
 
 fn url_in(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("data").join("inboxd.db").display())

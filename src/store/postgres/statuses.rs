@@ -1,0 +1,82 @@
+//! Mailbox statuses and last progress on Postgres.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::{PgStore, db_err, from_stored, to_stored};
+use crate::domain::MailboxAddress;
+use crate::store::rows;
+use crate::store::{MailboxStatus, StatusStore, StoreError};
+
+#[async_trait]
+impl StatusStore for PgStore {
+    async fn save_status(&self, mailbox: &MailboxAddress, status: &MailboxStatus) -> Result<(), StoreError> {
+        const OP: &str = "save mailbox status";
+        let last_success_at = status.last_success_at.map(|t| to_stored(OP, t)).transpose()?;
+        let mut tx = self.begin_for(OP, mailbox).await?;
+        sqlx::query(
+            "INSERT INTO mailbox_statuses (mailbox, state, reason, aadsts, since, last_success_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (mailbox) DO UPDATE SET state = excluded.state, reason = excluded.reason,
+                 aadsts = excluded.aadsts, since = excluded.since, last_success_at = excluded.last_success_at",
+        )
+        .bind(mailbox.as_str())
+        .bind(status.state.as_str())
+        .bind(status.reason.as_deref())
+        .bind(status.aadsts.map(i64::from))
+        .bind(to_stored(OP, status.since)?)
+        .bind(last_success_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))
+    }
+
+    async fn statuses(&self) -> Result<Vec<(MailboxAddress, MailboxStatus)>, StoreError> {
+        const OP: &str = "read mailbox statuses";
+        let rows = sqlx::query_as::<_, rows::StatusRow>(
+            "SELECT mailbox, state, reason, aadsts, since, last_success_at FROM mailbox_statuses ORDER BY mailbox",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        rows.into_iter().map(|row| rows::status(OP, row)).collect()
+    }
+
+    async fn last_progress(
+        &self,
+        mailbox: &MailboxAddress,
+        folders: &[String],
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        const OP: &str = "read last progress";
+        let success: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT last_success_at FROM mailbox_statuses WHERE mailbox = $1")
+                .bind(mailbox.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err(OP))?;
+        let success = success.and_then(|(t,)| t).map(|t| from_stored(OP, &t)).transpose()?;
+        // A mailbox has progressed as far as its least recent folder.
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT folder, updated_at FROM delta_links WHERE mailbox = $1 AND folder = ANY($2)")
+                .bind(mailbox.as_str())
+                .bind(folders)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err(OP))?;
+        let distinct: HashSet<&String> = folders.iter().collect();
+        let oldest = if rows.len() < distinct.len() {
+            None
+        } else {
+            let mut oldest: Option<OffsetDateTime> = None;
+            for (_, at) in &rows {
+                let at = from_stored(OP, at)?;
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
+            oldest
+        };
+        Ok(success.max(oldest))
+    }
+}
