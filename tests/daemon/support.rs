@@ -11,6 +11,15 @@ use inboxd::emulator::{EmulatorOptions, RunningEmulator};
 use inboxd::event::MessageEvent;
 use serde_json::{Value, json};
 
+// Paths spelled out: the browser tests include this file with `#[path]`, which would
+// otherwise look for these beside it.
+#[path = "support/delegated.rs"]
+pub mod delegated;
+#[path = "support/json_schema.rs"]
+pub mod json_schema;
+#[path = "support/outbound.rs"]
+pub mod outbound;
+
 pub const TENANT: &str = "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b";
 pub const CLIENT: &str = "8c7b6a59-4d3e-4f2a-9b1c-0d9e8f7a6b5c";
 pub const SECRET: &str = "daemon-test-secret";
@@ -334,14 +343,21 @@ impl Env {
     /// Starts the real binary on `config`; stderr goes to `inboxd-{run}.log` in the temp dir.
     /// Returns once it printed `listening on`; panics (with its log) if it does not.
     pub async fn spawn_binary(&self, config: &Path, run: usize) -> Binary {
+        self.spawn_binary_logging(config, run, None).await
+    }
+
+    /// [`Env::spawn_binary`] with `RUST_LOG` set to `rust_log` (removed when `None`, so the
+    /// config's own level applies).
+    pub async fn spawn_binary_logging(&self, config: &Path, run: usize, rust_log: Option<&str>) -> Binary {
         let log = self.dir.path().join(format!("inboxd-{run}.log"));
         let stderr = std::fs::File::create(&log).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_inboxd"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env(SECRET_ENV, SECRET)
-            .env_remove("RUST_LOG")
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_inboxd"));
+        command.arg("run").arg("--config").arg(config).env(SECRET_ENV, SECRET);
+        match rust_log {
+            Some(level) => command.env("RUST_LOG", level),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)
@@ -415,6 +431,18 @@ impl Binary {
             .status()
             .expect("kill runs");
         assert!(status.success(), "kill -TERM {} failed: {status}", self.pid());
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit; panics if it is still running after `limit`.
+    pub async fn stop(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.sigterm();
+        match self.wait_exit(limit).await {
+            Some(status) => status,
+            None => panic!(
+                "inboxd did not stop within {limit:?} of SIGTERM; stderr:\n{}",
+                self.stderr()
+            ),
+        }
     }
 
     /// Waits (bounded, polling) for the process to exit; `None` if it is still running.
@@ -542,6 +570,26 @@ pub fn is_graph_request(entry: &Value) -> bool {
     entry["path"].as_str().is_some_and(|p| p.starts_with("/v1.0/"))
 }
 
+/// Polls `check` until it yields `Ok`, and returns that. When `limit` passes first, panics
+/// saying what was awaited and what `check` saw last (its `Err`).
+pub async fn poll_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {limit:?}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded) until `check` holds; returns whether it did.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
@@ -647,22 +695,7 @@ impl Env {
 impl Daemon {
     /// `GET /v1/mailboxes` with [`API_TOKEN`]: address → view.
     pub async fn mailbox_views(&self) -> HashMap<String, Value> {
-        let (status, body) = self.get("/v1/mailboxes", Some(API_TOKEN)).await;
-        assert_eq!(status, 200, "/v1/mailboxes: {body}");
-        let body: Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("/v1/mailboxes is not JSON ({e}): {body}"));
-        body["mailboxes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("/v1/mailboxes without a 'mailboxes' array: {body}"))
-            .into_iter()
-            .map(|v| {
-                let address = v["address"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("view without an address: {v}"));
-                (address.to_string(), v)
-            })
-            .collect()
+        mailbox_views(self.addr).await
     }
 
     /// The state of one mailbox in `/v1/mailboxes`.
@@ -762,4 +795,90 @@ impl Env {
         )
         .await
     }
+}
+
+// ============================================================================================
+// Shared small helpers
+// ============================================================================================
+
+/// A test mailbox address in the emulator's domain.
+pub fn addr(name: &str) -> String {
+    format!("{name}@contoso.test")
+}
+
+/// A free loopback port (for a listen address that must survive a restart, or one nobody
+/// serves; another process could take it in between, which a test can live with).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A client that does not follow redirects (the tests look at `Location` themselves).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// GET with the API token: status, `Location` header, body.
+pub async fn api_get(daemon: SocketAddr, path: &str) -> (u16, Option<String>, String) {
+    get_url(&format!("http://{daemon}{path}"), true).await
+}
+
+/// GET any URL without following redirects: status, `Location` header, body.
+pub async fn get_url(url: &str, bearer: bool) -> (u16, Option<String>, String) {
+    let mut req = client().get(url);
+    if bearer {
+        req = req.bearer_auth(API_TOKEN);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|l| l.to_str().unwrap().to_string());
+    (status, location, resp.text().await.unwrap_or_default())
+}
+
+/// `GET /v1/mailboxes` of the daemon at `daemon`, with [`API_TOKEN`]: address → view.
+pub async fn mailbox_views(daemon: SocketAddr) -> HashMap<String, Value> {
+    let (status, _, body) = api_get(daemon, "/v1/mailboxes").await;
+    assert_eq!(status, 200, "/v1/mailboxes: {body}");
+    let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/v1/mailboxes is not JSON ({e}): {body}"));
+    body["mailboxes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("/v1/mailboxes without a 'mailboxes' array: {body}"))
+        .into_iter()
+        .map(|v| {
+            let address = v["address"]
+                .as_str()
+                .unwrap_or_else(|| panic!("view without an address: {v}"));
+            (address.to_string(), v)
+        })
+        .collect()
+}
+
+/// The last sequence number of the request log (0 when empty).
+pub async fn last_seq(env: &Env) -> u64 {
+    env.requests()
+        .await
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Request-log entries after `since`.
+pub async fn requests_since(env: &Env, since: u64) -> Vec<Value> {
+    env.requests()
+        .await
+        .into_iter()
+        .filter(|e| e["seq"].as_u64().is_some_and(|s| s > since))
+        .collect()
 }
