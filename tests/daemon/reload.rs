@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{CLIENT, Env, SECRET, poll_until};
+use crate::support::{CLIENT, Env, SECRET, eventually, poll_until};
 
 /// A config file whose secret is inline (`dev:`), so the process environment is not needed.
 fn config(env: &Env, mailboxes: &[String], secret: &str) -> String {
@@ -27,14 +27,11 @@ async fn state_of(daemon: &crate::support::Daemon, mailbox: &str) -> String {
 }
 
 async fn wait_state(daemon: &crate::support::Daemon, mailbox: &str, want: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let state = state_of(daemon, mailbox).await;
-        if state == want || tokio::time::Instant::now() > deadline {
-            return state;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(15), || async {
+        state_of(daemon, mailbox).await == want
+    })
+    .await;
+    state_of(daemon, mailbox).await
 }
 
 async fn metric(daemon: &crate::support::Daemon, line_start: &str) -> Option<f64> {

@@ -219,14 +219,8 @@ client_secret = "env:{SECRET_ENV}"
 
     /// Waits (bounded) until at least `n` events are in the file; returns them.
     pub async fn wait_for_events(&self, n: usize, limit: Duration) -> Vec<MessageEvent> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let events = self.events();
-            if events.len() >= n || tokio::time::Instant::now() > deadline {
-                return events;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(limit, || async { self.events().len() >= n }).await;
+        self.events()
     }
 }
 
