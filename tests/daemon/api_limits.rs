@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::outbound::{ANN, SUPPORT, config, from_ann};
+use crate::support::outbound::{ANN, SUPPORT, config, from_ann};
 use crate::support::{API_TOKEN, Env, eventually};
 
 /// Idle, half-open connections opened at once.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::delegated::{addr, config, delegated};
+use crate::support::addr;
+use crate::support::delegated::{config, delegated};
 use crate::support::{API_TOKEN, Env, eventually};
 
 const BIN: &str = env!("CARGO_BIN_EXE_inboxd");

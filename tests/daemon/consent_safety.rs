@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use crate::delegated::{addr, app_only, client, config, delegated, import, mint, view, wait_state};
+use crate::support::delegated::{app_only, config, delegated, import, mint, view, wait_state};
 use crate::support::{CLIENT, Env, TENANT};
+use crate::support::{addr, client};
 
 /// Rows in the consent state table of the daemon's store file.
 async fn consent_rows(env: &Env) -> i64 {
@@ -131,7 +132,7 @@ async fn a_new_store_key_with_the_old_one_as_previous_keeps_mailboxes_and_reseal
     wait_state(&env, daemon.addr, &user, "active", Duration::from_secs(10)).await;
     daemon.stop().await;
 
-    let old = crate::delegated::STORE_KEY;
+    let old = crate::support::delegated::STORE_KEY;
     let rotated = toml.replacen(
         &format!("encryption_key = \"dev:{old}\"\n"),
         &format!("encryption_key = \"dev:the-new-key\"\nprevious_encryption_keys = [\"dev:{old}\"]\n"),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::delegated::{addr, app_only, config, delegated, import, mint};
+use crate::support::addr;
+use crate::support::delegated::{app_only, config, delegated, import, mint};
 use crate::support::{CLIENT, Env, SECRET, SECRET_ENV, TENANT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_inboxd");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{API_TOKEN, Env, eventually, log_path, with_api_token, with_microsoft};
+use crate::support::{API_TOKEN, Env, addr, eventually, log_path, with_api_token, with_microsoft};
 
 /// The states a transient failure may put a mailbox in (besides where it starts and ends).
 const TRANSIENT_STATES: [&str; 3] = ["starting", "backoff", "active"];
@@ -24,10 +24,6 @@ const ATTEMPTS_PER_CALL: u64 = 7;
 
 /// Bound on every wait for the daemon (a hang guard, not what is measured).
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn addr(name: &str) -> String {
-    format!("{name}@contoso.test")
-}
 
 /// Samples `/v1/mailboxes` until dropped: every (mailbox, state) seen.
 struct StateSampler {

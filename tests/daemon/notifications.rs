@@ -5,16 +5,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Daemon, Env, eventually, log_path, metric, with_api_token};
+use crate::support::free_port;
+use crate::support::{Daemon, Env, addr, eventually, log_path, metric, with_api_token};
 
 /// `store.encryption_key` of every config here: it seals each subscription's clientState.
 const STORE_KEY: &str = "notifications-test-store-key";
 /// Generous bound for anything the daemon does by itself.
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn addr(name: &str) -> String {
-    format!("{name}@contoso.test")
-}
 
 /// The generated config with the API token, the store key and `[notifications]` (safety poll
 /// one hour, so only a wake-up can explain a prompt round) plus `extra` keys of that section.
@@ -26,15 +23,6 @@ fn config(env: &Env, mailboxes: &[String], poll: &str, extra: &str) -> String {
         1,
     );
     format!("{toml}\n[notifications]\nenabled = true\nsafety_poll_interval = \"1h\"\n{extra}\n")
-}
-
-/// A free loopback port (for a listen address that must survive a restart, or one nobody serves).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Live subscriptions in the emulator for `mailbox`.

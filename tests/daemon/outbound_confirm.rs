@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::outbound::{
+use crate::support::outbound::{
     ANN, Api, CONFIRM_WITHIN_S, LIMIT, SUPPORT, SUPPORT_PATHS, config, deliver_from, exactly_one, from_ann,
     outbound_events, summary, support_requests, tail, wait_end,
 };

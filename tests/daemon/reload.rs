@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{CLIENT, Env, SECRET};
+use crate::support::{CLIENT, Env, SECRET, eventually, poll_until};
 
 /// A config file whose secret is inline (`dev:`), so the process environment is not needed.
 fn config(env: &Env, mailboxes: &[String], secret: &str) -> String {
@@ -27,14 +27,11 @@ async fn state_of(daemon: &crate::support::Daemon, mailbox: &str) -> String {
 }
 
 async fn wait_state(daemon: &crate::support::Daemon, mailbox: &str, want: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let state = state_of(daemon, mailbox).await;
-        if state == want || tokio::time::Instant::now() > deadline {
-            return state;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(15), || async {
+        state_of(daemon, mailbox).await == want
+    })
+    .await;
+    state_of(daemon, mailbox).await
 }
 
 async fn metric(daemon: &crate::support::Daemon, line_start: &str) -> Option<f64> {
@@ -64,15 +61,15 @@ async fn reload_adds_removes_rotates_and_refuses_bad_files() {
 
     // A bad file changes nothing and is counted.
     std::fs::write(&path, "[server]\npol_interval = 3\n").unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while metric(&daemon, "inboxd_config_reloads_total{outcome=\"invalid\"}")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(tokio::time::Instant::now() < deadline, "invalid reload not counted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(Duration::from_secs(15), "invalid reload counted", || async {
+        match metric(&daemon, "inboxd_config_reloads_total{outcome=\"invalid\"}").await {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!(
+                "inboxd_config_reloads_total{{outcome=\"invalid\"}} = {other:?}"
+            )),
+        }
+    })
+    .await;
     env.deliver(&a, "after a bad reload").await;
     let events = env.wait_for_events(3, Duration::from_secs(15)).await;
     assert_eq!(events.len(), 3, "the running configuration kept working");
@@ -95,11 +92,13 @@ async fn reload_adds_removes_rotates_and_refuses_bad_files() {
 
     // Removing a mailbox stops it; the other goes on.
     std::fs::write(&path, config(&env, std::slice::from_ref(&a), "rotated-secret")).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !state_of(&daemon, &b).await.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "removed mailbox still listed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(Duration::from_secs(15), "removed mailbox no longer listed", || async {
+        match state_of(&daemon, &b).await {
+            state if state.is_empty() => Ok(()),
+            state => Err(format!("{b} listed as {state}")),
+        }
+    })
+    .await;
     env.deliver(&b, "nobody polls this").await;
     env.deliver(&a, "still polled").await;
     let events = env.wait_for_events(4, Duration::from_secs(15)).await;

@@ -8,16 +8,12 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Env, eventually, log_path, log_time, metric, with_api_token, with_microsoft};
+use crate::support::{Env, addr, eventually, log_path, log_time, metric, with_api_token, with_microsoft};
 
 /// Bound on every wait for the daemon (a hang guard on a loaded machine, not what is measured).
 const LIMIT: Duration = Duration::from_secs(30);
 /// How long a hung request hangs: longer than any wait of these tests.
 const HANG: Duration = Duration::from_secs(60);
-
-fn addr(name: &str) -> String {
-    format!("{name}@contoso.test")
-}
 
 /// Panics when a graph id appears in more than one event.
 fn assert_no_duplicates(events: &[inboxd::event::MessageEvent]) {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
+use crate::support::delegated::mint;
 use crate::support::{Env, TENANT, eventually, is_token_request};
 
 /// App with a client secret, for the app-only mailbox [`FRONTDESK`].
@@ -38,8 +39,6 @@ const FRONTDESK: &str = "frontdesk@contoso.test";
 const BILLING: &str = "billing@contoso.test";
 const ALICE: &str = "alice@contoso.test";
 const MAILBOXES: [&str; 3] = [FRONTDESK, BILLING, ALICE];
-/// What the emulator grants to minted refresh tokens.
-const SCOPES: &str = "offline_access Mail.ReadWrite Mail.Send";
 /// Bound on each wait for the daemon to make progress.
 const LIMIT: Duration = Duration::from_secs(15);
 
@@ -426,16 +425,6 @@ async fn register(env: &Env, client_id: &str, credential: (&str, &str)) {
     env.control("/_emulator/apps", app).await;
 }
 
-async fn mint(env: &Env, address: &str) -> String {
-    let answer = env
-        .control(
-            "/_emulator/refresh-tokens",
-            json!({"tenant_id": TENANT, "client_id": USERS_CLIENT, "address": address, "scopes": SCOPES}),
-        )
-        .await;
-    answer["refresh_token"].as_str().expect("refresh_token").to_string()
-}
-
 fn config(env: &Env, sink: SocketAddr) -> String {
     format!(
         r#"
@@ -537,8 +526,8 @@ async fn no_secret_in_trace_logs_api_answers_or_error_messages() {
     api.get(&format!("/v1/mailboxes/{ALICE}/consent")).await;
 
     // The delegated grant arrives through the API; refused imports must not echo the token.
-    let imported = mint(&env, ALICE).await;
-    let stray = mint(&env, ALICE).await;
+    let imported = mint(&env, TENANT, USERS_CLIENT, ALICE).await;
+    let stray = mint(&env, TENANT, USERS_CLIENT, ALICE).await;
     let refresh_path = format!("/v1/mailboxes/{ALICE}/refresh-token");
     let (status, body) = api
         .post(

@@ -11,6 +11,21 @@ use inboxd::emulator::{EmulatorOptions, RunningEmulator};
 use inboxd::event::MessageEvent;
 use serde_json::{Value, json};
 
+// Paths spelled out: the browser tests include this file with `#[path]`, which would
+// otherwise look for these beside it.
+#[path = "support/binary.rs"]
+mod binary;
+#[path = "support/delegated.rs"]
+pub mod delegated;
+#[path = "support/json_schema.rs"]
+pub mod json_schema;
+#[path = "support/outbound.rs"]
+pub mod outbound;
+
+// The browser tests include this file too and use none of these.
+#[allow(unused_imports)]
+pub use binary::{Binary, count_lines, torn_lines};
+
 pub const TENANT: &str = "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b";
 pub const CLIENT: &str = "8c7b6a59-4d3e-4f2a-9b1c-0d9e8f7a6b5c";
 pub const SECRET: &str = "daemon-test-secret";
@@ -210,14 +225,8 @@ client_secret = "env:{SECRET_ENV}"
 
     /// Waits (bounded) until at least `n` events are in the file; returns them.
     pub async fn wait_for_events(&self, n: usize, limit: Duration) -> Vec<MessageEvent> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let events = self.events();
-            if events.len() >= n || tokio::time::Instant::now() > deadline {
-                return events;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(limit, || async { self.events().len() >= n }).await;
+        self.events()
     }
 }
 
@@ -290,196 +299,6 @@ impl Daemon {
     }
 }
 
-// ============================================================================================
-// Real binary as a child process (crash and graceful-shutdown tests, tests/daemon/crash.rs).
-// ============================================================================================
-
-/// How long the binary may take to print `listening on`.
-const BINARY_START_LIMIT: Duration = Duration::from_secs(30);
-
-impl Env {
-    /// Seeds `mailboxes` × `per_mailbox` messages with the load generator (small bodies, no
-    /// attachments); returns the addresses `{prefix}{n}@load.example.com`.
-    pub async fn load(&self, prefix: &str, mailboxes: usize, per_mailbox: usize) -> Vec<String> {
-        let answer = self
-            .control(
-                "/_emulator/load",
-                json!({
-                    "tenant_id": TENANT, "client_id": CLIENT, "client_secret": SECRET,
-                    "mailboxes": mailboxes, "messages_per_mailbox": per_mailbox,
-                    "body_bytes": 200, "attachment_share": 0.0,
-                    "address_prefix": prefix, "domain": "load.example.com",
-                }),
-            )
-            .await;
-        assert_eq!(answer["messages"], json!(mailboxes * per_mailbox), "load: {answer}");
-        (0..mailboxes)
-            .map(|n| format!("{prefix}{n}@load.example.com"))
-            .collect()
-    }
-
-    /// Immutable ids of the messages in a mailbox's inbox, from the emulator's own listing.
-    pub async fn inbox_ids(&self, address: &str) -> Vec<String> {
-        let listing = self
-            .control_get(&format!("/_emulator/mailboxes/{address}/folders/inbox/messages"))
-            .await;
-        listing
-            .as_array()
-            .unwrap_or_else(|| panic!("inbox listing of {address}: {listing}"))
-            .iter()
-            .map(|m| m["immutable_id"].as_str().expect("immutable_id").to_string())
-            .collect()
-    }
-
-    /// Starts the real binary on `config`; stderr goes to `inboxd-{run}.log` in the temp dir.
-    /// Returns once it printed `listening on`; panics (with its log) if it does not.
-    pub async fn spawn_binary(&self, config: &Path, run: usize) -> Binary {
-        let log = self.dir.path().join(format!("inboxd-{run}.log"));
-        let stderr = std::fs::File::create(&log).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_inboxd"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env(SECRET_ENV, SECRET)
-            .env_remove("RUST_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("inboxd binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        // Reads stdout to the end so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut binary = Binary { child, addr: None, log };
-        let deadline = std::time::Instant::now() + BINARY_START_LIMIT;
-        loop {
-            while let Ok(line) = rx.try_recv() {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    binary.addr = Some(addr.trim().parse().expect("printed address parses"));
-                }
-            }
-            if binary.addr.is_some() {
-                return binary;
-            }
-            if let Ok(Some(status)) = binary.child.try_wait() {
-                panic!("inboxd exited at start with {status}; stderr:\n{}", binary.stderr());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "inboxd printed no 'listening on' within {BINARY_START_LIMIT:?}; stderr:\n{}",
-                binary.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// The real `inboxd run` as a child process; killed (SIGKILL) if dropped while running.
-pub struct Binary {
-    /// The process.
-    child: std::process::Child,
-    /// The API address it printed.
-    addr: Option<SocketAddr>,
-    /// Its stderr (JSON log lines).
-    pub log: PathBuf,
-}
-
-impl Binary {
-    /// The API address it printed.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr.expect("started")
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL, then reaps it.
-    pub fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL delivered");
-        self.child.wait().expect("killed child reaped");
-    }
-
-    /// Sends SIGTERM (through `kill -TERM`).
-    pub fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM {} failed: {status}", self.pid());
-    }
-
-    /// Waits (bounded, polling) for the process to exit; `None` if it is still running.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Everything it logged so far.
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// GET on its API: status and body, or the transport error (e.g. refused once it exited).
-    pub async fn get(&self, path: &str) -> Result<(u16, String), reqwest::Error> {
-        let resp = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.addr()))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?;
-        Ok((resp.status().as_u16(), resp.text().await?))
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Number of complete lines (newline-terminated) in a file; cheap enough to poll.
-pub fn count_lines(path: &Path) -> usize {
-    std::fs::read(path)
-        .unwrap_or_default()
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-}
-
-/// Lines of an NDJSON event file that are not a JSON object (torn writes), as (1-based line
-/// number, start of the line), plus the total number of lines (a last line without newline
-/// counts). Other event kinds in the file (mailbox state events) are whole lines, not torn.
-pub fn torn_lines(path: &Path) -> (Vec<(usize, String)>, usize) {
-    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
-    let lines: Vec<&str> = text.split_terminator('\n').collect();
-    let torn = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object()))
-        .map(|(i, l)| (i + 1, l.chars().take(120).collect()))
-        .collect();
-    (torn, lines.len())
-}
-
 // ---------------------------------------------------------------------------------------
 // Helpers for the resilience, token, pipeline and CLI tests (resilience.rs, tokens.rs,
 // pipeline.rs, cli.rs).
@@ -540,6 +359,26 @@ pub fn is_token_request(entry: &Value) -> bool {
 /// True for a Graph request (`/v1.0/…`) in the request log.
 pub fn is_graph_request(entry: &Value) -> bool {
     entry["path"].as_str().is_some_and(|p| p.starts_with("/v1.0/"))
+}
+
+/// Polls `check` until it yields `Ok`, and returns that. When `limit` passes first, panics
+/// saying what was awaited and what `check` saw last (its `Err`).
+pub async fn poll_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {limit:?}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits (bounded) until `check` holds; returns whether it did.
@@ -647,22 +486,7 @@ impl Env {
 impl Daemon {
     /// `GET /v1/mailboxes` with [`API_TOKEN`]: address → view.
     pub async fn mailbox_views(&self) -> HashMap<String, Value> {
-        let (status, body) = self.get("/v1/mailboxes", Some(API_TOKEN)).await;
-        assert_eq!(status, 200, "/v1/mailboxes: {body}");
-        let body: Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("/v1/mailboxes is not JSON ({e}): {body}"));
-        body["mailboxes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("/v1/mailboxes without a 'mailboxes' array: {body}"))
-            .into_iter()
-            .map(|v| {
-                let address = v["address"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("view without an address: {v}"));
-                (address.to_string(), v)
-            })
-            .collect()
+        mailbox_views(self.addr).await
     }
 
     /// The state of one mailbox in `/v1/mailboxes`.
@@ -762,4 +586,90 @@ impl Env {
         )
         .await
     }
+}
+
+// ============================================================================================
+// Shared small helpers
+// ============================================================================================
+
+/// A test mailbox address in the emulator's domain.
+pub fn addr(name: &str) -> String {
+    format!("{name}@contoso.test")
+}
+
+/// A free loopback port (for a listen address that must survive a restart, or one nobody
+/// serves; another process could take it in between, which a test can live with).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A client that does not follow redirects (the tests look at `Location` themselves).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// GET with the API token: status, `Location` header, body.
+pub async fn api_get(daemon: SocketAddr, path: &str) -> (u16, Option<String>, String) {
+    get_url(&format!("http://{daemon}{path}"), true).await
+}
+
+/// GET any URL without following redirects: status, `Location` header, body.
+pub async fn get_url(url: &str, bearer: bool) -> (u16, Option<String>, String) {
+    let mut req = client().get(url);
+    if bearer {
+        req = req.bearer_auth(API_TOKEN);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|l| l.to_str().unwrap().to_string());
+    (status, location, resp.text().await.unwrap_or_default())
+}
+
+/// `GET /v1/mailboxes` of the daemon at `daemon`, with [`API_TOKEN`]: address → view.
+pub async fn mailbox_views(daemon: SocketAddr) -> HashMap<String, Value> {
+    let (status, _, body) = api_get(daemon, "/v1/mailboxes").await;
+    assert_eq!(status, 200, "/v1/mailboxes: {body}");
+    let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/v1/mailboxes is not JSON ({e}): {body}"));
+    body["mailboxes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("/v1/mailboxes without a 'mailboxes' array: {body}"))
+        .into_iter()
+        .map(|v| {
+            let address = v["address"]
+                .as_str()
+                .unwrap_or_else(|| panic!("view without an address: {v}"));
+            (address.to_string(), v)
+        })
+        .collect()
+}
+
+/// The last sequence number of the request log (0 when empty).
+pub async fn last_seq(env: &Env) -> u64 {
+    env.requests()
+        .await
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Request-log entries after `since`.
+pub async fn requests_since(env: &Env, since: u64) -> Vec<Value> {
+    env.requests()
+        .await
+        .into_iter()
+        .filter(|e| e["seq"].as_u64().is_some_and(|s| s > since))
+        .collect()
 }

@@ -8,16 +8,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_TOKEN, CLIENT, Env, SECRET, TENANT, eventually, is_graph_request, is_token_request, log_path, log_time, metric,
-    with_api_token,
+    API_TOKEN, CLIENT, Env, SECRET, TENANT, addr, eventually, is_graph_request, is_token_request, last_seq, log_path,
+    log_time, metric, with_api_token,
 };
 
 /// Bound on every wait for the daemon (a hang guard on a loaded machine, not what is measured).
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn addr(name: &str) -> String {
-    format!("{name}@contoso.test")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_mailboxes_of_one_app_share_one_token_request() {
@@ -93,16 +89,6 @@ async fn wait_polls(env: &Env, mailboxes: &[String], since: u64, n: usize) {
         "not every mailbox polled {n} times: {:?}",
         polls_since(&env.requests().await, mailboxes, since)
     );
-}
-
-/// Highest sequence number in the request log.
-async fn last_seq(env: &Env) -> u64 {
-    env.requests()
-        .await
-        .iter()
-        .filter_map(|e| e["seq"].as_u64())
-        .max()
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

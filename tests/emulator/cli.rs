@@ -1,7 +1,7 @@
 //! The real binary: `inboxd emulate --listen … [--tls --tls-cert-out FILE] [--scenario FILE]`
 //! (docs/emulator.md), plus the in-process TLS and scenario options.
 
-use crate::control::load;
+use crate::support::control::load;
 use crate::support::{CLIENT, Emu, GRAPH_SCOPE, SECRET, TENANT, status_json};
 use inboxd::emulator::EmulatorOptions;
 use reqwest::StatusCode;

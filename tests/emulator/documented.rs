@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::graph_read::{SUPPORT, call, deliver_with, delta_round, enc, gget, gpatch, message_from, setup, user};
+use crate::support::graph::{SUPPORT, call, deliver_with, delta_round, enc, gget, gpatch, message_from, setup, user};
 use crate::support::{CLIENT, Emu, SECRET, TENANT, status_json};
 
 const MAX2: (&str, &str) = ("Prefer", "odata.maxpagesize=2");

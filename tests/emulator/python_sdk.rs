@@ -15,7 +15,7 @@ use inboxd::emulator::EmulatorOptions;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::graph_read::{SUPPORT, control_folder};
+use crate::support::graph::{SUPPORT, control_folder};
 use crate::support::{CLIENT, Emu, SECRET, TENANT};
 
 const REQUIREMENTS: &str = include_str!("python/requirements.txt");

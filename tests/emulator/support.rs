@@ -1,6 +1,11 @@
 //! Starts an in-process emulator on 127.0.0.1:0 and speaks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod compose;
+pub mod control;
+pub mod graph;
+pub mod identity;
+
 use inboxd::emulator::{EmulatorOptions, RunningEmulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -102,21 +107,37 @@ impl Emu {
         body
     }
 
-    /// Gets an app-only access token with the client secret.
-    pub async fn app_token(&self, tenant: &str, client: &str, secret: &str) -> String {
+    /// POSTs a form to the token endpoint of `tenant`: status, headers and JSON body.
+    pub async fn token_request(
+        &self,
+        tenant: &str,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let resp = self
             .http
             .post(self.at(&format!("/{tenant}/oauth2/v2.0/token")))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", client),
-                ("client_secret", secret),
-                ("scope", GRAPH_SCOPE),
-            ])
+            .form(form)
             .send()
             .await
             .unwrap();
+        let headers = resp.headers().clone();
         let (status, body) = status_json(resp).await;
+        (status, headers, body)
+    }
+
+    /// Gets an app-only access token with the client secret.
+    pub async fn app_token(&self, tenant: &str, client: &str, secret: &str) -> String {
+        let (status, _, body) = self
+            .token_request(
+                tenant,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client),
+                    ("client_secret", secret),
+                    ("scope", GRAPH_SCOPE),
+                ],
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "token: {body}");
         body["access_token"].as_str().unwrap().to_string()
     }

@@ -5,10 +5,10 @@
 //! extended properties.
 
 use reqwest::StatusCode;
-use reqwest::header::CONTENT_LENGTH;
 use serde_json::{Value, json};
 
-use crate::graph_read::{
+use crate::support::compose::send_draft;
+use crate::support::graph::{
     ALICE, Resp, SUPPORT, control_folder, deliver_with, enc, gdelete, gget_h, gpatch, gpost, into_resp, message_from,
     setup, user,
 };
@@ -40,18 +40,6 @@ async fn post_immutable(emu: &Emu, token: &str, path: &str, body: Value) -> Resp
         .bearer_auth(token)
         .header(IMMUTABLE.0, IMMUTABLE.1)
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    into_resp(resp).await
-}
-
-async fn send(emu: &Emu, token: &str, id: &str) -> Resp {
-    let resp = emu
-        .http
-        .post(emu.at(&format!("{}/messages/{id}/send", user(SUPPORT))))
-        .bearer_auth(token)
-        .header(CONTENT_LENGTH, "0")
         .send()
         .await
         .unwrap();
@@ -95,7 +83,7 @@ fn marker(m: &Value) -> Option<&str> {
 async fn a_sent_draft_waits_in_the_outbox_then_reaches_sent_items_under_a_new_id() {
     let (emu, token) = team(15_000).await;
     let draft = marked_draft(&emu, &token, "In transit").await;
-    let resp = send(&emu, &token, &draft).await;
+    let resp = send_draft(&emu, &token, &draft).await;
     assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text);
 
     // Accepted, not done: in the Outbox under the same immutable id, nowhere else yet.
@@ -107,7 +95,7 @@ async fn a_sent_draft_waits_in_the_outbox_then_reaches_sent_items_under_a_new_id
     assert!(folder(&emu, &token, "sentitems").await.is_empty());
     assert!(control_folder(&emu, ALICE, "inbox").await.is_empty());
     // Sending it again is refused: it is no longer a draft.
-    assert_eq!(send(&emu, &token, &draft).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(send_draft(&emu, &token, &draft).await.status, StatusCode::BAD_REQUEST);
 
     advance(&emu, 14.0).await;
     assert_eq!(
@@ -183,7 +171,7 @@ async fn a_transport_failure_comes_back_as_a_non_delivery_report() {
     let reason = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup";
     emu.settings(json!({"transport_failure": reason})).await;
     let draft = marked_draft(&emu, &token, "Doomed").await;
-    assert_eq!(send(&emu, &token, &draft).await.status, StatusCode::ACCEPTED);
+    assert_eq!(send_draft(&emu, &token, &draft).await.status, StatusCode::ACCEPTED);
     advance(&emu, 1.5).await;
 
     assert!(
@@ -220,7 +208,7 @@ async fn a_transport_failure_comes_back_as_a_non_delivery_report() {
     // Switched off: transport delivers again.
     emu.settings(json!({"transport_failure": null})).await;
     let draft = marked_draft(&emu, &token, "Fine").await;
-    assert_eq!(send(&emu, &token, &draft).await.status, StatusCode::ACCEPTED);
+    assert_eq!(send_draft(&emu, &token, &draft).await.status, StatusCode::ACCEPTED);
     advance(&emu, 1.5).await;
     assert_eq!(control_folder(&emu, ALICE, "inbox").await.len(), 1);
 }

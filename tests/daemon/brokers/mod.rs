@@ -17,6 +17,8 @@ use inboxd::event::MessageEvent;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::support::free_port;
+
 /// Bound on every wait for progress.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
@@ -91,15 +93,6 @@ pub fn check(events: &[MessageEvent], expected: &HashMap<String, String>) -> Vec
 pub fn duplicated(events: &[MessageEvent]) -> usize {
     let mut seen = HashSet::new();
     events.iter().filter(|e| !seen.insert(e.graph_id.clone())).count()
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits (bounded) until something accepts connections on `port`.
