@@ -23,6 +23,7 @@ mod outbound_confirm;
 mod pipeline;
 mod reload;
 mod replicas;
+mod replicas_restart;
 mod resilience;
 mod rotation;
 mod secrets;

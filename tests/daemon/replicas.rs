@@ -19,53 +19,60 @@ use inboxd::store::Store;
 use crate::support::{API_TOKEN, Binary, Env, SECRET, SECRET_ENV, TENANT, eventually, log_path, log_time, read_events};
 
 /// Replicas per test.
-const REPLICAS: usize = 3;
+pub(crate) const REPLICAS: usize = 3;
 /// `cluster.lease_ttl` of these tests: short, so a takeover fits in a test.
-const TTL: Duration = Duration::from_secs(3);
+pub(crate) const TTL: Duration = Duration::from_secs(3);
 /// `cluster.heartbeat_interval`.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// `poll_interval` of the mailboxes.
-const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 /// Bound on waits for the cluster to settle or the mail to arrive.
-const LIMIT: Duration = Duration::from_secs(40);
+pub(crate) const LIMIT: Duration = Duration::from_secs(40);
 
-fn server() -> String {
+pub(crate) fn server() -> String {
     std::env::var("INBOXD_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-async fn admin() -> PgConnection {
-    let url = server();
-    PgConnection::connect(&url).await.unwrap_or_else(|e| {
+pub(crate) async fn admin() -> PgConnection {
+    admin_on(&server()).await
+}
+
+/// A connection to the database at `url`; fails the test with how to start PostgreSQL.
+pub(crate) async fn admin_on(url: &str) -> PgConnection {
+    PgConnection::connect(url).await.unwrap_or_else(|e| {
         panic!("PostgreSQL is required and did not answer at {url} ({e}); start it with .ci/postgres (127.0.0.1:5432, trust auth, database `test`)")
     })
 }
 
-/// A schema of its own, dropped at the end.
-struct Schema(String);
+/// A schema of its own on a server (its name, the server's URL), dropped at the end.
+pub(crate) struct Schema(pub(crate) String, String);
 
 impl Schema {
     async fn create() -> Schema {
+        Schema::create_on(&server()).await
+    }
+
+    /// A schema of its own on the server at `url`.
+    pub(crate) async fn create_on(url: &str) -> Schema {
         let name = format!("r_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
-            .execute(&mut admin().await)
+            .execute(&mut admin_on(url).await)
             .await
             .unwrap();
-        Schema(name)
+        Schema(name, url.to_string())
     }
 
     /// The store URL of the replicas: this schema, and its name on their connections.
     fn url(&self) -> String {
         format!(
             "{}?options=-c%20search_path%3D{}&application_name={}",
-            server(),
-            self.0,
-            self.0
+            self.1, self.0, self.0
         )
     }
 
     /// A connection that works in this schema.
-    async fn connect(&self) -> PgConnection {
-        let mut conn = admin().await;
+    pub(crate) async fn connect(&self) -> PgConnection {
+        let mut conn = admin_on(&self.1).await;
         sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path = {}", self.0)))
             .execute(&mut conn)
             .await
@@ -76,13 +83,13 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let name = self.0.clone();
+        let (name, server) = (self.0.clone(), self.1.clone());
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&server()).await {
+                if let Ok(mut conn) = PgConnection::connect(&server).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {name} CASCADE")))
                         .execute(&mut conn)
                         .await;
@@ -99,21 +106,25 @@ fn client_id(replica: usize) -> String {
     format!("8c7b6a59-4d3e-4f2a-9b1c-0d9e8f7a6b{replica:02}")
 }
 
-fn replica_id(replica: usize) -> String {
+pub(crate) fn replica_id(replica: usize) -> String {
     format!("r{replica}")
 }
 
 /// The emulator, the schema and the replicas' configs.
-struct Setup {
-    env: Env,
-    schema: Schema,
+pub(crate) struct Setup {
+    pub(crate) env: Env,
+    pub(crate) schema: Schema,
     configs: Vec<PathBuf>,
 }
 
 impl Setup {
     async fn new(mailboxes: &[String]) -> Setup {
+        Setup::on(mailboxes, Schema::create().await).await
+    }
+
+    /// The replicas' configs for `mailboxes`, storing in `schema`.
+    pub(crate) async fn on(mailboxes: &[String], schema: Schema) -> Setup {
         let env = Env::new().await;
-        let schema = Schema::create().await;
         let mut configs = Vec::new();
         for i in 0..REPLICAS {
             env.control(
@@ -174,7 +185,7 @@ client_secret = "env:{SECRET_ENV}"
     }
 
     /// Starts every replica at once.
-    async fn start_all(&self) -> Vec<Binary> {
+    pub(crate) async fn start_all(&self) -> Vec<Binary> {
         let (a, b, c) = tokio::join!(
             self.env.spawn_binary(&self.configs[0], 0),
             self.env.spawn_binary(&self.configs[1], 1),
@@ -191,13 +202,13 @@ client_secret = "env:{SECRET_ENV}"
     }
 
     /// Distinct graph ids delivered so far.
-    fn delivered(&self) -> HashSet<String> {
+    pub(crate) fn delivered(&self) -> HashSet<String> {
         self.events().into_iter().map(|e| e.graph_id).collect()
     }
 }
 
 /// `/v1/mailboxes` of one replica: address → owner (None: nobody right now).
-async fn owners(binary: &Binary) -> Option<HashMap<String, Option<String>>> {
+pub(crate) async fn owners(binary: &Binary) -> Option<HashMap<String, Option<String>>> {
     let resp = reqwest::Client::new()
         .get(format!("http://{}/v1/mailboxes", binary.addr()))
         .bearer_auth(API_TOKEN)
@@ -224,7 +235,7 @@ async fn owners(binary: &Binary) -> Option<HashMap<String, Option<String>>> {
 }
 
 /// Mailboxes per owner.
-fn spread(owners: &HashMap<String, Option<String>>) -> HashMap<String, usize> {
+pub(crate) fn spread(owners: &HashMap<String, Option<String>>) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for owner in owners.values().flatten() {
         *counts.entry(owner.clone()).or_insert(0) += 1;
@@ -233,7 +244,7 @@ fn spread(owners: &HashMap<String, Option<String>>) -> HashMap<String, usize> {
 }
 
 /// True when every mailbox has an owner among `replicas` and their counts are within one.
-fn even(owners: &HashMap<String, Option<String>>, replicas: &[String], total: usize) -> bool {
+pub(crate) fn even(owners: &HashMap<String, Option<String>>, replicas: &[String], total: usize) -> bool {
     let counts = spread(owners);
     let per: Vec<usize> = replicas.iter().map(|r| counts.get(r).copied().unwrap_or(0)).collect();
     owners.len() == total
@@ -245,7 +256,11 @@ fn even(owners: &HashMap<String, Option<String>>, replicas: &[String], total: us
 
 /// Waits (bounded) until `binary` shows every mailbox owned by one of `replicas`, spread
 /// within one of even; returns whether it did and the last owners seen.
-async fn settle(binary: &Binary, replicas: &[String], total: usize) -> (bool, HashMap<String, Option<String>>) {
+pub(crate) async fn settle(
+    binary: &Binary,
+    replicas: &[String],
+    total: usize,
+) -> (bool, HashMap<String, Option<String>>) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         let seen = owners(binary).await.unwrap_or_default();
@@ -257,7 +272,7 @@ async fn settle(binary: &Binary, replicas: &[String], total: usize) -> (bool, Ha
 }
 
 /// Delta requests in the emulator's log: (time, mailbox address, client id).
-async fn delta_polls(env: &Env) -> Vec<(OffsetDateTime, String, String)> {
+pub(crate) async fn delta_polls(env: &Env) -> Vec<(OffsetDateTime, String, String)> {
     env.requests()
         .await
         .iter()
@@ -273,7 +288,7 @@ async fn delta_polls(env: &Env) -> Vec<(OffsetDateTime, String, String)> {
 }
 
 /// Fails unless every message was delivered, and each one always with the same dedup key.
-fn check_nothing_lost(setup: &Setup, expected: &HashSet<String>) -> usize {
+pub(crate) fn check_nothing_lost(setup: &Setup, expected: &HashSet<String>) -> usize {
     let events = setup.events();
     let mut keys: HashMap<&str, HashSet<&str>> = HashMap::new();
     for e in &events {
@@ -290,7 +305,7 @@ fn check_nothing_lost(setup: &Setup, expected: &HashSet<String>) -> usize {
 }
 
 /// Graph ids of every message in the mailboxes.
-async fn seeded(env: &Env, mailboxes: &[String]) -> HashSet<String> {
+pub(crate) async fn seeded(env: &Env, mailboxes: &[String]) -> HashSet<String> {
     let mut ids = HashSet::new();
     for m in mailboxes {
         ids.extend(env.inbox_ids(m).await);
@@ -483,7 +498,7 @@ async fn a_paused_replica_does_not_poll_the_mailboxes_it_lost() {
 }
 
 /// Delivers a message to each mailbox in turn, every 20 ms, until told to stop; returns how many.
-async fn feed(url: String, addresses: Vec<String>, mut stop: tokio::sync::watch::Receiver<bool>) -> usize {
+pub(crate) async fn feed(url: String, addresses: Vec<String>, mut stop: tokio::sync::watch::Receiver<bool>) -> usize {
     let http = reqwest::Client::new();
     let mut sent = 0;
     while !*stop.borrow() {
