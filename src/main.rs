@@ -77,10 +77,10 @@ enum Command {
         #[arg(long)]
         tls_cert_out: Option<PathBuf>,
     },
-    /// Runs a benchmark scenario (backlog, idle, steady, reference, notify, all, or sinks) and prints a JSON report.
+    /// Runs a benchmark scenario (backlog, idle, steady, reference, notify, all, outbound, replicas or sinks) and prints a JSON report.
     #[cfg(feature = "bench")]
     Bench {
-        /// backlog, idle, steady, reference, notify, outbound or all (all leaves notify, outbound and sinks out); sinks runs the backlog into the file, NATS and RabbitMQ sinks; compare OLD.json NEW.json prints the ratios of two reports.
+        /// backlog, idle, steady, reference, notify, outbound, replicas or all (all leaves notify, outbound, replicas and sinks out); replicas runs three replicas on PostgreSQL; sinks runs the backlog into the file, NATS and RabbitMQ sinks; compare OLD.json NEW.json prints the ratios of two reports.
         scenario: String,
         /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
         #[arg(long)]

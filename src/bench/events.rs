@@ -24,6 +24,8 @@ pub struct Seen {
     pub received_at: f64,
     /// `internet_message_id`, which the load generator numbers.
     pub internet_message_id: String,
+    /// `dedup_key`: another process's copy of the same message must carry the same one.
+    pub dedup_key: String,
     /// When the line was first seen in the file, Unix seconds.
     pub seen_at: f64,
 }
@@ -120,6 +122,13 @@ impl EventWatch {
         self.unique.load(Ordering::Relaxed)
     }
 
+    /// `internet_message_id` of every distinct event seen so far (several processes' files
+    /// are joined on it).
+    pub fn message_ids(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.seen.iter().map(|s| s.internet_message_id.clone()).collect()
+    }
+
     /// Reads what is left, stops, and returns what was seen plus duplicates and malformed lines.
     pub fn finish(mut self) -> (Vec<Seen>, usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
@@ -174,13 +183,14 @@ fn take_line(line: &[u8], now: f64, st: &mut State) {
         st.malformed += 1;
         return;
     };
-    if !st.keys.insert(dedup_key) {
+    if !st.keys.insert(dedup_key.clone()) {
         st.duplicates += 1;
         return;
     }
     st.seen.push(Seen {
         received_at: received.unix_timestamp_nanos() as f64 / 1e9,
         internet_message_id,
+        dedup_key,
         seen_at: now,
     });
 }

@@ -8,6 +8,7 @@ mod events;
 mod measure;
 mod outbound;
 mod reference;
+mod replicas;
 mod report;
 mod run;
 mod scenario;
@@ -23,7 +24,7 @@ use run::DaemonRun;
 use scenario::{Kind, Plan};
 
 /// Scenario names `bench` takes.
-pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify, all, outbound, sinks (needs NATS and RabbitMQ), or compare OLD.json NEW.json";
+pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify, all, outbound, replicas (needs PostgreSQL), sinks (needs NATS and RabbitMQ), or compare OLD.json NEW.json";
 
 /// Runs `scenario` (or `all` of them) at full size or, with `smoke`, tiny; prints the report
 /// and fails when the report is incomplete.
@@ -45,21 +46,21 @@ pub async fn run(
     let exe = std::env::current_exe().context("locating the inboxd binary")?;
     let kinds = match scenario {
         "all" => vec![Kind::Backlog, Kind::Idle, Kind::Steady, Kind::Reference],
-        "sinks" | "outbound" => Vec::new(),
+        "sinks" | "outbound" | "replicas" => Vec::new(),
         name => vec![Kind::parse(name).with_context(|| format!("unknown scenario '{name}' (use {SCENARIOS})"))?],
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = measure::machine();
     // These two build their own reports, `problems` included.
-    if scenario == "sinks" || scenario == "outbound" {
+    if matches!(scenario, "sinks" | "outbound" | "replicas") {
         eprintln!(
             "inboxd bench: running {scenario}{}",
             if smoke { " (smoke)" } else { "" }
         );
-        let mut report = if scenario == "sinks" {
-            sinks::run(&exe, smoke).await?
-        } else {
-            outbound::run(&exe, smoke).await?
+        let mut report = match scenario {
+            "sinks" => sinks::run(&exe, smoke).await?,
+            "replicas" => replicas::run(&exe, smoke).await?,
+            _ => outbound::run(&exe, smoke).await?,
         };
         report.insert("machine".into(), machine);
         report.insert("command".into(), json!(command));

@@ -161,3 +161,45 @@ fn the_outbound_bench_sends_every_reply_once_and_prunes_the_payloads() {
     assert!(r["machine"]["cpu_model"].is_string());
     assert!(r["command"].as_str().unwrap().contains("bench outbound --smoke"));
 }
+
+#[test]
+fn the_replicas_bench_loses_nothing_and_measures_the_takeover() {
+    let r = smoke_report("replicas");
+    assert_eq!(r["scenario"], "replicas");
+    assert_eq!(r["problems"], serde_json::json!([]));
+    let (single, cluster) = (&r["backlog_single"], &r["backlog_replicas"]);
+    // 30 mailboxes × 10 messages, on one SQLite daemon and on three replicas: all of it, once
+    // per dedup key.
+    assert_eq!(number(single, "messages_delivered"), 300.0);
+    assert_eq!(number(cluster, "messages_delivered"), 300.0);
+    assert_eq!(number(cluster, "messages_lost"), 0.0);
+    assert_eq!(number(cluster, "messages_with_more_than_one_dedup_key"), 0.0);
+    assert!(number(cluster, "duplicate_events") >= 0.0);
+    assert!(number(cluster, "messages_per_cpu_second") > 0.0);
+    assert!(number(single, "messages_per_cpu_second") > 0.0);
+    assert!(number(&r, "replicas_to_single_messages_per_cpu_second") > 0.0);
+    // The idle mailboxes are all owned, by the three together.
+    let idle = &r["idle"];
+    let owned: Vec<f64> = idle["mailboxes_owned_per_replica"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_f64().unwrap())
+        .collect();
+    assert_eq!(owned.len(), 3);
+    assert_eq!(owned.iter().sum::<f64>(), number(idle, "mailboxes"));
+    assert!(number(idle, "postgres_transactions_per_mailbox_per_poll_interval") > 0.0);
+    assert!(number(idle, "graph_delta_requests_per_mailbox_per_poll_interval") > 0.5);
+    for rss in idle["rss_mb_per_replica"].as_array().unwrap() {
+        assert!(rss.as_f64().unwrap() > 1.0);
+    }
+    // Every mailbox of the killed replica was polled again by the others.
+    let kill = &r["kill"];
+    assert!(number(kill, "mailboxes_of_killed_replica") > 0.0);
+    assert_eq!(
+        number(kill, "mailboxes_polled_again"),
+        number(kill, "mailboxes_of_killed_replica")
+    );
+    assert!(number(kill, "last_polled_again_after_s") > 0.0);
+    assert!(r["command"].as_str().unwrap().contains("bench replicas --smoke"));
+}
