@@ -158,7 +158,7 @@ impl Daemon {
         let ready = Arc::new(AtomicBool::new(false));
         let bound = self.local_addr();
         let expiries = expiries(&self.config, &self.apps);
-        let notifications = crate::notify::Notifications::new(
+        let notifications = crate::mailbox::notify::Notifications::new(
             &self.config,
             bound,
             self.store.clone(),
@@ -213,7 +213,7 @@ impl Daemon {
             let mut router = api::router(state);
             if let Some(n) = &notifications {
                 // Open like `/oauth/*`: Graph sends no bearer token; clientState authenticates.
-                router = router.merge(crate::notify::router(n.clone()));
+                router = router.merge(crate::mailbox::notify::router(n.clone()));
             }
             let listener = self.listener;
             let limits = api::serve::Limits {

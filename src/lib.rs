@@ -23,7 +23,6 @@ pub mod http;
 pub mod intake;
 pub mod mailbox;
 pub mod metrics;
-pub mod notify;
 pub mod outbound;
 pub mod shutdown;
 pub mod sink;

@@ -6,6 +6,7 @@ pub mod convert;
 mod deliver;
 mod fetch;
 mod html_text;
+pub mod notify;
 mod poll;
 pub mod progress;
 mod replay;

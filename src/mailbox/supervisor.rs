@@ -47,7 +47,7 @@ pub struct Deps {
     /// Pages in memory at once across mailboxes.
     pub ingest: Arc<crate::mailbox::IngestBudget>,
     /// Change-notification subscriptions (None while `[notifications]` is off).
-    pub notifications: Option<Arc<crate::notify::Notifications>>,
+    pub notifications: Option<Arc<crate::mailbox::notify::Notifications>>,
     /// This replica's leases (a shared store): no Graph request for a mailbox without one.
     pub fence: Option<Arc<crate::store::postgres::Fence>>,
 }
