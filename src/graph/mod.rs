@@ -6,6 +6,7 @@ mod error;
 mod gate;
 mod ingest;
 mod mailbox;
+mod message;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -18,7 +19,11 @@ use url::Url;
 
 pub use error::{GraphError, GraphErrorKind, classify, retry_after};
 pub use gate::MailboxGate;
+pub use ingest::{BATCH_MAX, DeltaPage, Disposal, Fetch, Fetched, Listed, MAX_WAIT_IN_ROUND, MessageList, PartAnswer};
 pub use mailbox::{Folder, MailboxGraph, ShapeError};
+pub use message::{
+    Address, Attachment, BadItem, Change, DeltaItem, Header, ItemBody, MESSAGE_SELECT, Message, Recipient,
+};
 
 use crate::auth::{AccessToken, TokenError, TokenSource};
 use crate::metrics::Metrics;
