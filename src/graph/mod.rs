@@ -6,6 +6,7 @@ mod error;
 mod gate;
 mod ingest;
 mod mailbox;
+mod message;
 mod probe;
 mod subscriptions;
 
@@ -19,7 +20,11 @@ use url::Url;
 
 pub use error::{GraphError, GraphErrorKind, classify, retry_after};
 pub use gate::MailboxGate;
+pub use ingest::{BATCH_MAX, DeltaPage, Disposal, Fetch, Fetched, Listed, MAX_WAIT_IN_ROUND, MessageList, PartAnswer};
 pub use mailbox::{Folder, MailboxGraph, ShapeError};
+pub use message::{
+    Address, Attachment, BadItem, Change, DeltaItem, Header, ItemBody, MESSAGE_SELECT, Message, Recipient,
+};
 pub use {
     compose::{
         Addressee, DraftBody, DraftContent, DraftOf, InboxMessage, MARKER_PROPERTY, MarkedMessage, MessageBody,

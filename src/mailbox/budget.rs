@@ -8,8 +8,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::graph::Message;
 
 /// Pages processed at once: enough to keep Graph and the sink busy on a small machine.
 pub const PAGES_IN_FLIGHT: usize = 8;
@@ -83,20 +84,20 @@ impl PageSize {
     }
 }
 
+/// What a delta item weighs beside its body: headers, addresses and the rest of the event
+/// (also what a removed or unreadable item is counted at).
+pub const ITEM_OVERHEAD: u64 = 2_048;
+
 /// What a delta item weighs in memory without its attachments (their content is read after
 /// the page, and counted then): its body, headers, addresses and the rest of the event.
-pub fn weight(item: &Value) -> u64 {
-    let body = item
-        .pointer("/body/content")
-        .and_then(Value::as_str)
-        .map_or(0, |s| s.len() as u64);
-    body + 2_048
+pub fn weight(item: &Message) -> u64 {
+    item.body_content().len() as u64 + ITEM_OVERHEAD
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::graph::ItemBody;
 
     #[test]
     fn pages_are_sized_to_the_share_of_the_budget() {
@@ -126,7 +127,14 @@ mod tests {
 
     #[test]
     fn weight_counts_the_body_and_the_rest_of_the_event() {
-        assert_eq!(weight(&json!({"body": {"content": "x".repeat(1000)}})), 3_048);
-        assert_eq!(weight(&json!({"id": "partial"})), 2_048);
+        let whole = Message {
+            body: Some(ItemBody {
+                content: Some("x".repeat(1000)),
+                ..ItemBody::default()
+            }),
+            ..Message::with_id("whole")
+        };
+        assert_eq!(weight(&whole), 3_048);
+        assert_eq!(weight(&Message::with_id("partial")), 2_048);
     }
 }

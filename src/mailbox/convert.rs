@@ -1,16 +1,17 @@
-//! Graph message JSON → `inboxd.message.v1` event. Anything missing that the event
+//! A Graph message, read → `inboxd.message.v1` event. Anything missing that the event
 //! requires is an error (the message is quarantined, the mailbox goes on).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::Value;
 
+use super::fetch::HeldAttachment;
 use super::html_text::html_to_text;
 use crate::domain::MailboxAddress;
 use crate::event::{EmailAddress, EventAttachment, EventBody, MESSAGE_SCHEMA, MessageEvent};
+use crate::graph::{Header, Message, Recipient};
 
-/// `$select` for delta rounds: everything the event needs, in one request.
-pub const DELTA_SELECT: &str = "id,subject,from,toRecipients,ccRecipients,replyTo,receivedDateTime,internetMessageId,conversationId,body,hasAttachments,internetMessageHeaders,isDraft";
+/// `$select` for delta rounds (the benchmark's emulator seeds answer it too).
+pub use crate::graph::MESSAGE_SELECT as DELTA_SELECT;
 
 /// Stable across re-deliveries: derived from the mailbox and the immutable id only.
 pub fn dedup_key(mailbox: &MailboxAddress, graph_id: &str) -> String {
@@ -22,107 +23,79 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn address(v: &Value) -> Option<EmailAddress> {
-    let e = v.get("emailAddress")?;
+/// A sender or recipient as the event carries it; one without an address is left out.
+fn address(r: Recipient) -> Option<EmailAddress> {
+    let e = r.email_address?;
     Some(EmailAddress {
-        name: e.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-        address: e.get("address").and_then(Value::as_str)?.to_string(),
+        address: e.address?,
+        name: e.name.unwrap_or_default(),
     })
 }
 
-fn addresses(v: Option<&Value>) -> Vec<EmailAddress> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(address).collect())
+fn addresses(list: Option<Vec<Recipient>>) -> Vec<EmailAddress> {
+    list.map(|a| a.into_iter().filter_map(address).collect())
         .unwrap_or_default()
 }
 
 /// Header value by name (case-insensitive) from `internetMessageHeaders`.
-fn header<'a>(headers: &'a [Value], name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
     headers
         .iter()
-        .find(|h| {
-            h.get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
-        .and_then(|h| h.get("value").and_then(Value::as_str))
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| h.value.as_deref())
 }
 
 /// Attachments as the event carries them; `cap` = `max_inline_attachment_bytes`.
-pub fn attachments(list: &[Value], cap: u64) -> Vec<EventAttachment> {
-    list.iter()
-        .map(|a| {
-            let bytes = a
-                .get("contentBytes")
-                .and_then(Value::as_str)
-                .and_then(|b| STANDARD.decode(b).ok());
-            let size = a
-                .get("size")
-                .and_then(Value::as_u64)
-                .or(bytes.as_ref().map(|b| b.len() as u64))
-                .unwrap_or(0);
+pub fn attachments(list: Vec<HeldAttachment>, cap: u64) -> Vec<EventAttachment> {
+    list.into_iter()
+        .map(|held| {
+            let a = held.attachment;
+            let bytes = a.content_bytes.as_deref().and_then(|b| STANDARD.decode(b).ok());
+            let size = a.size.or(bytes.as_ref().map(|b| b.len() as u64)).unwrap_or(0);
             // Over the inline cap the content was hashed while fetched and not kept.
             let sha256 = bytes
                 .as_ref()
                 .map(|b| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref()))
-                .or_else(|| {
-                    a.get(super::fetch::SHA256_FIELD)
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
+                .or(held.sha256)
                 .unwrap_or_default();
+            // The standard engine decodes canonical base64 only, so what it read is exactly what
+            // encoding the bytes again would give: the string is kept, not rebuilt.
+            let content_base64 = match bytes {
+                Some(b) if b.len() as u64 <= cap => a.content_bytes,
+                _ => None,
+            };
             EventAttachment {
-                name: a
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("attachment")
-                    .to_string(),
-                content_type: a
-                    .get("contentType")
-                    .and_then(Value::as_str)
-                    .unwrap_or("application/octet-stream")
-                    .to_string(),
+                name: a.name.unwrap_or_else(|| "attachment".to_string()),
+                content_type: a.content_type.unwrap_or_else(|| "application/octet-stream".to_string()),
                 size,
-                is_inline: a.get("isInline").and_then(Value::as_bool).unwrap_or(false),
-                content_id: a.get("contentId").and_then(Value::as_str).map(str::to_string),
+                is_inline: a.is_inline.unwrap_or(false),
+                content_id: a.content_id,
                 sha256,
-                content_base64: bytes.filter(|b| b.len() as u64 <= cap).map(|b| STANDARD.encode(b)),
+                content_base64,
             }
         })
         .collect()
 }
 
 /// Builds the event. `headers` and `attachment_list` come from the delta item or a follow-up
-/// fetch. The body is taken out of `m`, not copied: it can be megabytes.
+/// fetch. Everything is moved out of `m`, not copied: a body can be megabytes.
 pub fn event(
     mailbox: &MailboxAddress,
     folder: &str,
-    m: &mut Value,
-    headers: &[Value],
-    attachment_list: &[Value],
+    m: Message,
+    headers: &[Header],
+    attachment_list: Vec<HeldAttachment>,
     cap: u64,
 ) -> Result<MessageEvent, String> {
-    let graph_id = m
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or("the message has no id")?
-        .to_string();
-    let received_at = m
-        .get("receivedDateTime")
-        .and_then(Value::as_str)
-        .ok_or("the message has no receivedDateTime")?
-        .to_string();
+    let received_at = m.received_date_time.ok_or("the message has no receivedDateTime")?;
     time::OffsetDateTime::parse(&received_at, &time::format_description::well_known::Rfc3339)
         .map_err(|_| format!("receivedDateTime '{received_at}' is not RFC 3339"))?;
-    let body = m.get_mut("body").ok_or("the message has no body")?;
+    let body = m.body.ok_or("the message has no body")?;
     let is_html = body
-        .get("contentType")
-        .and_then(Value::as_str)
+        .content_type
+        .as_deref()
         .is_none_or(|t| t.eq_ignore_ascii_case("html"));
-    let content = match body.get_mut("content").map(Value::take) {
-        Some(Value::String(s)) => s,
-        _ => String::new(),
-    };
+    let content = body.content.unwrap_or_default();
     let body = if is_html {
         EventBody {
             text: Some(html_to_text(&content)),
@@ -135,33 +108,27 @@ pub fn event(
         }
     };
     let internet_message_id = m
-        .get("internetMessageId")
-        .and_then(Value::as_str)
-        .or_else(|| header(headers, "Message-ID"))
-        .unwrap_or_default()
-        .to_string();
+        .internet_message_id
+        .or_else(|| header(headers, "Message-ID").map(str::to_string))
+        .unwrap_or_default();
     Ok(MessageEvent {
         schema: MESSAGE_SCHEMA.to_string(),
         event_id: uuid::Uuid::new_v4().to_string(),
-        dedup_key: dedup_key(mailbox, &graph_id),
+        dedup_key: dedup_key(mailbox, &m.id),
         mailbox: mailbox.to_string(),
         folder: folder.to_string(),
-        graph_id,
+        graph_id: m.id,
         internet_message_id,
-        conversation_id: m
-            .get("conversationId")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        conversation_id: m.conversation_id.unwrap_or_default(),
         in_reply_to: header(headers, "In-Reply-To").map(str::to_string),
         references: header(headers, "References")
             .map(|r| r.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
-        subject: m.get("subject").and_then(Value::as_str).unwrap_or_default().to_string(),
-        from: m.get("from").and_then(address),
-        to: addresses(m.get("toRecipients")),
-        cc: addresses(m.get("ccRecipients")),
-        reply_to: addresses(m.get("replyTo")),
+        subject: m.subject.unwrap_or_default(),
+        from: m.from.and_then(address),
+        to: addresses(m.to_recipients),
+        cc: addresses(m.cc_recipients),
+        reply_to: addresses(m.reply_to),
         received_at,
         body,
         attachments: attachments(attachment_list, cap),
@@ -171,55 +138,91 @@ pub fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::graph::Attachment;
+    use serde_json::{Value, json};
+
+    fn message(v: Value) -> Message {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn held(v: Value) -> HeldAttachment {
+        HeldAttachment {
+            attachment: serde_json::from_value(v).unwrap(),
+            sha256: None,
+        }
+    }
 
     #[test]
     fn event_carries_threading_and_caps_attachments() {
         let mb = MailboxAddress::parse("Support@Contoso.test").unwrap();
-        let m = json!({
+        let m = message(json!({
             "id": "AAkA1", "subject": "RE: Order", "receivedDateTime": "2026-01-02T03:04:05Z",
             "internetMessageId": "<b@x>", "conversationId": "c1",
             "from": {"emailAddress": {"name": "Ann", "address": "ann@x.net"}},
             "toRecipients": [{"emailAddress": {"name": "", "address": "support@contoso.test"}}],
             "body": {"contentType": "html", "content": "<p>Hello &amp; bye</p>"},
-        });
-        let headers = vec![
-            json!({"name": "in-reply-to", "value": "<a@x>"}),
-            json!({"name": "References", "value": "<r@x> <a@x>"}),
-        ];
+        }));
+        let headers: Vec<Header> = serde_json::from_value(json!([
+            {"name": "in-reply-to", "value": "<a@x>"},
+            {"name": "References", "value": "<r@x> <a@x>"},
+        ]))
+        .unwrap();
         let atts = vec![
-            json!({"name": "small.txt", "contentType": "text/plain", "size": 3, "contentBytes": "YWJj"}),
-            json!({"name": "big.bin", "contentType": "application/pdf", "size": 6, "contentBytes": "YWJjZGVm"}),
+            held(json!({"name": "small.txt", "contentType": "text/plain", "size": 3, "contentBytes": "YWJj"})),
+            held(json!({"name": "big.bin", "contentType": "application/pdf", "size": 6, "contentBytes": "YWJjZGVm"})),
+            HeldAttachment {
+                attachment: Attachment {
+                    name: Some("huge.iso".into()),
+                    size: Some(1 << 30),
+                    ..Attachment::default()
+                },
+                sha256: Some("ab".repeat(32)),
+            },
         ];
-        let e = event(&mb, "inbox", &mut m.clone(), &headers, &atts, 4).unwrap();
+        let e = event(&mb, "inbox", m, &headers, atts, 4).unwrap();
         assert_eq!(e.in_reply_to.as_deref(), Some("<a@x>"));
         assert_eq!(e.references, vec!["<r@x>", "<a@x>"]);
         assert_eq!(e.body.text.as_deref(), Some("Hello & bye"));
+        assert_eq!(e.body.html.as_deref(), Some("<p>Hello &amp; bye</p>"));
         assert_eq!(e.attachments[0].content_base64.as_deref(), Some("YWJj"));
         assert_eq!(e.attachments[1].content_base64, None);
         assert_eq!(
             e.attachments[1].sha256,
             "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721"
         );
+        assert_eq!(e.attachments[2].sha256, "ab".repeat(32), "hashed while fetched");
+        assert_eq!(e.attachments[2].content_type, "application/octet-stream");
         assert_eq!(e.dedup_key, dedup_key(&mb, "AAkA1"));
         assert_eq!(e.mailbox, "support@contoso.test");
+        assert_eq!(e.from.as_ref().map(|f| f.name.as_str()), Some("Ann"));
+        assert_eq!(e.to.len(), 1);
     }
 
     #[test]
     fn malformed_messages_are_refused_with_a_reason() {
         let mb = MailboxAddress::parse("a@b.test").unwrap();
-        let err = event(&mb, "inbox", &mut json!({"id": "x", "body": {}}), &[], &[], 10).unwrap_err();
+        let err = event(&mb, "inbox", message(json!({"id": "x", "body": {}})), &[], vec![], 10).unwrap_err();
         assert!(err.contains("receivedDateTime"), "{err}");
         let err = event(
             &mb,
             "inbox",
-            &mut json!({"id": "x", "receivedDateTime": "yesterday", "body": {}}),
+            message(json!({"id": "x", "receivedDateTime": "yesterday", "body": {}})),
             &[],
-            &[],
+            vec![],
             10,
         )
         .unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
+        let err = event(
+            &mb,
+            "inbox",
+            message(json!({"id": "x", "receivedDateTime": "2026-01-02T03:04:05Z"})),
+            &[],
+            vec![],
+            10,
+        )
+        .unwrap_err();
+        assert!(err.contains("body"), "{err}");
     }
 
     /// Arbitrary JSON values, nested a little.
@@ -268,18 +271,40 @@ mod tests {
             cap in 0u64..10,
         ) {
             let mb = MailboxAddress::parse("a@b.test").unwrap();
-            match event(&mb, "inbox", &mut m.clone(), &headers, &attachments, cap) {
+            // What cannot be read as a message is quarantined before conversion (see
+            // `DeltaItem::read`); what can, converts or says which field is missing.
+            let Ok(m) = serde_json::from_value::<Message>(m) else { return Ok(()) };
+            let headers: Vec<Header> = headers.into_iter().filter_map(|h| serde_json::from_value(h).ok()).collect();
+            let attachments: Vec<HeldAttachment> = attachments
+                .into_iter()
+                .filter_map(|a| serde_json::from_value(a).ok())
+                .map(|attachment| HeldAttachment { attachment, sha256: None })
+                .collect();
+            let id = m.id.clone();
+            match event(&mb, "inbox", m, &headers, attachments, cap) {
                 Ok(e) => {
-                    proptest::prop_assert_eq!(&e.dedup_key, &dedup_key(&mb, m["id"].as_str().unwrap()));
+                    proptest::prop_assert_eq!(&e.dedup_key, &dedup_key(&mb, &id));
                     for a in &e.attachments {
                         proptest::prop_assert!(a.content_base64.as_ref().is_none_or(|b| (b.len() as u64) <= cap * 4 / 3 + 4));
                     }
                 }
                 Err(reason) => proptest::prop_assert!(
-                    ["id", "receivedDateTime", "body", "RFC 3339"].iter().any(|f| reason.contains(f)),
+                    ["receivedDateTime", "body", "RFC 3339"].iter().any(|f| reason.contains(f)),
                     "reason names nothing: {}", reason
                 ),
             }
+        }
+
+        #[test]
+        fn kept_base64_is_what_encoding_the_bytes_gives(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let encoded = STANDARD.encode(&bytes);
+            let held = HeldAttachment {
+                attachment: Attachment { content_bytes: Some(encoded.clone()), ..Attachment::default() },
+                sha256: None,
+            };
+            let e = attachments(vec![held], u64::MAX);
+            proptest::prop_assert_eq!(e[0].content_base64.as_deref(), Some(encoded.as_str()));
+            proptest::prop_assert_eq!(e[0].size, bytes.len() as u64);
         }
     }
 }

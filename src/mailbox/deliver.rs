@@ -1,21 +1,17 @@
 //! From delta items to acknowledged events: skip what was delivered, complete what the items
 //! lack, convert, hand to the sink, record, and only then run the post-ingest action.
 
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::MailboxCtx;
 use super::convert;
 use super::fetch;
-use super::poll::{MAX_WAIT_IN_ROUND, PollError, RoundStats};
+use super::poll::{PollError, RoundStats};
 use crate::config::AfterIngest;
-use crate::graph::{Call, segment};
+use crate::graph::{BATCH_MAX, BadItem, Disposal, Message};
 use crate::sink::SinkError;
 use crate::store::{QuarantineEntry, StoreError};
-
-/// Graph's `$batch` limit.
-const BATCH_MAX: usize = 20;
 
 /// Why messages are being delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,24 +38,50 @@ pub async fn quarantine(ctx: &MailboxCtx, folder: &str, graph_id: &str, reason: 
     ctx.store.quarantine(&entry).await
 }
 
-/// Delivers the given items (each has an `id`); returns only when each is acknowledged or
-/// quarantined, or with the error that stopped it (nothing unacknowledged is marked delivered).
-pub async fn items(ctx: &MailboxCtx, folder: &str, items: Vec<Value>, mode: Mode) -> Result<RoundStats, PollError> {
+/// Quarantines delta items that could not be read as messages, each with what was wrong; one
+/// with a readable id counts as handled, like any quarantined message, so a resync does not
+/// quarantine it again. Returns how many were quarantined.
+pub async fn unreadable(ctx: &MailboxCtx, folder: &str, bad: Vec<BadItem>) -> Result<u64, PollError> {
+    let mailbox = &ctx.config.address;
+    let keys: Vec<String> = bad
+        .iter()
+        .filter_map(|b| b.id.as_deref())
+        .map(|id| convert::dedup_key(mailbox, id))
+        .collect();
+    let done = if keys.is_empty() {
+        Default::default()
+    } else {
+        ctx.store.delivered(mailbox, &keys).await?
+    };
+    let mut quarantined = 0;
+    for item in bad {
+        let id = item.id.as_deref();
+        if id.is_some_and(|id| done.contains(&convert::dedup_key(mailbox, id))) {
+            continue;
+        }
+        quarantine(ctx, folder, id.unwrap_or("(no id)"), &item.error.to_string()).await?;
+        quarantined += 1;
+    }
+    if !keys.is_empty() {
+        ctx.store
+            .mark_delivered(mailbox, &keys, OffsetDateTime::now_utc())
+            .await?;
+    }
+    Ok(quarantined)
+}
+
+/// Delivers the given messages (whole, partial or known by id only); returns only when each
+/// is acknowledged or quarantined, or with the error that stopped it (nothing unacknowledged
+/// is marked delivered).
+pub async fn items(ctx: &MailboxCtx, folder: &str, items: Vec<Message>, mode: Mode) -> Result<RoundStats, PollError> {
     let mailbox = &ctx.config.address;
     let mut stats = RoundStats::default();
-    let id_of = |m: &Value| m.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     // Drafts are not mail to route (a partial item says nothing either way: checked after fetch).
-    let candidates: Vec<Value> = items
-        .into_iter()
-        .filter(|m| m.get("isDraft").and_then(Value::as_bool) != Some(true))
-        .collect();
-    let todo: Vec<Value> = if mode == Mode::Replay {
+    let candidates: Vec<Message> = items.into_iter().filter(|m| !m.is_draft()).collect();
+    let todo: Vec<Message> = if mode == Mode::Replay {
         candidates
     } else {
-        let keys: Vec<String> = candidates
-            .iter()
-            .map(|m| convert::dedup_key(mailbox, &id_of(m)))
-            .collect();
+        let keys: Vec<String> = candidates.iter().map(|m| convert::dedup_key(mailbox, &m.id)).collect();
         let done = ctx.store.delivered(mailbox, &keys).await?;
         candidates
             .into_iter()
@@ -80,20 +102,20 @@ pub async fn items(ctx: &MailboxCtx, folder: &str, items: Vec<Value>, mode: Mode
             stats.attachment_bytes += c
                 .attachments
                 .iter()
-                .filter(|a| a.get("contentBytes").is_some())
-                .filter_map(|a| a.get("size").and_then(Value::as_u64))
+                .filter(|a| a.attachment.content_bytes.is_some())
+                .filter_map(|a| a.attachment.size)
                 .sum::<u64>();
         }
-        let converted = outcome.and_then(|mut c| {
-            if c.message.get("isDraft").and_then(Value::as_bool) == Some(true) {
+        let converted = outcome.and_then(|c| {
+            if c.message.is_draft() {
                 return Ok(None);
             }
             convert::event(
                 mailbox,
                 folder,
-                &mut c.message,
+                c.message,
                 &c.headers,
-                &c.attachments,
+                c.attachments,
                 ctx.config.max_inline_attachment_bytes,
             )
             .map(Some)
@@ -163,41 +185,17 @@ pub async fn items(ctx: &MailboxCtx, folder: &str, items: Vec<Value>, mode: Mode
 
 /// Marks read or moves acknowledged messages. Best effort: the message is already delivered.
 async fn after_ingest(ctx: &MailboxCtx, ids: &[String]) {
-    let (method, suffix, body) = match &ctx.config.after_ingest {
+    let disposal = match &ctx.config.after_ingest {
         AfterIngest::None => return,
-        AfterIngest::MarkRead => ("PATCH", "", json!({"isRead": true})),
-        AfterIngest::Move(folder) => ("POST", "/move", json!({"destinationId": folder})),
+        AfterIngest::MarkRead => Disposal::MarkRead,
+        AfterIngest::Move(folder) => Disposal::Move(folder),
     };
+    let graph = ctx.mailbox_graph();
     for chunk in ids.chunks(BATCH_MAX) {
-        let parts: Vec<Value> = chunk
-            .iter()
-            .map(|id| {
-                json!({
-                    "id": id, "method": method,
-                    "url": format!("/users/{}/messages/{}{suffix}", segment(ctx.config.address.as_str()), segment(id)),
-                    "headers": {"Content-Type": "application/json", "Prefer": "IdType=\"ImmutableId\""},
-                    "body": body,
-                })
-            })
-            .collect();
-        // Best effort, and never a long wait while this page holds a shared ingest permit.
-        let mut call =
-            Call::post("after_ingest", "$batch", json!({"requests": parts})).max_retry_wait(MAX_WAIT_IN_ROUND);
-        call.weight = chunk.len().min(4) as u32;
-        match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
-            Ok(answer) => {
-                let failed = answer
-                    .get("responses")
-                    .and_then(Value::as_array)
-                    .map(|r| {
-                        r.iter()
-                            .filter(|p| p.get("status").and_then(Value::as_u64).is_none_or(|s| s >= 300))
-                            .count()
-                    })
-                    .unwrap_or(chunk.len());
-                if failed > 0 {
-                    tracing::warn!(mailbox = %ctx.config.address, failed, "Post-ingest action failed for some delivered messages.");
-                }
+        match graph.dispose(chunk, disposal).await {
+            Ok(0) => {}
+            Ok(failed) => {
+                tracing::warn!(mailbox = %ctx.config.address, failed, "Post-ingest action failed for some delivered messages.");
             }
             Err(e) => {
                 tracing::warn!(mailbox = %ctx.config.address, error = %e, "Post-ingest action failed; the messages were delivered.")

@@ -8,67 +8,62 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::{Value, json};
 
 use super::MailboxCtx;
-use super::convert::DELTA_SELECT;
-use super::poll::{MAX_WAIT_IN_ROUND, PollError};
-use crate::domain::{MAX_WIRE_WAIT, bounded_secs};
-use crate::graph::{Call, CallError, GraphErrorKind, segment};
+use super::poll::PollError;
+use crate::graph::{
+    Attachment, BATCH_MAX, CallError, Fetch, Fetched, GraphErrorKind, Header, MailboxGraph, Message, PartAnswer,
+};
 
-/// Graph's `$batch` limit.
-const BATCH_MAX: usize = 20;
 /// Attachment bytes asked for in one `$batch` (its answer must arrive within the request timeout).
 const BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// How many times failed requests inside a `$batch` are retried before their message is given up.
 const BATCH_RETRIES: usize = 5;
-/// The attachment properties read before deciding whether to fetch the content.
-const ATTACHMENT_SELECT: &str = "id,name,contentType,size,isInline";
-/// Set on an attachment whose content was hashed but not kept (over the inline cap).
-pub const SHA256_FIELD: &str = "@inboxd.sha256";
+
+/// An attachment as the event needs it.
+#[derive(Debug)]
+pub struct HeldAttachment {
+    /// Its metadata; with its content when that is under the inline cap.
+    pub attachment: Attachment,
+    /// Over the cap: the SHA-256 (hex) of the content, which was hashed and not kept.
+    pub sha256: Option<String>,
+}
 
 /// A message with everything its event needs.
 #[derive(Debug)]
 pub struct Complete {
     /// The message (from the delta page, or fetched whole).
-    pub message: Value,
+    pub message: Message,
     /// `internetMessageHeaders`.
-    pub headers: Vec<Value>,
-    /// Attachments: with `contentBytes` under the cap, with [`SHA256_FIELD`] over it.
-    pub attachments: Vec<Value>,
+    pub headers: Vec<Header>,
+    /// Its attachments.
+    pub attachments: Vec<HeldAttachment>,
 }
 
 /// One message's outcome: complete, or why it was given up.
 type Outcome = Result<Complete, String>;
 
-/// True when a delta item lacks what the event needs (an updated item carries only what changed).
-fn is_partial(m: &Value) -> bool {
-    m.get("receivedDateTime").is_none() || m.get("body").is_none()
-}
-
 /// Completes every item; one outcome per item, in order, keyed by Graph id.
-pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String, Outcome)>, PollError> {
-    let mailbox = segment(ctx.config.address.as_str());
-    let ids: Vec<String> = items
-        .iter()
-        .map(|m| m.get("id").and_then(Value::as_str).unwrap_or_default().to_string())
-        .collect();
-    let mut messages: Vec<Result<Value, String>> = items.into_iter().map(Ok).collect();
+pub async fn complete(ctx: &MailboxCtx, items: Vec<Message>) -> Result<Vec<(String, Outcome)>, PollError> {
+    let graph = ctx.mailbox_graph();
+    let ids: Vec<String> = items.iter().map(|m| m.id.clone()).collect();
+    let mut messages: Vec<Result<Message, String>> = items.into_iter().map(Ok).collect();
 
     // 1. Partial items: the whole message.
-    let wanted: Vec<(String, String)> = messages
+    let wanted: Vec<(String, Fetch)> = messages
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.as_ref().is_ok_and(is_partial))
-        .map(|(i, _)| {
-            let url = format!("/users/{mailbox}/messages/{}?$select={DELTA_SELECT}", segment(&ids[i]));
-            (format!("m{i}"), url)
-        })
+        .filter(|(_, m)| m.as_ref().is_ok_and(Message::is_partial))
+        .map(|(i, _)| (format!("m{i}"), Fetch::Message(ids[i].clone())))
         .collect();
-    let mut got = batch_get(ctx, wanted).await?;
+    let mut got = batch_get(ctx, &graph, wanted).await?;
     for (i, m) in messages.iter_mut().enumerate() {
         if let Some(r) = got.remove(&format!("m{i}")) {
-            *m = r.map_err(|e| format!("the message could not be read in full: {e}"));
+            *m = match r {
+                Ok(Fetched::Message(full)) => Ok(*full),
+                Ok(_) => Err("the message could not be read in full: Graph answered something else".to_string()),
+                Err(e) => Err(format!("the message could not be read in full: {e}")),
+            };
         }
     }
 
@@ -76,35 +71,23 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String
     let mut wanted = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let Ok(m) = m else { continue };
-        if m.get("internetMessageHeaders").is_none() {
-            let url = format!(
-                "/users/{mailbox}/messages/{}?$select=internetMessageHeaders",
-                segment(&ids[i])
-            );
-            wanted.push((format!("h{i}"), url));
+        if m.internet_message_headers.is_none() {
+            wanted.push((format!("h{i}"), Fetch::Headers(ids[i].clone())));
         }
-        let html = m.pointer("/body/content").and_then(Value::as_str).unwrap_or_default();
-        if m.get("hasAttachments").and_then(Value::as_bool) == Some(true) || html.contains("cid:") {
-            let url = format!(
-                "/users/{mailbox}/messages/{}/attachments?$select={ATTACHMENT_SELECT}",
-                segment(&ids[i])
-            );
-            wanted.push((format!("a{i}"), url));
+        if m.has_attachments == Some(true) || m.body_content().contains("cid:") {
+            wanted.push((format!("a{i}"), Fetch::Attachments(ids[i].clone())));
         }
     }
-    let mut got = batch_get(ctx, wanted).await?;
-    let mut headers: Vec<Vec<Value>> = Vec::with_capacity(messages.len());
-    let mut listed: Vec<Vec<Value>> = Vec::with_capacity(messages.len());
+    let mut got = batch_get(ctx, &graph, wanted).await?;
+    let mut headers: Vec<Vec<Header>> = Vec::with_capacity(messages.len());
+    let mut listed: Vec<Vec<HeldAttachment>> = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter_mut().enumerate() {
-        let own = m
-            .as_ref()
-            .ok()
-            .and_then(|m| m.get("internetMessageHeaders"))
-            .and_then(Value::as_array)
-            .cloned();
+        // Taken, not cloned: the event reads them from here on.
+        let own = m.as_mut().ok().and_then(|m| m.internet_message_headers.take());
         let h = match (own, got.remove(&format!("h{i}"))) {
             (Some(h), _) => h,
-            (None, Some(Ok(v))) => array(&v, "internetMessageHeaders"),
+            (None, Some(Ok(Fetched::Headers(h)))) => h,
+            (None, Some(Ok(_))) => Vec::new(),
             (None, Some(Err(e))) => {
                 *m = Err(format!("its headers could not be read: {e}"));
                 Vec::new()
@@ -113,12 +96,18 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String
         };
         headers.push(h);
         listed.push(match got.remove(&format!("a{i}")) {
-            Some(Ok(v)) => array(&v, "value"),
+            Some(Ok(Fetched::Attachments(list))) => list
+                .into_iter()
+                .map(|attachment| HeldAttachment {
+                    attachment,
+                    sha256: None,
+                })
+                .collect(),
+            Some(Ok(_)) | None => Vec::new(),
             Some(Err(e)) => {
                 *m = Err(format!("its attachments could not be listed: {e}"));
                 Vec::new()
             }
-            None => Vec::new(),
         });
     }
 
@@ -131,19 +120,18 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String
             continue;
         }
         for (j, a) in list.iter().enumerate() {
-            let Some(aid) = a.get("id").and_then(Value::as_str) else {
+            let Some(aid) = &a.attachment.id else {
                 continue;
             };
-            let size = a.get("size").and_then(Value::as_u64).unwrap_or(u64::MAX);
-            let url = format!(
-                "/users/{mailbox}/messages/{}/attachments/{}",
-                segment(&ids[i]),
-                segment(aid)
-            );
+            let size = a.attachment.size.unwrap_or(u64::MAX);
             if size <= cap {
-                small.push((format!("c{i}_{j}"), url, size));
+                let fetch = Fetch::Attachment {
+                    message: ids[i].clone(),
+                    attachment: aid.clone(),
+                };
+                small.push((format!("c{i}_{j}"), fetch, size));
             } else {
-                large.push((i, j, url));
+                large.push((i, j, aid.clone()));
             }
         }
     }
@@ -151,44 +139,40 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String
     // Within the page's share of the ingest budget, and what one answer can carry in time.
     let limit = BATCH_BYTES.min(ctx.ingest.page_bytes());
     for group in by_bytes(small, limit) {
-        contents.extend(batch_get(ctx, group).await?);
+        contents.extend(batch_get(ctx, &graph, group).await?);
     }
     for (i, list) in listed.iter_mut().enumerate() {
         for (j, a) in list.iter_mut().enumerate() {
             match contents.remove(&format!("c{i}_{j}")) {
-                Some(Ok(full)) => *a = full,
+                Some(Ok(Fetched::Attachment(full))) => a.attachment = *full,
                 Some(Err(e)) if messages[i].is_ok() => {
                     messages[i] = Err(format!("an attachment could not be read: {e}"));
                 }
-                Some(Err(_)) => {}
-                None => {}
+                Some(_) | None => {}
             }
         }
     }
     // 4. Over the cap: fetched one at a time, hashed, and dropped (the event carries metadata).
-    for (i, j, url) in large {
+    for (i, j, aid) in large {
         if messages[i].is_err() {
             continue;
         }
-        let call = Call::get("attachment", url)
-            .prefer("IdType=\"ImmutableId\"")
-            .max_retry_wait(MAX_WAIT_IN_ROUND);
-        match ctx.graph.call(&ctx.gate, &ctx.active(), &call).await {
+        match graph.attachment(&ids[i], &aid).await {
             Ok(full) => {
-                let digest = full
-                    .get("contentBytes")
-                    .and_then(Value::as_str)
+                let a = &mut listed[i][j];
+                a.sha256 = full
+                    .content_bytes
+                    .as_deref()
                     .and_then(|b| STANDARD.decode(b).ok())
                     .map(|bytes| hex_sha256(&bytes));
-                let a = &mut listed[i][j];
-                if let (Some(obj), Some(digest)) = (a.as_object_mut(), digest) {
-                    obj.insert(SHA256_FIELD.into(), Value::String(digest));
-                }
-                if let (Some(obj), Some(cid)) = (a.as_object_mut(), full.get("contentId").cloned()) {
-                    obj.insert("contentId".into(), cid);
+                if full.content_id.is_some() {
+                    a.attachment.content_id = full.content_id;
                 }
             }
             Err(CallError::Graph(e)) if !e.is_transient() => {
+                messages[i] = Err(format!("an attachment could not be read: {e}"));
+            }
+            Err(CallError::Shape(e)) => {
                 messages[i] = Err(format!("an attachment could not be read: {e}"));
             }
             Err(e) => return Err(e.into()),
@@ -210,11 +194,6 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Value>) -> Result<Vec<(String
         .collect())
 }
 
-/// `v[field]` as a list (empty when absent).
-fn array(v: &Value, field: &str) -> Vec<Value> {
-    v.get(field).and_then(Value::as_array).cloned().unwrap_or_default()
-}
-
 /// Lowercase hex SHA-256.
 fn hex_sha256(bytes: &[u8]) -> String {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
@@ -225,8 +204,8 @@ fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 /// Groups requests so one `$batch` asks for at most [`BATCH_MAX`] parts and `limit` bytes.
-fn by_bytes(requests: Vec<(String, String, u64)>, limit: u64) -> Vec<Vec<(String, String)>> {
-    let mut groups: Vec<Vec<(String, String)>> = Vec::new();
+fn by_bytes<T>(requests: Vec<(String, T, u64)>, limit: u64) -> Vec<Vec<(String, T)>> {
+    let mut groups: Vec<Vec<(String, T)>> = Vec::new();
     let mut bytes = 0u64;
     for (id, url, size) in requests {
         let full = groups
@@ -247,20 +226,14 @@ fn by_bytes(requests: Vec<(String, String, u64)>, limit: u64) -> Vec<Vec<(String
 /// the retries, is that part's `Err` with Graph's status and message.
 async fn batch_get(
     ctx: &MailboxCtx,
-    requests: Vec<(String, String)>,
-) -> Result<HashMap<String, Result<Value, String>>, PollError> {
+    graph: &MailboxGraph<'_>,
+    requests: Vec<(String, Fetch)>,
+) -> Result<HashMap<String, Result<Fetched, String>>, PollError> {
     let mut out = HashMap::new();
     for chunk in requests.chunks(BATCH_MAX) {
-        let mut pending: Vec<(String, String)> = chunk.to_vec();
+        let mut pending: Vec<(String, Fetch)> = chunk.to_vec();
         for attempt in 0..=BATCH_RETRIES {
-            let parts: Vec<Value> = pending
-                .iter()
-                .map(|(id, url)| json!({"id": id, "method": "GET", "url": url, "headers": {"Prefer": "IdType=\"ImmutableId\""}}))
-                .collect();
-            let mut call = Call::post("batch", "$batch", json!({"requests": parts})).max_retry_wait(MAX_WAIT_IN_ROUND);
-            call.weight = pending.len().min(4) as u32;
-            let answer = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await;
-            let answer = match answer {
+            let answer = match graph.fetch_batch(&pending).await {
                 Ok(a) => a,
                 // A `$batch` whose answer never arrives in time, or cannot be read, is split, so
                 // one huge or unreadable part cannot fail its neighbours round after round.
@@ -269,55 +242,43 @@ async fn batch_get(
                 {
                     let half = pending.len() / 2;
                     let (a, b) = pending.split_at(half);
-                    out.extend(Box::pin(batch_get(ctx, a.to_vec())).await?);
-                    out.extend(Box::pin(batch_get(ctx, b.to_vec())).await?);
+                    out.extend(Box::pin(batch_get(ctx, graph, a.to_vec())).await?);
+                    out.extend(Box::pin(batch_get(ctx, graph, b.to_vec())).await?);
                     break;
                 }
                 // Alone and still unreadable: that message is given up (quarantined), not the round.
                 Err(CallError::Graph(e)) if e.kind == GraphErrorKind::Malformed => {
-                    let (id, url) = &pending[0];
-                    let path = url.split('?').next().unwrap_or(url);
+                    let (id, fetch) = &pending[0];
                     out.insert(
                         id.clone(),
-                        Err(format!("GET {path}: Graph's answer is unreadable ({})", e.message)),
+                        Err(format!(
+                            "GET {}: Graph's answer is unreadable ({})",
+                            fetch.path(),
+                            e.message
+                        )),
                     );
                     break;
                 }
                 Err(e) => return Err(e.into()),
             };
-            let responses = answer
-                .get("responses")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let mut answers: HashMap<String, PartAnswer> = answer.into_iter().collect();
             let mut retry = Vec::new();
             let mut wait = Duration::ZERO;
             let last = attempt == BATCH_RETRIES;
-            for (id, url) in &pending {
-                let Some(r) = responses
-                    .iter()
-                    .find(|r| r.get("id").and_then(Value::as_str) == Some(id))
-                else {
+            for (id, fetch) in pending {
+                let Some(part) = answers.remove(&id) else {
                     if last {
-                        out.insert(id.clone(), Err(format!("GET {url}: no answer inside $batch")));
+                        out.insert(id, Err(format!("GET {}: no answer inside $batch", fetch.path())));
                     } else {
-                        retry.push((id.clone(), url.clone()));
+                        retry.push((id, fetch));
                     }
                     continue;
                 };
-                let status = r.get("status").and_then(Value::as_u64).unwrap_or(0);
-                match status {
-                    200..=299 => {
-                        out.insert(id.clone(), Ok(r.get("body").cloned().unwrap_or(Value::Null)));
-                    }
-                    429 | 500..=599 if !last => {
-                        let part_wait = part_retry_after(r).unwrap_or(Duration::from_secs(1));
-                        wait = wait.max(part_wait);
-                        retry.push((id.clone(), url.clone()));
-                    }
-                    _ => {
-                        out.insert(id.clone(), Err(part_error(url, status, r)));
-                    }
+                if part.is_transient() && !last {
+                    wait = wait.max(part.retry_after.unwrap_or(Duration::from_secs(1)));
+                    retry.push((id, fetch));
+                } else {
+                    out.insert(id, part.result);
                 }
             }
             if retry.is_empty() {
@@ -332,39 +293,6 @@ async fn batch_get(
         }
     }
     Ok(out)
-}
-
-/// A part's own `Retry-After` (seconds), bounded.
-fn part_retry_after(part: &Value) -> Option<Duration> {
-    let headers = part.get("headers")?.as_object()?;
-    let (_, value) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))?;
-    let secs = match value {
-        Value::String(s) => match s.trim().parse::<f64>() {
-            Ok(secs) => secs,
-            Err(_) => {
-                let at = httpdate::parse_http_date(s.trim()).ok()?;
-                let wait = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-                return Some(wait.min(MAX_WIRE_WAIT));
-            }
-        },
-        Value::Number(n) => n.as_f64()?,
-        _ => return None,
-    };
-    bounded_secs(secs, MAX_WIRE_WAIT)
-}
-
-/// A failed part, in words: the request, the status, Graph's code and message.
-fn part_error(url: &str, status: u64, part: &Value) -> String {
-    let error = part.pointer("/body/error");
-    let code = error.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("");
-    let message = error
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let path = url.split('?').next().unwrap_or(url);
-    format!("GET {path} answered {status} {code} {message}")
-        .trim_end()
-        .to_string()
 }
 
 #[cfg(test)]
@@ -383,7 +311,7 @@ mod tests {
         assert_eq!(sizes, vec![2, 2, 20, 20, 1]);
         assert!(groups.iter().all(|g| g.len() <= BATCH_MAX));
         // A single attachment larger than the budget still gets a batch of its own.
-        let groups = by_bytes(
+        let groups = by_bytes::<String>(
             vec![("big".into(), "/a/big".into(), 40 * mb), ("s".into(), "/a/s".into(), 1)],
             BATCH_BYTES,
         );

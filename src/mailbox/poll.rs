@@ -2,24 +2,19 @@
 //! then advance the checkpoint.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use super::convert::DELTA_SELECT;
 use super::deliver::{self, Mode};
 use super::progress::FirstSync;
 use super::{MailboxCtx, budget};
 use crate::config::StartAt;
-use crate::graph::{Call, CallError, GraphErrorKind, segment};
+use crate::graph::{CallError, Change, DeltaPage, GraphErrorKind, Message};
 use crate::sink::SinkError;
 use crate::store::StoreError;
 
-/// Delta page size asked for.
-const PAGE_SIZE: u32 = 100;
 /// Margin for `start_at = "now"`: Exchange's clock and ours may disagree a little.
 const START_MARGIN: time::Duration = time::Duration::minutes(2);
 /// A resync after an expired delta token reaches back to the last checkpoint less this: mail
@@ -27,9 +22,6 @@ const START_MARGIN: time::Duration = time::Duration::minutes(2);
 pub const RESYNC_MARGIN: time::Duration = time::Duration::days(1);
 /// Delivered keys are kept at least this long (and longer while a resync could reach them).
 pub const KEY_RETENTION: time::Duration = time::Duration::days(31);
-/// Inside a round, a throttled request waits at most this long; a longer `Retry-After` ends
-/// the round, and the mailbox waits it out without holding a shared ingest permit.
-pub const MAX_WAIT_IN_ROUND: Duration = Duration::from_secs(10);
 
 /// Why a round stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -71,47 +63,13 @@ impl RoundStats {
     }
 }
 
-/// The first request of a round that starts from scratch (`from`: the receipt-time filter).
-fn initial_url(ctx: &MailboxCtx, folder: &str, from: Option<OffsetDateTime>) -> String {
-    let mut url = ctx.graph.base().clone();
-    url.set_path(&format!(
-        "{}users/{}/mailFolders/{}/messages/delta",
-        ctx.graph.base().path(),
-        segment(ctx.config.address.as_str()),
-        segment(folder)
-    ));
-    url.query_pairs_mut().append_pair("$select", DELTA_SELECT);
-    received_filter(&mut url, from);
-    url.to_string()
-}
-
-/// Adds `$filter=receivedDateTime ge {from}` (whole seconds, rounded down) when there is a start.
-fn received_filter(url: &mut url::Url, from: Option<OffsetDateTime>) {
-    if let Some(t) = from {
-        let at = t
-            .replace_nanosecond(0)
-            .unwrap_or(t)
-            .format(&Rfc3339)
-            .unwrap_or_default();
-        url.query_pairs_mut()
-            .append_pair("$filter", &format!("receivedDateTime ge {at}"));
+/// Graph's failure as the round's: an answer without what the round needs concerns this
+/// folder only, as an unreadable page does.
+fn folder_failure(e: CallError) -> PollError {
+    match e {
+        CallError::Shape(shape) => PollError::Malformed(shape.to_string()),
+        other => PollError::Call(other),
     }
-}
-
-/// The folder's messages by id (list API, not delta), received from `from` on.
-fn list_url(ctx: &MailboxCtx, folder: &str, from: Option<OffsetDateTime>) -> String {
-    let mut url = ctx.graph.base().clone();
-    url.set_path(&format!(
-        "{}users/{}/mailFolders/{}/messages",
-        ctx.graph.base().path(),
-        segment(ctx.config.address.as_str()),
-        segment(folder)
-    ));
-    url.query_pairs_mut()
-        .append_pair("$select", "id,receivedDateTime")
-        .append_pair("$top", &PAGE_SIZE.to_string());
-    received_filter(&mut url, from);
-    url.to_string()
 }
 
 /// Works around a delta page Graph cannot serve readably: lists the folder's message ids over
@@ -126,30 +84,32 @@ async fn salvage(ctx: &MailboxCtx, folder: &str) -> Result<(String, OffsetDateTi
         .delta_window(mailbox, folder)
         .await?
         .resync_from(RESYNC_MARGIN);
-    let mut url = list_url(ctx, folder, from);
+    let graph = ctx.mailbox_graph();
+    let mut next: Option<String> = None;
     let mut stats = RoundStats::default();
     loop {
         ctx.gate.wait_unpaused().await;
         let _page = ctx.ingest.page().await;
-        let call = Call::get("list", url)
-            .prefer("IdType=\"ImmutableId\"")
-            .max_retry_wait(MAX_WAIT_IN_ROUND);
-        let page = ctx.graph.call(&ctx.gate, &ctx.active(), &call).await?;
-        let items: Vec<Value> = page
-            .get("value")
-            .and_then(Value::as_array)
-            .ok_or_else(|| PollError::Malformed("message list without a 'value' array".into()))?
-            .iter()
-            .filter_map(|m| Some(serde_json::json!({"id": m.get("id")?.as_str()?})))
+        let list = match &next {
+            None => graph.message_list(folder, from).await,
+            Some(link) => graph.message_list_page(link).await,
+        }
+        .map_err(folder_failure)?;
+        // Ids alone: each message is read whole by itself.
+        let items: Vec<Message> = list
+            .value
+            .into_iter()
+            .filter_map(|m| m.id)
+            .map(Message::with_id)
             .collect();
         stats.add(deliver::items(ctx, folder, items, Mode::Round).await?);
-        match page.get("@odata.nextLink").and_then(Value::as_str) {
-            Some(next) => url = next.to_string(),
+        match list.next_link {
+            Some(link) => next = Some(link),
             None => break,
         }
     }
     let start = began - START_MARGIN;
-    let link = initial_url(ctx, folder, Some(start));
+    let link = graph.delta_start(folder, Some(start));
     save_link(ctx, folder, &link).await?;
     tracing::info!(
         mailbox = %mailbox, folder, delivered = stats.delivered, quarantined = stats.quarantined,
@@ -206,7 +166,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 StartAt::All => None,
                 StartAt::Since(t) => Some(t),
             };
-            let url = initial_url(ctx, folder, from);
+            let url = ctx.mailbox_graph().delta_start(folder, from);
             ctx.store.begin_delta(mailbox, folder, &url, from).await?;
             ctx.remember_link(folder, &url);
             url
@@ -231,13 +191,10 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         // One page in memory per permit, sized to its share of the budget: a backlog in many
         // mailboxes, or of large messages, cannot exhaust memory.
         let _page = ctx.ingest.page().await;
-        let call = Call::get("delta", link.clone())
-            .prefer(format!("odata.maxpagesize={}", ctx.page_size.get()))
-            .prefer("IdType=\"ImmutableId\"")
-            .max_retry_wait(MAX_WAIT_IN_ROUND);
+        let graph = ctx.mailbox_graph();
         // Large futures are boxed: a round waiting here (all 10,000 first rounds at start-up)
         // then holds pointers, not every request's state machine.
-        let page = match Box::pin(ctx.graph.call(&ctx.gate, &ctx.active(), &call)).await {
+        let page = match Box::pin(graph.delta_page(&link, ctx.page_size.get())).await {
             Err(CallError::Graph(e)) if e.kind == GraphErrorKind::SyncStateNotFound && resyncs < 2 => {
                 resyncs += 1;
                 let window = ctx.store.delta_window(mailbox, folder).await?;
@@ -248,7 +205,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                     resync_from = from.and_then(|t| t.format(&Rfc3339).ok()).as_deref().unwrap_or("the beginning"),
                     "Delta token expired; reading the folder again from the last checkpoint (already delivered messages are not announced again)."
                 );
-                link = initial_url(ctx, folder, from);
+                link = graph.delta_start(folder, from);
                 filtered = from.is_some();
                 window_from = from;
                 newest_seen = None;
@@ -274,44 +231,57 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 seen.clear();
                 continue;
             }
-            other => other?,
+            other => other.map_err(folder_failure)?,
         };
-        let mut page = page;
-        // Taken, not cloned: a page can hold a hundred large bodies.
-        let Some(Value::Array(items)) = page.get_mut("value").map(Value::take) else {
-            return Err(PollError::Malformed("no 'value' array".into()));
-        };
-        let weight: u64 = items.iter().map(budget::weight).sum();
+        let DeltaPage {
+            value: items,
+            next_link,
+            delta_link,
+        } = page;
         let count = items.len();
-        let mut fresh: Vec<Value> = Vec::new();
+        let mut weight = 0;
+        let mut fresh: Vec<Message> = Vec::new();
+        let mut unreadable = Vec::new();
+        // Each item is read on its own (its strings moved, not copied): a malformed one is
+        // quarantined with what was wrong, and the rest of the page goes on.
         for item in items {
-            if item.get("@removed").is_some() {
-                continue;
-            }
+            let m = match item.read() {
+                Ok(Change::Message(m)) => m,
+                Ok(Change::Removed) => {
+                    weight += budget::ITEM_OVERHEAD;
+                    continue;
+                }
+                Err(bad) => {
+                    weight += budget::ITEM_OVERHEAD;
+                    if bad.id.as_ref().is_none_or(|id| seen.insert(id.clone())) {
+                        unreadable.push(bad);
+                    }
+                    continue;
+                }
+            };
+            weight += budget::weight(&m);
             if filtered
-                && let Some(received) = item
-                    .get("receivedDateTime")
-                    .and_then(Value::as_str)
+                && let Some(received) = m
+                    .received_date_time
+                    .as_deref()
                     .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
             {
                 newest_seen = newest_seen.max(Some(received));
             }
-            match item.get("id").and_then(Value::as_str) {
-                // Graph may return an item twice in one round; it is delivered once.
-                Some(id) if seen.insert(id.to_string()) => fresh.push(item),
-                Some(_) => {}
-                None => {
-                    Box::pin(deliver::quarantine(ctx, folder, "(no id)", "delta item without an id")).await?;
-                    stats.quarantined += 1;
-                }
+            // Graph may return an item twice in one round; it is delivered once.
+            if seen.insert(m.id.clone()) {
+                fresh.push(*m);
             }
+        }
+        if !unreadable.is_empty() {
+            stats.quarantined += Box::pin(deliver::unreadable(ctx, folder, unreadable)).await?;
         }
         let page_stats = Box::pin(deliver::items(ctx, folder, fresh, Mode::Round)).await?;
         let page_messages = page_stats.delivered + page_stats.quarantined;
         ctx.page_size
             .learn(&ctx.ingest, weight + page_stats.attachment_bytes, count);
         stats.add(page_stats);
-        if !first_checked && page.get("@odata.nextLink").is_some() {
+        if !first_checked && next_link.is_some() {
             first_checked = true;
             progress = Box::pin(first_sync(ctx, folder)).await;
         }
@@ -326,9 +296,9 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 );
             }
         }
-        if let Some(next) = page.get("@odata.nextLink").and_then(Value::as_str) {
-            link = next.to_string();
-        } else if let Some(delta) = page.get("@odata.deltaLink").and_then(Value::as_str) {
+        if let Some(next) = next_link {
+            link = next;
+        } else if let Some(delta) = delta_link {
             if filtered && seen.len() >= ctx.filtered_delta_cap {
                 // Graph ended the round at its cap: what lies beyond the newest message seen
                 // was never announced. A new filtered round from there covers it (what it
@@ -340,7 +310,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                             from = newest.format(&Rfc3339).unwrap_or_default(),
                             "A delta filtered on receipt time stopped at Graph's item cap; reading on from the newest message seen."
                         );
-                        link = initial_url(ctx, folder, Some(newest));
+                        link = graph.delta_start(folder, Some(newest));
                         save_link(ctx, folder, &link).await?;
                         window_from = Some(newest);
                         newest_seen = None;
@@ -353,8 +323,8 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                     ),
                 }
             }
-            ctx.store.save_checkpoint(mailbox, folder, delta, round_began).await?;
-            ctx.remember_link(folder, delta);
+            ctx.store.save_checkpoint(mailbox, folder, &delta, round_began).await?;
+            ctx.remember_link(folder, &delta);
             if let Some(p) = &progress {
                 let v = p.view();
                 tracing::info!(

@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use serde_json::{Value, json};
-
 use super::MailboxCtx;
 use super::deliver::{self, Mode};
 use super::poll::{PollError, RoundStats};
+use crate::graph::Message;
 
 /// Messages replayed per delivery (one `$batch` of fetches).
 const CHUNK: usize = 20;
@@ -33,13 +32,13 @@ async fn replay_due(ctx: &MailboxCtx) -> Result<RoundStats, PollError> {
         return Ok(RoundStats::default());
     }
     tracing::info!(mailbox = %ctx.config.address, messages = due.len(), "Replaying quarantined messages.");
-    let mut by_folder: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut by_folder: BTreeMap<String, Vec<Message>> = BTreeMap::new();
     for entry in due {
         // Only the id: the message is read again in full, as it is now.
         by_folder
             .entry(entry.folder)
             .or_default()
-            .push(json!({"id": entry.graph_id}));
+            .push(Message::with_id(entry.graph_id));
     }
     let mut stats = RoundStats::default();
     for (folder, items) in by_folder {
