@@ -189,6 +189,14 @@ async fn the_endpoint_is_open_answers_the_handshake_and_refuses_forged_notificat
     assert_eq!(post(&daemon, "/graph/notifications", change(&sub, "")).await, 403);
     let unknown = json!({"value": [{"subscriptionId": "no-such-subscription", "clientState": "x"}]});
     assert_eq!(post(&daemon, "/graph/notifications", unknown).await, 202);
+    // An odd item (a number where Graph sends a string) beside a genuine one: the genuine one
+    // still counts, the odd one is unknown, and Graph is not told to drop or retry the batch.
+    let mut mixed = change(&sub, sub["client_state"].as_str().unwrap());
+    mixed["value"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"subscriptionId": 5, "clientState": ["x"]}));
+    assert_eq!(post(&daemon, "/graph/notifications", mixed).await, 202);
     assert_eq!(post(&daemon, "/graph/notifications", json!({"nope": 1})).await, 400);
     let big = "x".repeat(2 * 1024 * 1024);
     let resp = http
@@ -205,6 +213,10 @@ async fn the_endpoint_is_open_answers_the_handshake_and_refuses_forged_notificat
     );
     assert_eq!(
         metric(&text, "inboxd_notifications_total", "outcome=\"unknown\""),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, "inboxd_notifications_total", "outcome=\"accepted\""),
         Some(1.0)
     );
     assert!(!text.contains(sub["client_state"].as_str().unwrap()));

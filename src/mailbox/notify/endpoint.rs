@@ -32,15 +32,16 @@ pub fn router(hub: Arc<Notifications>) -> Router {
         .with_state(hub)
 }
 
-/// A notification request as Graph posts it.
+/// A notification request as Graph posts it. Items are read one by one: an odd item counts
+/// as unknown and does not make Graph drop (or retry) the genuine ones beside it.
 #[derive(Deserialize)]
 struct Batch {
-    value: Vec<Item>,
+    value: Vec<serde_json::Value>,
 }
 
 /// One notification: a change, or a lifecycle event. Fields Graph left out read as empty,
 /// which matches no subscription.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Item {
     #[serde(default)]
@@ -97,6 +98,10 @@ async fn notification(
         hub.count("invalid", 1);
         return (StatusCode::BAD_REQUEST, "expected {\"value\": [...]}").into_response();
     };
+    let items: Vec<Item> = items
+        .into_iter()
+        .map(|v| Item::deserialize(v).unwrap_or_default())
+        .collect();
     let tally = dispatch(&hub, &items);
     hub.count("accepted", tally.accepted);
     hub.count("lifecycle", tally.lifecycle);
