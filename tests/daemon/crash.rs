@@ -14,8 +14,10 @@ use crate::support::{Binary, Env, count_lines, read_events, torn_lines};
 const KILLS: usize = 8;
 /// Kills that must land while messages were still undelivered, or the test proved nothing.
 const KILLS_DURING_INGEST: usize = 5;
-/// Messages delivered to the emulator before each restart (they arrive through delta links).
-const EXTRA_PER_RESTART: usize = 3;
+/// Messages delivered to the emulator before each restart (they arrive through delta links):
+/// enough that every restart has an ingest of its own for the kill to interrupt. With 3, a fast
+/// daemon delivered them before any kill could land, and the test proved too little.
+const EXTRA_PER_RESTART: usize = 64;
 /// Added by the emulator to every Graph answer during the kill test.
 const LATENCY_MS: u64 = 150;
 /// Bound on any wait for the daemon to make progress.
