@@ -35,6 +35,7 @@ mod outbound_upgrade;
 mod pipeline;
 mod reload;
 mod replicas;
+mod replicas_consent;
 mod replicas_failover;
 mod replicas_fencing;
 mod replicas_membership;
