@@ -2,13 +2,11 @@
 //! mailbox (a load balancer picks). The callback completes there, through the shared store, and
 //! the owner resumes the mailbox.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use crate::replicas::{LIMIT, Setup, client_id, owners, replica_id};
 use crate::support::delegated::{STORE_KEY, wait_state};
-use crate::support::{API_TOKEN, addr, get_url};
+use crate::support::{API_TOKEN, addr, get_url, poll_until};
 
 /// Where the load balancer is: every replica's `server.public_url`, so the redirect URI is the
 /// same whichever replica started the flow.
@@ -41,18 +39,14 @@ async fn a_consent_callback_reaching_a_replica_that_does_not_own_the_mailbox_res
     let replicas = setup.start_all().await;
 
     // Wait for an owner; every replica shows the mailbox flagged until someone consents.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    let owner = loop {
+    let owner = poll_until(LIMIT, &format!("an owner for {user}"), || async {
         let seen = owners(&replicas[0]).await.unwrap_or_default();
-        if let Some(Some(owner)) = seen.get(&user) {
-            break owner.clone();
+        match seen.get(&user) {
+            Some(Some(owner)) => Ok(owner.clone()),
+            _ => Err(format!("{seen:?}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nobody claimed {user}: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let other = (0..3).find(|&i| replica_id(i) != owner).unwrap();
     let other_addr = replicas[other].addr();
     wait_state(&setup.env, other_addr, &user, "needs_reconsent", LIMIT).await;
@@ -81,15 +75,21 @@ async fn a_consent_callback_reaching_a_replica_that_does_not_own_the_mailbox_res
     for binary in &replicas {
         wait_state(&setup.env, binary.addr(), &user, "active", LIMIT).await;
     }
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while setup.delivered().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing delivered for {user} after consent on {} (owner {owner})",
+    poll_until(
+        LIMIT,
+        &format!(
+            "mail of {user} delivered after consent on {} (owner {owner})",
             replica_id(other)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ),
+        || async {
+            if setup.delivered().is_empty() {
+                Err("nothing delivered".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     println!(
         "consent completed on {} for a mailbox owned by {owner}; {} message(s) delivered",
         replica_id(other),
