@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -136,8 +137,8 @@ impl Fetch {
         }
     }
 
-    /// Reads a successful part's body as what this request asked for.
-    fn read(&self, body: Value) -> Result<Fetched, super::ShapeError> {
+    /// Reads a successful part's body (its JSON text) as what this request asked for.
+    fn read(&self, body: &str) -> Result<Fetched, super::ShapeError> {
         /// The headers of a message.
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -151,7 +152,12 @@ impl Fetch {
             #[serde(default)]
             value: Option<Vec<Attachment>>,
         }
-        use super::mailbox::shaped;
+        fn shaped<T: serde::de::DeserializeOwned>(operation: &'static str, body: &str) -> Result<T, super::ShapeError> {
+            serde_json::from_str(body).map_err(|e| super::ShapeError {
+                operation,
+                detail: e.to_string(),
+            })
+        }
         Ok(match self {
             Fetch::Message(_) => Fetched::Message(Box::new(shaped("message", body)?)),
             Fetch::Headers(_) => Fetched::Headers(
@@ -245,13 +251,14 @@ impl<'a> MailboxGraph<'a> {
         call.weight = parts.len().min(4) as u32;
         // Read part by part: an answer in another shape, or a part that cannot be read, holds
         // no answer for that part, which the caller retries and then gives up alone.
-        let answer = self.raw(&call).await?;
-        let responses = super::mailbox::shaped::<BatchAnswer>("batch", answer)
-            .map(|a| a.responses)
-            .unwrap_or_default();
+        let responses = match self.typed::<BatchAnswer>(&call).await {
+            Ok(answer) => answer.responses,
+            Err(CallError::Shape(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::with_capacity(parts.len());
-        for part in responses {
-            let Ok(part) = BatchPart::deserialize(part) else {
+        for part in &responses {
+            let Ok(part) = serde_json::from_str::<BatchPart<'_>>(part.get()) else {
                 continue;
             };
             let Some((id, fetch)) = parts.iter().find(|(id, _)| *id == part.id) else {
@@ -261,7 +268,7 @@ impl<'a> MailboxGraph<'a> {
             let status = part.status;
             let result = if (200..300).contains(&status) {
                 fetch
-                    .read(part.body.unwrap_or(Value::Null))
+                    .read(part.body.map_or("null", RawValue::get))
                     .map_err(|e| format!("GET {}: {e}", fetch.path()))
             } else {
                 Err(part.error_text(&fetch.path()))
@@ -321,23 +328,23 @@ fn received_filter(query: &mut url::form_urlencoded::Serializer<'_, String>, fro
     }
 }
 
-/// A `$batch` answer; its parts are read one by one ([`BatchPart`]).
+/// A `$batch` answer; its parts are read one by one ([`BatchPart`]), each from its own text.
 #[derive(Debug, Deserialize)]
 struct BatchAnswer {
     #[serde(default)]
-    responses: Vec<Value>,
+    responses: Vec<Box<RawValue>>,
 }
 
-/// One part of a `$batch` answer.
+/// One part of a `$batch` answer; its body is read by what the request asked for.
 #[derive(Debug, Deserialize)]
-struct BatchPart {
+struct BatchPart<'a> {
     id: String,
     #[serde(default)]
     status: u16,
     #[serde(default)]
     headers: Option<Map<String, Value>>,
-    #[serde(default)]
-    body: Option<Value>,
+    #[serde(default, borrow)]
+    body: Option<&'a RawValue>,
 }
 
 /// A `$batch` answer read for its statuses only.
@@ -370,7 +377,7 @@ struct ErrorDetail {
     message: Option<String>,
 }
 
-impl BatchPart {
+impl BatchPart<'_> {
     /// Its own `Retry-After` (seconds or an HTTP date), bounded.
     fn retry_after(&self) -> Option<Duration> {
         let (_, value) = self
@@ -397,7 +404,7 @@ impl BatchPart {
     fn error_text(self, path: &str) -> String {
         let error = self
             .body
-            .and_then(|b| ErrorBody::deserialize(b).ok())
+            .and_then(|b| serde_json::from_str::<ErrorBody>(b.get()).ok())
             .and_then(|b| b.error)
             .unwrap_or_default();
         format!(
@@ -442,17 +449,19 @@ mod tests {
 
     #[test]
     fn a_part_reads_its_retry_after_and_its_error_in_words() {
-        let part: BatchPart = serde_json::from_value(json!({
+        let text = json!({
             "id": "m0", "status": 429, "headers": {"Retry-After": "7"},
             "body": {"error": {"code": "TooManyRequests", "message": "slow down"}},
-        }))
-        .unwrap();
+        })
+        .to_string();
+        let part: BatchPart = serde_json::from_str(&text).unwrap();
         assert_eq!(part.retry_after(), Some(Duration::from_secs(7)));
         assert_eq!(
             part.error_text("messages/x"),
             "GET messages/x answered 429 TooManyRequests slow down"
         );
-        let bare: BatchPart = serde_json::from_value(json!({"id": "m1", "status": 404})).unwrap();
+        let text = json!({"id": "m1", "status": 404}).to_string();
+        let bare: BatchPart = serde_json::from_str(&text).unwrap();
         assert_eq!(bare.retry_after(), None);
         assert_eq!(bare.error_text("messages/y"), "GET messages/y answered 404");
     }
@@ -460,10 +469,10 @@ mod tests {
     #[test]
     fn a_fetched_message_without_its_id_names_the_field() {
         let err = Fetch::Message("x".into())
-            .read(json!({"subject": "no id"}))
+            .read(&json!({"subject": "no id"}).to_string())
             .unwrap_err();
         assert!(err.to_string().contains("`id`"), "{err}");
-        let Ok(Fetched::Headers(h)) = Fetch::Headers("x".into()).read(json!({})) else {
+        let Ok(Fetched::Headers(h)) = Fetch::Headers("x".into()).read("{}") else {
             panic!("headers absent are none")
         };
         assert!(h.is_empty());

@@ -72,17 +72,16 @@ impl<'a> MailboxGraph<'a> {
 
     /// Runs a call and returns the answer as it came.
     pub(super) async fn raw(&self, call: &Call) -> Result<Value, CallError> {
-        match &self.credentials {
-            Credentials::Source(tokens) => self.graph.call(self.gate, tokens, call).await,
-            Credentials::Fixed(token) => Ok(self.graph.probe(self.gate, token, call).await?),
-        }
+        self.typed(call).await
     }
 
     /// Runs a call and reads its answer as `T` (unknown fields ignored; a missing required
     /// field is a [`ShapeError`] that names it).
     pub(super) async fn typed<T: DeserializeOwned>(&self, call: &Call) -> Result<T, CallError> {
-        let value = self.raw(call).await?;
-        Ok(shaped(call.operation, value)?)
+        match &self.credentials {
+            Credentials::Source(tokens) => self.graph.call(self.gate, tokens, call).await,
+            Credentials::Fixed(token) => self.graph.probe(self.gate, token, call).await,
+        }
     }
 
     /// A mail folder, by id or well-known name (`inbox`, `sentitems`).

@@ -3,7 +3,9 @@
 //! changed, and what it lacks is fetched before the message is converted.
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::ShapeError;
 
@@ -52,6 +54,9 @@ pub struct Message {
     /// True for a draft.
     #[serde(default)]
     pub is_draft: Option<bool>,
+    /// Present on a delta entry of a message that left the folder.
+    #[serde(rename = "@removed", default)]
+    pub removed: Option<IgnoredAny>,
 }
 
 impl Message {
@@ -155,7 +160,7 @@ pub struct Attachment {
 /// One entry of a delta page, read on its own so a malformed entry spoils only itself.
 #[derive(Debug, Deserialize)]
 #[serde(transparent)]
-pub struct DeltaItem(Value);
+pub struct DeltaItem(Box<RawValue>);
 
 /// What a delta entry says.
 #[derive(Debug)]
@@ -176,17 +181,35 @@ pub struct BadItem {
 }
 
 impl DeltaItem {
-    /// Reads the entry; the message's strings are moved, not copied.
+    /// Reads the entry straight from its JSON text (no intermediate tree: an entry carries
+    /// the whole body).
     pub fn read(self) -> Result<Change, BadItem> {
-        let DeltaItem(value) = self;
-        if value.get("@removed").is_some() {
-            return Ok(Change::Removed);
-        }
-        // Kept for the quarantine entry in case the rest cannot be read.
-        let id = value.get("id").and_then(Value::as_str).map(str::to_string);
-        match super::mailbox::shaped::<Message>("delta", value) {
+        let text = self.0.get();
+        match serde_json::from_str::<Message>(text) {
+            Ok(m) if m.removed.is_some() => Ok(Change::Removed),
             Ok(m) => Ok(Change::Message(Box::new(m))),
-            Err(error) => Err(BadItem { id, error }),
+            Err(e) => {
+                /// What an entry that is not a message may still say.
+                #[derive(Deserialize)]
+                struct Marks {
+                    #[serde(rename = "@removed", default)]
+                    removed: Option<IgnoredAny>,
+                    #[serde(default)]
+                    id: Option<Value>,
+                }
+                let marks = serde_json::from_str::<Marks>(text).ok();
+                if marks.as_ref().is_some_and(|m| m.removed.is_some()) {
+                    return Ok(Change::Removed);
+                }
+                Err(BadItem {
+                    // Kept for the quarantine entry.
+                    id: marks.and_then(|m| m.id?.as_str().map(str::to_string)),
+                    error: ShapeError {
+                        operation: "delta",
+                        detail: e.to_string(),
+                    },
+                })
+            }
         }
     }
 }
@@ -196,28 +219,32 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn item(value: Value) -> DeltaItem {
+        DeltaItem(RawValue::from_string(value.to_string()).unwrap())
+    }
+
     #[test]
     fn items_are_read_one_by_one_and_a_bad_one_names_its_field() {
-        let removed = DeltaItem(json!({"id": "gone", "@removed": {"reason": "deleted"}}));
+        let removed = item(json!({"id": "gone", "@removed": {"reason": "deleted"}}));
         assert!(matches!(removed.read(), Ok(Change::Removed)));
-        let removed_without_id = DeltaItem(json!({"@removed": {}}));
+        let removed_without_id = item(json!({"@removed": {}}));
         assert!(matches!(removed_without_id.read(), Ok(Change::Removed)));
 
-        let partial = DeltaItem(json!({"id": "p1", "isRead": true, "unknown": [1, 2]}));
+        let partial = item(json!({"id": "p1", "isRead": true, "unknown": [1, 2]}));
         let Ok(Change::Message(m)) = partial.read() else {
             panic!("a partial item is a message")
         };
         assert!(m.is_partial());
         assert_eq!(m.id, "p1");
 
-        let no_id = DeltaItem(json!({"subject": "hi"}));
+        let no_id = item(json!({"subject": "hi"}));
         let Err(bad) = no_id.read() else {
             panic!("an item without id")
         };
         assert_eq!(bad.id, None);
         assert!(bad.error.to_string().contains("`id`"), "{}", bad.error);
 
-        let odd = DeltaItem(json!({"id": "x1", "subject": 5}));
+        let odd = item(json!({"id": "x1", "subject": 5}));
         let Err(bad) = odd.read() else {
             panic!("a subject that is a number")
         };

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use url::Url;
 
@@ -155,11 +156,16 @@ impl Graph {
 
     /// Runs a call: waits for the mailbox gate, retries transient failures with backoff
     /// (honouring `Retry-After`), refreshes the token once on a 401.
-    pub async fn call(&self, gate: &MailboxGate, tokens: &TokenSource, call: &Call) -> Result<Value, CallError> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        gate: &MailboxGate,
+        tokens: &TokenSource,
+        call: &Call,
+    ) -> Result<T, CallError> {
         let attempt = || async {
             if !gate.may_call() {
                 // Answered as a transport failure: transient, and nothing reached Graph.
-                return Err(GraphError {
+                return Err(CallError::from(GraphError {
                     kind: GraphErrorKind::Transport,
                     operation: call.operation,
                     status: None,
@@ -169,17 +175,16 @@ impl Graph {
                     request_id: None,
                     client_request_id: String::new(),
                     retry_after: None,
-                }
-                .into());
+                }));
             }
             let token = tokens.token().await?;
             match self.once(gate, &token, call).await {
-                Err(e) if e.kind == GraphErrorKind::Unauthorized => {
+                Err(CallError::Graph(e)) if e.kind == GraphErrorKind::Unauthorized => {
                     tokens.invalidate(&token);
                     let token = tokens.token().await?;
-                    Ok(self.once(gate, &token, call).await?)
+                    self.once(gate, &token, call).await
                 }
-                other => Ok(other?),
+                other => other,
             }
         };
         let backoff = ExponentialBuilder::default()
@@ -223,17 +228,28 @@ impl Graph {
 
     /// One exchange with an explicit token and no retry (the consent flow checks a fresh
     /// grant with it before storing anything).
-    pub async fn probe(&self, gate: &MailboxGate, token: &AccessToken, call: &Call) -> Result<Value, GraphError> {
+    pub async fn probe<T: DeserializeOwned>(
+        &self,
+        gate: &MailboxGate,
+        token: &AccessToken,
+        call: &Call,
+    ) -> Result<T, CallError> {
         self.once(gate, token, call).await
     }
 
-    /// One HTTP exchange, no retry.
-    async fn once(&self, gate: &MailboxGate, token: &AccessToken, call: &Call) -> Result<Value, GraphError> {
+    /// One HTTP exchange, no retry; a successful answer is read straight into `T` (no
+    /// intermediate JSON tree: delta pages and `$batch` answers carry whole bodies).
+    async fn once<T: DeserializeOwned>(
+        &self,
+        gate: &MailboxGate,
+        token: &AccessToken,
+        call: &Call,
+    ) -> Result<T, CallError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
         let url = match self.resolve(&call.url) {
             Ok(url) => url,
             Err(message) => {
-                return Err(GraphError {
+                return Err(CallError::from(GraphError {
                     kind: GraphErrorKind::Rejected,
                     operation: call.operation,
                     status: None,
@@ -242,7 +258,7 @@ impl Graph {
                     request_id: None,
                     client_request_id,
                     retry_after: None,
-                });
+                }));
             }
         };
         let mut req = self
@@ -295,7 +311,8 @@ impl Graph {
                     crate::auth::describe(&e),
                     None,
                     None,
-                ));
+                )
+                .into());
             }
         };
         let status = resp.status().as_u16();
@@ -324,14 +341,14 @@ impl Graph {
                     crate::auth::describe(&e),
                     request_id,
                     wait,
-                ));
+                )
+                .into());
             }
         };
         if (200..300).contains(&status) {
-            if bytes.is_empty() {
-                return Ok(Value::Null);
-            }
-            return match lenient_json(&bytes) {
+            // An empty answer reads as `null` (what a `T` of `Value` or `()` expects).
+            let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return match lenient_json(body) {
                 Ok((value, repaired)) => {
                     if repaired {
                         tracing::warn!(
@@ -342,6 +359,12 @@ impl Graph {
                     }
                     Ok(value)
                 }
+                // Readable JSON without what `T` needs: the answer's shape, not the bytes.
+                Err(e) if e.is_data() => Err(ShapeError {
+                    operation: call.operation,
+                    detail: e.to_string(),
+                }
+                .into()),
                 Err(e) => Err(fail(
                     GraphErrorKind::Malformed,
                     Some(status),
@@ -349,7 +372,8 @@ impl Graph {
                     format!("unreadable JSON: {e}"),
                     request_id.clone(),
                     None,
-                )),
+                )
+                .into()),
             };
         }
         let envelope: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -368,7 +392,8 @@ impl Graph {
             message,
             request_id,
             wait,
-        ))
+        )
+        .into())
     }
 }
 
@@ -401,13 +426,17 @@ impl Graph {
 /// Parses an answer; when strict parsing fails, once more with lone UTF-16 surrogate escapes
 /// (`\ud800`, which malformed mail can carry) and invalid UTF-8 replaced by U+FFFD, so one odd
 /// message does not make a whole page unreadable. The flag says whether anything was replaced.
-fn lenient_json(bytes: &[u8]) -> Result<(Value, bool), serde_json::Error> {
+/// A data error (readable JSON that is not a `T`) is returned as it is, never repaired.
+fn lenient_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, bool), serde_json::Error> {
     match serde_json::from_slice(bytes) {
         Ok(v) => Ok((v, false)),
+        Err(strict) if strict.is_data() => Err(strict),
         Err(strict) => {
             let text = String::from_utf8_lossy(bytes);
             let repaired = repair_surrogates(&text);
-            serde_json::from_str(&repaired).map(|v| (v, true)).map_err(|_| strict)
+            serde_json::from_str(&repaired)
+                .map(|v| (v, true))
+                .map_err(|e| if e.is_data() { e } else { strict })
         }
     }
 }
@@ -538,18 +567,18 @@ mod tests {
             serde_json::from_slice::<Value>(page).is_err(),
             "serde_json must refuse it"
         );
-        let (value, repaired) = lenient_json(page).unwrap();
+        let (value, repaired) = lenient_json::<Value>(page).unwrap();
         assert!(repaired);
         assert_eq!(value["value"][0]["subject"], "bad \u{fffd} here");
         assert_eq!(
             value["value"][1]["subject"],
             "pair \u{1f600} and \\u not an escape \u{fffd}"
         );
-        let (clean, repaired) = lenient_json(br#"{"a":"\u00e9"}"#).unwrap();
+        let (clean, repaired) = lenient_json::<Value>(br#"{"a":"\u00e9"}"#).unwrap();
         assert!(!repaired);
         assert_eq!(clean["a"], "\u{e9}");
         assert!(
-            lenient_json(br#"{"value":[{"id":"1","subj"#).is_err(),
+            lenient_json::<Value>(br#"{"value":[{"id":"1","subj"#).is_err(),
             "truncated stays an error"
         );
     }
@@ -557,7 +586,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_bytes_parse_or_fail_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
-            let _ = lenient_json(&bytes);
+            let _ = lenient_json::<Value>(&bytes);
         }
 
         #[test]
@@ -570,7 +599,7 @@ mod tests {
                 at -= 1;
             }
             let spliced = format!("{{\"s\":\"{}\\u{unit:04x}{}\"}}", &inner[..at], &inner[at..]);
-            let (value, _) = lenient_json(spliced.as_bytes()).expect("repaired");
+            let (value, _) = lenient_json::<Value>(spliced.as_bytes()).expect("repaired");
             proptest::prop_assert!(value["s"].is_string());
         }
 

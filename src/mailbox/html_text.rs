@@ -13,12 +13,56 @@
 pub fn html_to_text(html: &str) -> String {
     let mut r = Renderer::with_capacity(html.len() / 2);
     let mut rest = html;
-    while let Some(lt) = rest.find('<') {
-        r.text(&rest[..lt]);
+    loop {
+        let lt = r.text(rest);
+        if lt == rest.len() {
+            break;
+        }
         rest = r.markup(&rest[lt..]);
     }
-    r.text(rest);
     r.finish()
+}
+
+/// Bytes that end a literal run of character data.
+fn is_special(b: u8) -> bool {
+    matches!(b, b'&' | b'<' | b' ' | b'\t' | b'\n' | b'\r' | b'\x0c')
+}
+
+/// Where a literal run may end, eight bytes at a time: the high bit of each byte that is `&`,
+/// `<`, whitespace other than a space, or a space before such a byte or before a space (the
+/// last byte's follower is unknown, so a space there is marked too). Every byte that ends a
+/// run is marked; a marked byte may also be a false alarm, which the caller rules out.
+fn stops(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let eq = |c: u8| {
+        let x = w ^ (ONES * u64::from(c));
+        x.wrapping_sub(ONES) & !x & HIGH
+    };
+    let space = eq(b' ');
+    let whitespace = space | eq(b'\t') | eq(b'\n') | eq(b'\r') | eq(b'\x0c');
+    let hard = eq(b'&') | eq(b'<');
+    let special = whitespace | hard;
+    hard | (whitespace & !space) | (space & ((special >> 8) | (HIGH << 56)))
+}
+
+/// The first byte from `i` on that may end a literal run (see [`stops`]), or the length.
+fn next_stop(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mask = stops(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+        if mask != 0 {
+            return i + (mask.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < bytes.len() {
+        let b = bytes[i];
+        if is_special(b) && (b != b' ' || bytes.get(i + 1).is_none_or(|&n| is_special(n))) {
+            return i;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Elements that start on a new line.
@@ -113,9 +157,59 @@ impl Renderer {
         self.out.push(c);
     }
 
-    /// Character data between tags: literal runs are copied whole, whitespace and character
-    /// references are looked at one by one.
-    fn text(&mut self, s: &str) {
+    /// Character data up to the next `<` (returned, or the length): literal runs are copied
+    /// whole, whitespace and character references are looked at one by one. A single space
+    /// between two characters of a run is part of the run: it comes out as it is whatever the
+    /// mode, and mail is mostly words with one space between them.
+    fn text(&mut self, s: &str) -> usize {
+        let bytes = s.as_bytes();
+        let (mut run, mut i) = (0, 0);
+        loop {
+            // A space that starts a run collapses with what came before it: looked at below.
+            if !(i == run && bytes.get(i) == Some(&b' ')) {
+                i = next_stop(bytes, i);
+            }
+            let Some(&b) = bytes.get(i) else { break };
+            if !is_special(b) {
+                // A false alarm of the eight-byte scan.
+                i += 1;
+                continue;
+            }
+            if b == b' ' && run < i && bytes.get(i + 1).is_some_and(|&n| !is_special(n)) {
+                i += 2;
+                continue;
+            }
+            if run < i {
+                self.settle();
+                self.out.push_str(&s[run..i]);
+            }
+            match b {
+                b'<' => return i,
+                b'&' => {
+                    let (decoded, used) = entity(&s[i..]);
+                    match decoded {
+                        Some(c) => self.character(c),
+                        None => self.visible('&'),
+                    }
+                    i += used;
+                }
+                _ => {
+                    self.whitespace(b);
+                    i += 1;
+                }
+            }
+            run = i;
+        }
+        if run < bytes.len() {
+            self.settle();
+            self.out.push_str(&s[run..]);
+        }
+        bytes.len()
+    }
+
+    /// [`Renderer::text`] as first written, a byte at a time: the oracle its tests compare with.
+    #[cfg(test)]
+    fn text_plain(&mut self, s: &str) {
         let bytes = s.as_bytes();
         let (mut run, mut i) = (0, 0);
         while i < bytes.len() {
@@ -321,8 +415,29 @@ impl Renderer {
                 self.breaks(1);
             }
         }
-        tidy(&self.out)
+        if is_tidy(&self.out) { self.out } else { tidy(&self.out) }
     }
+}
+
+/// True when [`tidy`] would change nothing (the common case: then the text is not copied).
+fn is_tidy(text: &str) -> bool {
+    let ends = |c: Option<char>| c.is_none_or(|c| !c.is_whitespace());
+    if !ends(text.chars().next()) || !ends(text.chars().next_back()) {
+        return false;
+    }
+    let mut from = 0;
+    while let Some(at) = text[from..].find('\n').map(|i| i + from) {
+        let before = &text[..at];
+        match before.chars().next_back() {
+            // A blank line, but never two in a row.
+            Some('\n') if before.ends_with("\n\n") => return false,
+            Some('\n') => {}
+            Some(c) if c.is_whitespace() => return false,
+            _ => {}
+        }
+        from = at + 1;
+    }
+    true
 }
 
 /// Trailing spaces off every line, at most one blank line in a row, no leading or trailing
@@ -537,7 +652,7 @@ fn windows_1252(code: u32) -> char {
 
 #[cfg(test)]
 mod tests {
-    use super::html_to_text;
+    use super::{Renderer, html_to_text, is_tidy, tidy};
 
     #[test]
     fn outlook_style_html_reads_as_an_agent_would_expect() {
@@ -619,6 +734,26 @@ mod tests {
             proptest::prop_assert!(!text.contains("\n\n\n"));
             proptest::prop_assert_eq!(text.trim(), text.as_str());
             proptest::prop_assert!(text.lines().all(|l| l == l.trim_end()));
+        }
+
+        #[test]
+        fn the_fast_scan_renders_what_a_byte_at_a_time_renders(html in "([a-z]{1,9}|[ ]{1,3}|[\t\r\n\x0c]|&(amp|#32|nbsp|shy|#x9|lt);?|&|<|</?(p|pre|br|b|li|ol|a href=x)>|\\PC)*") {
+            let mut plain = Renderer::with_capacity(0);
+            let mut rest = html.as_str();
+            while let Some(lt) = rest.find('<') {
+                plain.text_plain(&rest[..lt]);
+                rest = plain.markup(&rest[lt..]);
+            }
+            plain.text_plain(rest);
+            let plain = plain.finish();
+            proptest::prop_assert_eq!(html_to_text(&html), plain);
+        }
+
+        #[test]
+        fn text_found_tidy_is_what_tidying_gives(text in "[a \n\r\t\u{a0}é]{0,40}") {
+            if is_tidy(&text) {
+                proptest::prop_assert_eq!(tidy(&text), text);
+            }
         }
     }
 }

@@ -26,8 +26,9 @@ pub struct EncodedEvent<'a> {
 impl<'a> EncodedEvent<'a> {
     /// Encodes an event; one that cannot be serialised is the event's fault (rejected).
     pub fn encode<E: SinkEvent>(event: &'a E) -> Result<EncodedEvent<'a>, SinkError> {
-        let json =
-            serde_json::to_vec(event).map_err(|e| SinkError::Rejected(format!("event cannot be serialised: {e}")))?;
+        let json = event
+            .to_json()
+            .map_err(|e| SinkError::Rejected(format!("event cannot be serialised: {e}")))?;
         Ok(EncodedEvent {
             event_id: event.event_id(),
             dedup_key: event.dedup_key(),

@@ -2,11 +2,12 @@
 //! rotated by size without ever splitting a line across files.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use time::OffsetDateTime;
 use time::macros::format_description;
 use tokio::sync::Mutex;
@@ -87,16 +88,8 @@ impl EventSink for FileSink {
         if events.is_empty() {
             return Vec::new();
         }
-        // Lines are built before taking the lock: copying needs no file.
-        let lines: Vec<Vec<u8>> = events
-            .iter()
-            .map(|event| {
-                let mut line = Vec::with_capacity(event.json.len() + 1);
-                line.extend_from_slice(&event.json);
-                line.push(b'\n');
-                line
-            })
-            .collect();
+        // The encoded events are written as they are (a newline after each), not copied.
+        let lines: Vec<Bytes> = events.iter().map(|event| event.json.clone()).collect();
         let mut state = Arc::clone(&self.state).lock_owned().await;
         let written = tokio::task::spawn_blocking(move || state.append(&lines))
             .await
@@ -149,7 +142,7 @@ impl State {
 
     /// Writes every line (rotating as needed), then fsyncs. On error the live file is
     /// truncated back to its last committed length.
-    fn append(&mut self, lines: &[Vec<u8>]) -> io::Result<()> {
+    fn append(&mut self, lines: &[Bytes]) -> io::Result<()> {
         self.recover()?;
         let result = self.append_inner(lines);
         if result.is_err() {
@@ -186,38 +179,65 @@ impl State {
             .ok_or_else(|| io::Error::other("the sink file is not open"))
     }
 
-    fn append_inner(&mut self, lines: &[Vec<u8>]) -> io::Result<()> {
+    fn append_inner(&mut self, lines: &[Bytes]) -> io::Result<()> {
         let mut pending = 0u64;
-        for line in lines {
-            let line_len = line.len() as u64;
+        // Lines since the last rotation, written together.
+        let mut from = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let line_len = line.len() as u64 + 1;
             if let Some(max) = self.max_bytes
                 && self.len + pending > 0
                 && self.len + pending + line_len > max
             {
+                self.write_lines(&lines[from..i])?;
+                from = i;
                 self.live()?.sync_data()?;
                 self.len += pending;
                 pending = 0;
                 self.rotate()?;
             }
-            self.write_line(line)?;
             pending += line_len;
         }
+        self.write_lines(&lines[from..])?;
         self.live()?.sync_data()?;
         self.len += pending;
         Ok(())
     }
 
-    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+    /// Writes each line and its newline in as few `writev` calls as the kernel allows.
+    fn write_lines(&mut self, lines: &[Bytes]) -> io::Result<()> {
         #[cfg(test)]
-        if let Some(n) = self.fail_after_lines.as_mut() {
-            if *n == 0 {
-                // A torn write: half a line reaches the file, then the error.
-                self.live()?.write_all(&line[..line.len() / 2])?;
-                return Err(io::Error::other("injected write failure"));
+        if let Some(mut n) = self.fail_after_lines {
+            for line in lines {
+                if n == 0 {
+                    // A torn write: half a line reaches the file, then the error.
+                    let torn = line.len() / 2;
+                    self.live()?.write_all(&line[..torn])?;
+                    self.fail_after_lines = Some(0);
+                    return Err(io::Error::other("injected write failure"));
+                }
+                n -= 1;
+                self.live()?.write_all(line)?;
+                self.live()?.write_all(b"\n")?;
             }
-            *n -= 1;
+            self.fail_after_lines = Some(n);
+            return Ok(());
         }
-        self.live()?.write_all(line)
+        let mut slices: Vec<IoSlice<'_>> = lines
+            .iter()
+            .flat_map(|line| [IoSlice::new(line), IoSlice::new(b"\n")])
+            .collect();
+        let mut rest = &mut slices[..];
+        let file = self.live()?;
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Renames the (fsynced) live file aside and starts a new one.
