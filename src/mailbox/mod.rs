@@ -72,31 +72,61 @@ pub struct MailboxCtx {
     pub ingest: Arc<IngestBudget>,
     /// Items its next delta page asks for, learnt from what its mail weighs.
     pub page_size: PageSize,
-    /// Each folder's delta link as last written to the store by this task.
-    pub delta_links: std::sync::Mutex<HashMap<String, String>>,
+    /// Each folder's delta link as this task holds it.
+    pub delta_links: std::sync::Mutex<HashMap<String, HeldLink>>,
     /// Where Graph ends a delta filtered on receipt time (`microsoft.filtered_delta_cap`).
     pub filtered_delta_cap: usize,
 }
 
+/// A folder's delta link as its task holds it.
+#[derive(Debug)]
+pub struct HeldLink {
+    /// The link the next round starts from.
+    link: String,
+    /// When the store last took a checkpoint of the folder (`None`: not in this process).
+    checkpointed_at: Option<tokio::time::Instant>,
+}
+
 impl MailboxCtx {
-    /// The folder's delta link as this task last stored it.
+    /// The folder's delta link as this task holds it.
     fn remembered_link(&self, folder: &str) -> Option<String> {
         self.delta_links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(folder)
-            .cloned()
+            .map(|held| held.link.clone())
     }
 
-    /// Notes a link the store has just accepted.
-    fn remember_link(&self, folder: &str, link: &str) {
+    /// Notes the link of the folder's next round; `checkpointed` when the store has just
+    /// taken it as the checkpoint of a completed round.
+    fn hold_link(&self, folder: &str, link: &str, checkpointed: bool) {
+        let now = checkpointed.then(tokio::time::Instant::now);
         let mut links = self.delta_links.lock().unwrap_or_else(|p| p.into_inner());
         match links.get_mut(folder) {
-            Some(held) => link.clone_into(held),
+            Some(held) => {
+                link.clone_into(&mut held.link);
+                held.checkpointed_at = now.or(held.checkpointed_at);
+            }
             None => {
-                links.insert(folder.to_string(), link.to_string());
+                links.insert(
+                    folder.to_string(),
+                    HeldLink {
+                        link: link.to_string(),
+                        checkpointed_at: now,
+                    },
+                );
             }
         }
+    }
+
+    /// True when the store took a checkpoint of the folder less than `within` ago.
+    fn checkpointed_within(&self, folder: &str, within: Duration) -> bool {
+        self.delta_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(folder)
+            .and_then(|held| held.checkpointed_at)
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// The wait after a successful round: the safety poll while notifications are healthy.

@@ -22,6 +22,10 @@ const START_MARGIN: time::Duration = time::Duration::minutes(2);
 pub const RESYNC_MARGIN: time::Duration = time::Duration::days(1);
 /// Delivered keys are kept at least this long (and longer while a resync could reach them).
 pub const KEY_RETENTION: time::Duration = time::Duration::days(31);
+/// A round that found nothing does not write a checkpoint when the store took one of the
+/// folder less than this ago: the stored link is then a little older, and a crash replays
+/// nothing but empty rounds from it (idle mailboxes then cost the store almost nothing).
+pub const QUIET_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Why a round stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +141,7 @@ async fn first_sync(ctx: &MailboxCtx, folder: &str) -> Option<FirstSync> {
 /// Stores the folder's delta link and remembers it for the next round.
 async fn save_link(ctx: &MailboxCtx, folder: &str, link: &str) -> Result<(), PollError> {
     ctx.store.save_delta_link(&ctx.config.address, folder, link).await?;
-    ctx.remember_link(folder, link);
+    ctx.hold_link(folder, link, false);
     Ok(())
 }
 
@@ -168,7 +172,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
             };
             let url = ctx.mailbox_graph().delta_start(folder, from);
             ctx.store.begin_delta(mailbox, folder, &url, from).await?;
-            ctx.remember_link(folder, &url);
+            ctx.hold_link(folder, &url, false);
             url
         }
     };
@@ -182,6 +186,8 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
     // Counted only in a multi-page round of a folder that never completed one (its first sync).
     let mut progress: Option<FirstSync> = None;
     let mut first_checked = false;
+    // Anything seen, or a link moved by a resync or a split: the checkpoint is written.
+    let mut eventful = false;
     loop {
         if cancel.is_cancelled() {
             return Err(PollError::Cancelled);
@@ -210,6 +216,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 window_from = from;
                 newest_seen = None;
                 seen.clear();
+                eventful = true;
                 // Keeps the window: a crash or another 410 resyncs from the same point.
                 save_link(ctx, folder, &link).await?;
                 continue;
@@ -229,6 +236,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                 window_from = Some(from);
                 newest_seen = None;
                 seen.clear();
+                eventful = true;
                 continue;
             }
             other => other.map_err(folder_failure)?,
@@ -239,6 +247,7 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
             delta_link,
         } = page;
         let count = items.len();
+        eventful |= count > 0;
         let mut weight = 0;
         let mut fresh: Vec<Message> = Vec::new();
         let mut unreadable = Vec::new();
@@ -323,8 +332,12 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
                     ),
                 }
             }
-            ctx.store.save_checkpoint(mailbox, folder, &delta, round_began).await?;
-            ctx.remember_link(folder, &delta);
+            if !eventful && ctx.checkpointed_within(folder, QUIET_CHECKPOINT_EVERY) {
+                ctx.hold_link(folder, &delta, false);
+            } else {
+                ctx.store.save_checkpoint(mailbox, folder, &delta, round_began).await?;
+                ctx.hold_link(folder, &delta, true);
+            }
             if let Some(p) = &progress {
                 let v = p.view();
                 tracing::info!(

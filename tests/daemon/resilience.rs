@@ -484,3 +484,69 @@ async fn replays_updates_and_removed_entries_produce_no_extra_events() {
     assert!(events.iter().all(|e| !e.graph_id.is_empty() && e.folder == "inbox"));
     daemon.stop().await;
 }
+
+/// The delta link the store holds for a mailbox's Inbox.
+async fn stored_link(env: &Env, mailbox: &str) -> String {
+    let db = format!("sqlite://{}", env.dir.path().join("inboxd.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let (link,): (String,) = sqlx::query_as("SELECT link FROM delta_links WHERE mailbox = ?1 AND folder = 'inbox'")
+        .bind(mailbox)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    link
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quiet_rounds_leave_the_checkpoint_alone_and_a_restart_from_it_loses_nothing() {
+    let env = Env::new().await;
+    let a = addr("quiet");
+    env.mailboxes(std::slice::from_ref(&a)).await;
+    env.deliver(&a, "first").await;
+    let toml = env.config(std::slice::from_ref(&a), "300ms");
+    let daemon = env.start(&toml).await;
+    assert_eq!(env.wait_for_events(1, LIMIT).await.len(), 1);
+    // The round that delivered wrote its checkpoint; the rounds after it find nothing.
+    let checkpoint = eventually(LIMIT, || async {
+        stored_link(&env, a.as_str()).await.contains("deltatoken")
+    })
+    .await;
+    assert!(checkpoint, "the round that delivered stored no delta link");
+    let stored = stored_link(&env, a.as_str()).await;
+    let seq = crate::support::last_seq(&env).await;
+    let quiet_rounds = eventually(LIMIT, || async {
+        crate::support::requests_since(&env, seq)
+            .await
+            .iter()
+            .filter(|e| e["query"].as_str().is_some_and(|q| q.contains("deltatoken")) && e["status"] == 200)
+            .count()
+            >= 4
+    })
+    .await;
+    assert!(quiet_rounds, "the daemon stopped polling");
+    assert_eq!(
+        stored_link(&env, a.as_str()).await,
+        stored,
+        "a round that found nothing wrote a checkpoint although one was stored moments ago"
+    );
+    daemon.stop().await;
+
+    // Started again from the older link: the empty rounds it skips over cost nothing, and
+    // what arrived meanwhile comes through once.
+    env.deliver(&a, "second").await;
+    let daemon = env.start(&toml).await;
+    let events = env.wait_for_events(2, LIMIT).await;
+    assert_eq!(
+        subjects(&events, &a),
+        HashSet::from(["first".to_string(), "second".to_string()])
+    );
+    let moved = eventually(LIMIT, || async { stored_link(&env, a.as_str()).await != stored }).await;
+    assert!(
+        moved,
+        "the round that delivered after the restart stored no new checkpoint"
+    );
+    assert_no_duplicates(&env.events());
+    assert_eq!(env.events().len(), 2);
+    daemon.stop().await;
+}
