@@ -85,6 +85,10 @@ enum Command {
         /// A tiny version that finishes in seconds (CI); checks the report, not the timings.
         #[arg(long)]
         smoke: bool,
+        /// backlog and reference: spread the 20,000 messages over this many mailboxes (a
+        /// multiple of 4) instead of 100; idle: poll this many instead of 10,000.
+        #[arg(long)]
+        mailboxes: Option<usize>,
         /// Also write the report to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -218,9 +222,10 @@ async fn main() -> ExitCode {
         Command::Bench {
             scenario,
             smoke,
+            mailboxes,
             out,
             reports,
-        } => match inboxd::bench::run(&scenario, smoke, out.as_deref(), &reports).await {
+        } => match inboxd::bench::run(&scenario, smoke, mailboxes, out.as_deref(), &reports).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("inboxd bench: {e:#}");

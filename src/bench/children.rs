@@ -75,10 +75,18 @@ async fn spawn_listening(
     let stdout = child.stdout.take().context("child stdout")?;
     let guard = ChildGuard { child };
     let (tx, rx) = tokio::sync::oneshot::channel();
+    // A profiler may print lines of its own first (heaptrack does).
+    let skip = if profiler.is_some() { 16 } else { 0 };
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        let first = reader.read_line(&mut line).map(|_| line.trim().to_string());
+        let mut first = reader.read_line(&mut line).map(|_| line.trim().to_string());
+        for _ in 0..skip {
+            if first.as_ref().is_ok_and(|l| !l.starts_with("listening on ")) {
+                line.clear();
+                first = reader.read_line(&mut line).map(|_| line.trim().to_string());
+            }
+        }
         let _ = tx.send(first);
         let _ = std::io::copy(&mut reader.take(u64::MAX), &mut std::io::sink());
     });

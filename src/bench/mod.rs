@@ -31,6 +31,7 @@ pub const SCENARIOS: &str = "backlog, idle, steady, reference, notify, all, outb
 pub async fn run(
     scenario: &str,
     smoke: bool,
+    mailboxes: Option<usize>,
     out: Option<&Path>,
     reports: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
@@ -87,12 +88,12 @@ pub async fn run(
             Kind::Reference => {
                 let daemon = match backlog.take() {
                     Some(b) => b,
-                    None => run::daemon_run(&exe, &Plan::new(Kind::Backlog, smoke)).await?,
+                    None => run::daemon_run(&exe, &Plan::sized(Kind::Backlog, smoke, mailboxes)).await?,
                 };
-                compare(&exe, daemon, &Plan::new(Kind::Reference, smoke)).await?
+                compare(&exe, daemon, &Plan::sized(Kind::Reference, smoke, mailboxes)).await?
             }
             _ => {
-                let r = run::daemon_run(&exe, &Plan::new(kind, smoke)).await?;
+                let r = run::daemon_run(&exe, &Plan::sized(kind, smoke, mailboxes)).await?;
                 let report = r.report.clone();
                 if kind == Kind::Backlog {
                     backlog = Some(r);

@@ -97,12 +97,23 @@ fn load(
 impl Plan {
     /// The plan of `kind` at full or smoke size.
     pub fn new(kind: Kind, smoke: bool) -> Plan {
+        Plan::sized(kind, smoke, None)
+    }
+
+    /// The plan of `kind` at full or smoke size, or over `mailboxes` mailboxes: `backlog` and
+    /// `reference` then spread the same 20,000 messages over them (a multiple of 4), `idle`
+    /// polls that many.
+    pub fn sized(kind: Kind, smoke: bool, mailboxes: Option<usize>) -> Plan {
         match kind {
             // The reference needs the backlog's mail; `Reference` reuses its plan.
             Kind::Backlog | Kind::Reference => {
                 // Bodies of 5–50 KB: the load generator takes one size per call, so four groups
                 // of mailboxes get 5, 20, 35 and 50 KB (mean 27.5 KB); 20 % carry 100 KB.
-                let (per_group, per_mailbox) = if smoke { (1, 10) } else { (25, 200) };
+                let (per_group, per_mailbox) = match (smoke, mailboxes) {
+                    (true, _) => (1, 10),
+                    (false, Some(n)) => ((n / 4).max(1), (20_000 / (n / 4).max(1) / 4).max(1)),
+                    (false, None) => (25, 200),
+                };
                 let mut seed = Vec::new();
                 let mut mailboxes = Vec::new();
                 for kb in [5, 20, 35, 50] {
@@ -126,7 +137,11 @@ impl Plan {
                 }
             }
             Kind::Idle => {
-                let (n, poll, secs) = if smoke { (50, 1, 5.0) } else { (10_000, 60, 180.0) };
+                let (n, poll, secs) = if smoke {
+                    (50, 1, 5.0)
+                } else {
+                    (mailboxes.unwrap_or(10_000), 60, 180.0)
+                };
                 let (spec, mailboxes) = load("idle-", n, 0, 0, None);
                 Plan {
                     kind,

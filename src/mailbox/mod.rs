@@ -288,6 +288,27 @@ async fn poll_folders(
     }
 }
 
+/// The coarsest grid wake-ups are rounded up to.
+const WAKE_GRID: Duration = Duration::from_millis(250);
+
+/// When to wake after `wait`: rounded up to a grid every mailbox shares (a twentieth of the
+/// poll interval, at most 250 ms). Thousands of idle mailboxes then wake in groups, and the
+/// runtime's threads are woken a few times a second rather than once per mailbox poll.
+fn wake_at(wait: Duration, interval: Duration) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let at = tokio::time::Instant::now() + wait;
+    let grid = (interval / 20).min(WAKE_GRID).as_nanos();
+    if grid == 0 {
+        return at;
+    }
+    let rounded = at.saturating_duration_since(epoch).as_nanos().div_ceil(grid) * grid;
+    u64::try_from(rounded)
+        .ok()
+        .and_then(|ns| epoch.checked_add(Duration::from_nanos(ns)))
+        .unwrap_or(at)
+}
+
 /// Polls until cancelled.
 pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
     let mailbox = ctx.config.address.clone();
@@ -334,7 +355,7 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(wake_at(wait, interval)) => {}
             _ = ctx.wake.notified() => {}
             _ = cancel.cancelled() => break,
         }
@@ -356,4 +377,33 @@ pub fn reason_for(e: &crate::auth::TokenError) -> String {
         Verdict::Transient => "inboxd retries by itself",
     };
     format!("{}: {action}{ids}", e.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn wake_ups_are_rounded_up_to_a_shared_grid() {
+        let interval = Duration::from_secs(60);
+        let now = tokio::time::Instant::now();
+        // A point of the grid; mailboxes due up to 250 ms before it wake with it.
+        let point = wake_at(Duration::from_secs(60), interval);
+        let to_point = point - now;
+        for earlier in [Duration::ZERO, Duration::from_millis(10), Duration::from_millis(200)] {
+            assert_eq!(
+                wake_at(to_point - earlier, interval),
+                point,
+                "due {earlier:?} before it"
+            );
+        }
+        for wait in [Duration::ZERO, Duration::from_millis(1), Duration::from_secs(61)] {
+            let at = wake_at(wait, interval);
+            assert!(at >= now + wait, "never early");
+            assert!(at < now + wait + WAKE_GRID, "late by less than the grid");
+        }
+        // A short interval gets a finer grid: 300 ms polls are late by less than 15 ms.
+        let at = wake_at(Duration::from_millis(300), Duration::from_millis(300));
+        assert!(at < now + Duration::from_millis(315));
+    }
 }
