@@ -178,7 +178,23 @@ impl Daemon {
             notifications: notifications.clone(),
             fence: self.cluster.as_ref().map(|c| c.fence().clone()),
         };
-        let mut supervisor = Supervisor::new(deps, self.config.clone(), self.apps, root.clone());
+        // What the rest needs of the configuration, taken before the supervisor gets it whole
+        // (one copy of every mailbox's settings, not two).
+        let outbound_config = self.config.outbound.clone();
+        let redirect_uri = self.config.server.redirect_uri(bound);
+        let limits = api::serve::Limits {
+            header_timeout: self.config.server.header_timeout,
+            max_connections: self.config.server.max_connections,
+        };
+        let mailbox_count = self.config.mailboxes.len();
+        let delegated: Vec<MailboxAddress> = self
+            .config
+            .mailboxes
+            .iter()
+            .filter(|m| m.access == crate::config::Access::Delegated)
+            .map(|m| m.address.clone())
+            .collect();
+        let mut supervisor = Supervisor::new(deps, self.config, self.apps, root.clone());
         if self.cluster.is_some() {
             supervisor.run_only_owned();
         }
@@ -190,7 +206,7 @@ impl Daemon {
             self.board.clone(),
             self.http.clone(),
             self.metrics.clone(),
-            self.config.outbound.clone(),
+            outbound_config,
         );
         let state = ApiState {
             board: self.board.clone(),
@@ -202,7 +218,7 @@ impl Daemon {
             mailboxes: supervisor.registry(),
             graph: self.graph.clone(),
             sealer: self.sealer.clone(),
-            redirect_uri: self.config.server.redirect_uri(bound),
+            redirect_uri,
             consent_limiter: Arc::new(api::limit::PerClient::new(20, 0.5)),
             cluster: self.cluster.clone(),
         };
@@ -216,10 +232,6 @@ impl Daemon {
                 router = router.merge(crate::mailbox::notify::router(n.clone()));
             }
             let listener = self.listener;
-            let limits = api::serve::Limits {
-                header_timeout: self.config.server.header_timeout,
-                max_connections: self.config.server.max_connections,
-            };
             api::serve::serve(listener, router, limits, stop)
         });
         let tasks = TaskTracker::new();
@@ -278,13 +290,6 @@ impl Daemon {
                 ))
             }),
         ));
-        let delegated: Vec<MailboxAddress> = self
-            .config
-            .mailboxes
-            .iter()
-            .filter(|m| m.access == crate::config::Access::Delegated)
-            .map(|m| m.address.clone())
-            .collect();
         let store = self.store.clone();
         tasks.spawn(supervised(
             "refresh_inactivity",
@@ -326,7 +331,7 @@ impl Daemon {
         }
         tasks.close();
         ready.store(true, Ordering::Relaxed);
-        tracing::info!(mailboxes = self.config.mailboxes.len(), listen = %bound, "Daemon started.");
+        tracing::info!(mailboxes = mailbox_count, listen = %bound, "Daemon started.");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

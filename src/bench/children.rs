@@ -19,6 +19,26 @@ pub const SECRET: &str = "bench-secret";
 pub const SECRET_ENV: &str = "INBOXD_BENCH_CLIENT_SECRET";
 /// A command line the daemon runs under, e.g. `heaptrack -o /tmp/daemon` (profiling only).
 const PROFILER_ENV: &str = "INBOXD_BENCH_PROFILER";
+/// The allocator settings the container image gives the daemon (the Dockerfile's `ENV`), so the
+/// bench measures the daemon as it runs there. glibc's defaults keep freed buffers of a few
+/// tens of MB resident in per-thread arenas; these return them to the OS.
+pub const IMAGE_MALLOC_ENV: &[(&str, &str)] = &[("MALLOC_ARENA_MAX", "2"), ("MALLOC_MMAP_THRESHOLD_", "4194304")];
+/// `INBOXD_BENCH_MALLOC=glibc` runs the daemon with glibc's defaults instead (to compare).
+const MALLOC_CHOICE_ENV: &str = "INBOXD_BENCH_MALLOC";
+
+/// The daemon's allocator settings: the image's unless [`MALLOC_CHOICE_ENV`] says `glibc`, and
+/// their name for the report (`daemon_malloc_env`).
+pub fn malloc_env() -> (Vec<(&'static str, &'static str)>, String) {
+    if std::env::var(MALLOC_CHOICE_ENV).as_deref() == Ok("glibc") {
+        return (Vec::new(), "glibc defaults".into());
+    }
+    let settings: Vec<String> = IMAGE_MALLOC_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    (
+        IMAGE_MALLOC_ENV.to_vec(),
+        format!("the image's: {}", settings.join(" ")),
+    )
+}
+
 /// How long a child may take to print its `listening on URL` line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -198,7 +218,8 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a config into `dir` and starts `inboxd run --config` against `emulator`.
     pub async fn start(exe: &Path, dir: &Path, emulator: &str, spec: &DaemonSpec<'_>) -> anyhow::Result<Daemon> {
-        Daemon::launch(exe, dir, "daemon", &Daemon::config(dir, emulator, spec), &[]).await
+        let (env, _) = malloc_env();
+        Daemon::launch(exe, dir, "daemon", &Daemon::config(dir, emulator, spec), &env).await
     }
 
     /// The generated config of `spec` (a scenario may add keys before launching it).

@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
 
-use super::children::{CLIENT_ID, Daemon, DaemonSpec, Emulator, SECRET, TENANT, WorkDir};
+use super::children::{CLIENT_ID, Daemon, DaemonSpec, Emulator, SECRET, TENANT, WorkDir, malloc_env};
 use super::events::unix_now;
 use super::measure::{RssSampler, clock_ticks, cpu_seconds, status_bytes};
 use super::report::{budget, num, ratio};
@@ -38,12 +38,6 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
 /// two overlap while the queue is being filled. Four copies of the largest request cover that;
 /// anything that grows with the queue does not fit.
 const RSS_BUDGET_REQUESTS: f64 = 4.0;
-/// The allocator settings the container image gives the daemon (the Dockerfile's `ENV`), so the
-/// bench measures the daemon as it runs there. glibc's defaults keep freed buffers of a few
-/// tens of MB resident in per-thread arenas; these return them to the OS.
-const IMAGE_MALLOC_ENV: &[(&str, &str)] = &[("MALLOC_ARENA_MAX", "2"), ("MALLOC_MMAP_THRESHOLD_", "4194304")];
-/// `INBOXD_BENCH_MALLOC=glibc` runs the daemon with glibc's defaults instead (to compare).
-const MALLOC_CHOICE_ENV: &str = "INBOXD_BENCH_MALLOC";
 /// `outbound.retention` of the restarted daemon, seconds.
 const PRUNE_RETENTION_SECS: f64 = 1.0;
 
@@ -303,16 +297,12 @@ fn config(dir: &Path, emulator: &str, retention: &str) -> String {
     format!("{toml}\n[outbound]\nretention = \"{retention}\"\n")
 }
 
-/// The daemon's environment: the API token and, unless [`MALLOC_CHOICE_ENV`] says `glibc`,
-/// the image's allocator settings. Returns the name of the allocator set-up for the report.
+/// The daemon's environment: the API token and the allocator settings of [`malloc_env`].
+/// Returns the name of the allocator set-up for the report.
 fn daemon_env() -> (Vec<(&'static str, &'static str)>, String) {
-    let mut env = vec![(API_TOKEN_ENV, API_TOKEN)];
-    if std::env::var(MALLOC_CHOICE_ENV).as_deref() == Ok("glibc") {
-        return (env, "glibc defaults".into());
-    }
-    env.extend_from_slice(IMAGE_MALLOC_ENV);
-    let settings: Vec<String> = IMAGE_MALLOC_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    (env, format!("the image's: {}", settings.join(" ")))
+    let (mut env, name) = malloc_env();
+    env.push((API_TOKEN_ENV, API_TOKEN));
+    (env, name)
 }
 
 /// Runs the scenario; the report carries its own `problems`.
@@ -618,7 +608,7 @@ pub async fn run(exe: &Path, smoke: bool) -> anyhow::Result<Map<String, Value>> 
 
 #[cfg(test)]
 mod tests {
-    use super::IMAGE_MALLOC_ENV;
+    use super::super::children::IMAGE_MALLOC_ENV;
 
     /// The bench must run the daemon the way the image does: every allocator setting it
     /// passes is an `ENV` of the Dockerfile, with the same value.

@@ -270,6 +270,7 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
         put("first_round_done_after_s", num(t - started));
     }
     put("daemon_peak_rss_mb", num(peak_mb));
+    put("daemon_malloc_env", json!(super::children::malloc_env().1));
     let mut budgets = Map::new();
     match plan.kind {
         Kind::Backlog | Kind::Reference => {

@@ -234,10 +234,11 @@ type FolderBackoff = HashMap<String, (tokio::time::Instant, Duration)>;
 
 /// Replays asked for, then every folder due on its own. `Ok` when at least one folder (or the
 /// replay) got through or only folder-scoped trouble happened; the mailbox-wide error otherwise.
-async fn poll_folders(
-    ctx: &MailboxCtx,
+async fn poll_folders<'c>(
+    ctx: &'c MailboxCtx,
     cancel: &CancellationToken,
     backoff: &mut FolderBackoff,
+    mut held: Option<tokio::sync::SemaphorePermit<'c>>,
 ) -> Result<u64, PollError> {
     let mailbox = &ctx.config.address;
     let interval = ctx.config.poll_interval;
@@ -260,7 +261,7 @@ async fn poll_folders(
         }
         // Boxed: a sleeping mailbox task then holds a pointer, not the whole round's state machine
         // (10,000 idle mailboxes stay small).
-        match Box::pin(poll::round(ctx, folder, cancel)).await {
+        match Box::pin(poll::round(ctx, folder, cancel, held.take())).await {
             Ok(stats) => {
                 delivered += stats.delivered;
                 succeeded += 1;
@@ -321,7 +322,14 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
     let mut folder_backoff = FolderBackoff::new();
     loop {
         let primary_failure = Box::pin(ctx.choose_tokens()).await;
-        let outcome = Box::pin(poll_folders(&ctx, &cancel, &mut folder_backoff)).await;
+        // The first page permit is waited for here, before the round's state is allocated:
+        // 10,000 mailboxes starting at once then wait as small tasks, not as 10,000 rounds.
+        ctx.gate.wait_unpaused().await;
+        let held = tokio::select! {
+            permit = ctx.ingest.page() => permit,
+            _ = cancel.cancelled() => break,
+        };
+        let outcome = Box::pin(poll_folders(&ctx, &cancel, &mut folder_backoff, Some(held))).await;
         let wait = match outcome {
             Ok(delivered) => {
                 reprobe = reprobe_base;

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::deliver::{self, Mode};
@@ -150,8 +151,14 @@ fn is_filtered(link: &str) -> bool {
     link.contains("%24filter=") || link.contains("$filter=")
 }
 
-/// Runs one round of `folder`.
-pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -> Result<RoundStats, PollError> {
+/// Runs one round of `folder`; `held` is a page permit the caller already waited for (used for
+/// the first page).
+pub async fn round<'c>(
+    ctx: &'c MailboxCtx,
+    folder: &str,
+    cancel: &CancellationToken,
+    mut held: Option<SemaphorePermit<'c>>,
+) -> Result<RoundStats, PollError> {
     let mailbox = &ctx.config.address;
     let round_began = OffsetDateTime::now_utc();
     // The task is the folder's only writer: after its first round the link comes from memory
@@ -192,11 +199,16 @@ pub async fn round(ctx: &MailboxCtx, folder: &str, cancel: &CancellationToken) -
         if cancel.is_cancelled() {
             return Err(PollError::Cancelled);
         }
-        // A throttled mailbox waits here, before taking a permit others could use.
-        ctx.gate.wait_unpaused().await;
         // One page in memory per permit, sized to its share of the budget: a backlog in many
         // mailboxes, or of large messages, cannot exhaust memory.
-        let _page = ctx.ingest.page().await;
+        let _page = match held.take() {
+            Some(permit) => permit,
+            None => {
+                // A throttled mailbox waits here, before taking a permit others could use.
+                ctx.gate.wait_unpaused().await;
+                ctx.ingest.page().await
+            }
+        };
         let graph = ctx.mailbox_graph();
         // Large futures are boxed: a round waiting here (all 10,000 first rounds at start-up)
         // then holds pointers, not every request's state machine.
