@@ -153,7 +153,7 @@ impl Fetch {
             value: Option<Vec<Attachment>>,
         }
         fn shaped<T: serde::de::DeserializeOwned>(operation: &'static str, body: &str) -> Result<T, super::ShapeError> {
-            serde_json::from_str(body).map_err(|e| super::ShapeError {
+            super::from_text(body).map_err(|e| super::ShapeError {
                 operation,
                 detail: e.to_string(),
             })

@@ -185,7 +185,7 @@ impl DeltaItem {
     /// the whole body).
     pub fn read(self) -> Result<Change, BadItem> {
         let text = self.0.get();
-        match serde_json::from_str::<Message>(text) {
+        match super::from_text::<Message>(text) {
             Ok(m) if m.removed.is_some() => Ok(Change::Removed),
             Ok(m) => Ok(Change::Message(Box::new(m))),
             Err(e) => {
@@ -249,6 +249,16 @@ mod tests {
             panic!("a subject that is a number")
         };
         assert_eq!(bad.id.as_deref(), Some("x1"), "quarantined with its id");
+    }
+
+    #[test]
+    fn an_item_with_a_lone_surrogate_is_read_with_a_replacement_character() {
+        let text = r#"{"id":"s1","subject":"bad \ud800 here"}"#;
+        let item = DeltaItem(RawValue::from_string(text.to_string()).expect("a page holds it as text"));
+        let Ok(Change::Message(m)) = item.read() else {
+            panic!("the item is a message")
+        };
+        assert_eq!(m.subject.as_deref(), Some("bad \u{fffd} here"));
     }
 
     #[test]

@@ -441,6 +441,18 @@ fn lenient_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, bool), serde_js
     }
 }
 
+/// Reads one value's JSON text (a delta item, a `$batch` part's body) as `T`, with the same
+/// leniency as [`lenient_json`]: an answer's parts are held as text and each is read on its
+/// own, so a lone surrogate spoils nothing, not even its own message.
+pub(super) fn from_text<T: DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    match serde_json::from_str(text) {
+        Err(strict) if !strict.is_data() => {
+            serde_json::from_str(&repair_surrogates(text)).map_err(|e| if e.is_data() { e } else { strict })
+        }
+        other => other,
+    }
+}
+
 /// Replaces `\uXXXX` escapes of unpaired surrogates with `\ufffd`; everything else is kept.
 fn repair_surrogates(text: &str) -> String {
     fn escape_at(b: &[u8], i: usize) -> Option<u16> {
