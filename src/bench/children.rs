@@ -39,8 +39,9 @@ pub fn malloc_env() -> (Vec<(&'static str, &'static str)>, String) {
     )
 }
 
-/// How long a child may take to print its `listening on URL` line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child may take to print its `listening on URL` line (a hang guard: a daemon
+/// with 100,000 mailboxes reads a 7 MB configuration first).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A child process that is killed and reaped when dropped.
 pub struct ChildGuard {

@@ -218,7 +218,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_match_issue_7() {
+    fn scenarios_have_their_documented_sizes() {
         let b = Plan::new(Kind::Backlog, false);
         assert_eq!((b.mailboxes.len(), b.messages), (100, 20_000));
         let i = Plan::new(Kind::Idle, false);
@@ -229,6 +229,10 @@ mod tests {
             (1_000, 10, Some(20.0))
         );
         assert_eq!(Plan::new(Kind::Backlog, true).messages, 40);
+        let wide = Plan::sized(Kind::Backlog, false, Some(1_000));
+        assert_eq!((wide.mailboxes.len(), wide.messages), (1_000, 20_000));
+        let many = Plan::sized(Kind::Idle, false, Some(100_000));
+        assert_eq!(many.mailboxes.len(), 100_000);
         assert_eq!(Kind::parse("reference"), Some(Kind::Reference));
     }
 }

@@ -104,7 +104,8 @@ pub(super) fn mailboxes(
 ) -> Option<Vec<MailboxConfig>> {
     let mut out = Vec::with_capacity(tables.len());
     let mut ok = true;
-    let mut seen: Vec<(MailboxAddress, String)> = Vec::new();
+    // Where each address was first configured (a map: 100,000 mailboxes must not cost n²).
+    let mut seen: std::collections::HashMap<MailboxAddress, String> = std::collections::HashMap::new();
     let mut delegated: Vec<String> = Vec::new();
     for mut table in tables {
         let address = table.require("address", errors, "").and_then(|field| {
@@ -112,14 +113,14 @@ pub(super) fn mailboxes(
             let parsed = MailboxAddress::parse(text)
                 .map_err(|err| field.fail(errors, err))
                 .ok()?;
-            if let Some((_, first)) = seen.iter().find(|(a, _)| *a == parsed) {
+            if let Some(first) = seen.get(&parsed) {
                 field.fail(
                     errors,
                     format!("duplicate mailbox address {parsed}, already configured at {first}"),
                 );
                 return None;
             }
-            seen.push((parsed.clone(), table.path().to_string()));
+            seen.insert(parsed.clone(), table.path().to_string());
             Some(parsed)
         });
         let app = table
