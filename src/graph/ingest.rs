@@ -152,12 +152,7 @@ impl Fetch {
             #[serde(default)]
             value: Option<Vec<Attachment>>,
         }
-        fn shaped<T: serde::de::DeserializeOwned>(operation: &'static str, body: &str) -> Result<T, super::ShapeError> {
-            super::from_text(body).map_err(|e| super::ShapeError {
-                operation,
-                detail: e.to_string(),
-            })
-        }
+        use super::mailbox::shaped_text as shaped;
         Ok(match self {
             Fetch::Message(_) => Fetched::Message(Box::new(shaped("message", body)?)),
             Fetch::Headers(_) => Fetched::Headers(
@@ -308,10 +303,10 @@ impl<'a> MailboxGraph<'a> {
             Call::post("after_ingest", "$batch", json!({ "requests": requests })).max_retry_wait(MAX_WAIT_IN_ROUND);
         call.weight = ids.len().min(4) as u32;
         // Read leniently: the messages are delivered already, an odd answer only counts as failed.
-        let answer = self.raw(&call).await?;
-        Ok(match super::mailbox::shaped::<BatchStatuses>("after_ingest", answer) {
+        Ok(match self.typed::<BatchStatuses>(&call).await {
             Ok(a) => a.responses.iter().filter(|p| p.status.is_none_or(|s| s >= 300)).count(),
-            Err(_) => ids.len(),
+            Err(CallError::Shape(_)) => ids.len(),
+            Err(e) => return Err(e),
         })
     }
 }

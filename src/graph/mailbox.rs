@@ -94,7 +94,17 @@ impl<'a> MailboxGraph<'a> {
     }
 }
 
-/// Reads an answer as `T`.
+/// Reads one part of an answer, held as its JSON text, as `T` (leniently, see
+/// [`super::from_text`]).
+pub(super) fn shaped_text<T: DeserializeOwned>(operation: &'static str, text: &str) -> Result<T, ShapeError> {
+    super::from_text(text).map_err(|e| ShapeError {
+        operation,
+        detail: e.to_string(),
+    })
+}
+
+/// Reads an answer already parsed as a `Value` as `T` (tests build their answers with `json!`).
+#[cfg(test)]
 pub(super) fn shaped<T: DeserializeOwned>(operation: &'static str, value: Value) -> Result<T, ShapeError> {
     T::deserialize(value).map_err(|e| ShapeError {
         operation,

@@ -185,7 +185,7 @@ impl DeltaItem {
     /// the whole body).
     pub fn read(self) -> Result<Change, BadItem> {
         let text = self.0.get();
-        match super::from_text::<Message>(text) {
+        match super::mailbox::shaped_text::<Message>("delta", text) {
             Ok(m) if m.removed.is_some() => Ok(Change::Removed),
             Ok(m) => Ok(Change::Message(Box::new(m))),
             Err(e) => {
@@ -204,10 +204,7 @@ impl DeltaItem {
                 Err(BadItem {
                     // Kept for the quarantine entry.
                     id: marks.and_then(|m| m.id?.as_str().map(str::to_string)),
-                    error: ShapeError {
-                        operation: "delta",
-                        detail: e.to_string(),
-                    },
+                    error: e,
                 })
             }
         }

@@ -431,13 +431,9 @@ fn lenient_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, bool), serde_js
     match serde_json::from_slice(bytes) {
         Ok(v) => Ok((v, false)),
         Err(strict) if strict.is_data() => Err(strict),
-        Err(strict) => {
-            let text = String::from_utf8_lossy(bytes);
-            let repaired = repair_surrogates(&text);
-            serde_json::from_str(&repaired)
-                .map(|v| (v, true))
-                .map_err(|e| if e.is_data() { e } else { strict })
-        }
+        Err(strict) => from_text(&String::from_utf8_lossy(bytes))
+            .map(|v| (v, true))
+            .map_err(|e| if e.is_data() { e } else { strict }),
     }
 }
 
