@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// A mailbox's primary SMTP address, lower-cased.
+/// A mailbox's primary SMTP address, lower-cased. Shared, not copied: the configuration, the
+/// mailbox's task, the status board, the metrics and the supervisor all hold it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct MailboxAddress(String);
+pub struct MailboxAddress(std::sync::Arc<str>);
 
 impl MailboxAddress {
     /// Parses `local@domain`; refuses anything else.
@@ -21,7 +22,7 @@ impl MailboxAddress {
                     && !domain.contains('@')
                     && !s.contains(char::is_whitespace) =>
             {
-                Ok(MailboxAddress(s.to_ascii_lowercase()))
+                Ok(MailboxAddress(s.to_ascii_lowercase().into()))
             }
             _ => Err(format!("'{s}' is not an email address")),
         }
@@ -42,7 +43,7 @@ impl TryFrom<String> for MailboxAddress {
 
 impl From<MailboxAddress> for String {
     fn from(a: MailboxAddress) -> String {
-        a.0
+        a.0.to_string()
     }
 }
 

@@ -18,6 +18,9 @@ type Labels = Vec<(&'static str, String)>;
 /// The daemon's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// The length of the last rendering: the next one is sized from it, so a scrape of
+    /// thousands of mailboxes' series does not double its buffer (and leave holes) as it grows.
+    rendered_len: std::sync::atomic::AtomicUsize,
     /// Messages acknowledged by the sink.
     pub messages_delivered: Counter,
     /// Graph requests by operation and status (`429`, `200`, `error` for transport failures).
@@ -70,6 +73,7 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::default();
         let m = Metrics {
+            rendered_len: Default::default(),
             messages_delivered: Counter::default(),
             graph_requests: Family::default(),
             graph_throttled: Counter::default(),
@@ -282,9 +286,12 @@ impl Metrics {
 
     /// Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.rendered_len.load(Relaxed);
+        let mut out = String::with_capacity(last + last / 16);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        self.rendered_len.store(out.len(), Relaxed);
         out
     }
 }

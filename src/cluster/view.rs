@@ -25,7 +25,7 @@ pub async fn annotate(
     let owners = store.owners(now).await?;
     let statuses: HashMap<MailboxAddress, _> = store.statuses().await?.into_iter().collect();
     let totals = store.delivered_totals().await?;
-    let mut local: HashMap<String, MailboxView> = local.into_iter().map(|v| (v.address.clone(), v)).collect();
+    let mut local: HashMap<MailboxAddress, MailboxView> = local.into_iter().map(|v| (v.address.clone(), v)).collect();
     let configured = cluster.configured();
     let mut sorted: Vec<&MailboxConfig> = configured.iter().collect();
     sorted.sort_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
@@ -34,7 +34,7 @@ pub async fn annotate(
         if only.is_some_and(|o| *o != m.address) {
             continue;
         }
-        let view = match local.remove(m.address.as_str()) {
+        let view = match local.remove(&m.address) {
             Some(v) if cluster.fence.holds(&m.address) => v,
             _ => stored_view(m, statuses.get(&m.address), totals.get(&m.address).copied(), now),
         };
@@ -62,7 +62,7 @@ fn stored_view(
     now: OffsetDateTime,
 ) -> MailboxView {
     MailboxView {
-        address: m.address.to_string(),
+        address: m.address.clone(),
         app: m.app.to_string(),
         access: if m.access == Access::App { "app" } else { "delegated" },
         state: match status {

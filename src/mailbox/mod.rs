@@ -72,8 +72,9 @@ pub struct MailboxCtx {
     pub ingest: Arc<IngestBudget>,
     /// Items its next delta page asks for, learnt from what its mail weighs.
     pub page_size: PageSize,
-    /// Each folder's delta link as this task holds it.
-    pub delta_links: std::sync::Mutex<HashMap<String, HeldLink>>,
+    /// Each folder's delta link as this task holds it (a list: most mailboxes poll one folder,
+    /// and a map's smallest table is several times the size of one entry).
+    pub delta_links: std::sync::Mutex<Vec<HeldLink>>,
     /// Where Graph ends a delta filtered on receipt time (`microsoft.filtered_delta_cap`).
     pub filtered_delta_cap: usize,
 }
@@ -81,6 +82,8 @@ pub struct MailboxCtx {
 /// A folder's delta link as its task holds it.
 #[derive(Debug)]
 pub struct HeldLink {
+    /// The folder.
+    folder: Box<str>,
     /// The link the next round starts from.
     link: String,
     /// When the store last took a checkpoint of the folder (`None`: not in this process).
@@ -93,7 +96,8 @@ impl MailboxCtx {
         self.delta_links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(folder)
+            .iter()
+            .find(|held| *held.folder == *folder)
             .map(|held| held.link.clone())
     }
 
@@ -102,19 +106,18 @@ impl MailboxCtx {
     fn hold_link(&self, folder: &str, link: &str, checkpointed: bool) {
         let now = checkpointed.then(tokio::time::Instant::now);
         let mut links = self.delta_links.lock().unwrap_or_else(|p| p.into_inner());
-        match links.get_mut(folder) {
+        match links.iter_mut().find(|held| *held.folder == *folder) {
             Some(held) => {
                 link.clone_into(&mut held.link);
                 held.checkpointed_at = now.or(held.checkpointed_at);
             }
             None => {
-                links.insert(
-                    folder.to_string(),
-                    HeldLink {
-                        link: link.to_string(),
-                        checkpointed_at: now,
-                    },
-                );
+                links.reserve_exact(1);
+                links.push(HeldLink {
+                    folder: folder.into(),
+                    link: link.to_string(),
+                    checkpointed_at: now,
+                });
             }
         }
     }
@@ -124,7 +127,8 @@ impl MailboxCtx {
         self.delta_links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(folder)
+            .iter()
+            .find(|held| *held.folder == *folder)
             .and_then(|held| held.checkpointed_at)
             .is_some_and(|at| at.elapsed() < within)
     }
@@ -310,65 +314,107 @@ fn wake_at(wait: Duration, interval: Duration) -> tokio::time::Instant {
         .unwrap_or(at)
 }
 
+/// How long a mailbox waits between rounds: the poll interval, a growing backoff after
+/// transient failures, a slow re-probe while flagged.
+struct Pacing {
+    interval: Duration,
+    reprobe_base: Duration,
+    reprobe: Duration,
+    backoff: Duration,
+}
+
+impl Pacing {
+    fn new(interval: Duration) -> Pacing {
+        // Flagged mailboxes are re-probed slowly and resume by themselves when the cause is
+        // gone. Never `clamp` here: with an interval over 5 minutes its min would exceed its max.
+        let reprobe_base = interval.max(interval.saturating_mul(4).min(Duration::from_secs(300)));
+        Pacing {
+            interval,
+            reprobe_base,
+            reprobe: reprobe_base,
+            backoff: interval,
+        }
+    }
+
+    /// A round got through: the next waits start from the beginning again.
+    fn succeeded(&mut self) {
+        self.reprobe = self.reprobe_base;
+        self.backoff = self.interval;
+    }
+
+    /// The wait after a failed round that left the mailbox in `state`.
+    fn failed(&mut self, state: MailboxState) -> Duration {
+        if state == MailboxState::Backoff {
+            self.backoff = self.backoff.saturating_mul(2).min(MAX_BACKOFF.max(self.interval));
+            let jitter = self.backoff.mul_f64(fastrand::f64() * 0.2);
+            self.backoff + jitter
+        } else {
+            let wait = self.reprobe;
+            self.reprobe = self.reprobe.saturating_mul(2).min(MAX_REPROBE);
+            wait
+        }
+    }
+}
+
 /// Polls until cancelled.
 pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
-    let mailbox = ctx.config.address.clone();
-    let interval = ctx.config.poll_interval;
-    // Flagged mailboxes are re-probed slowly and resume by themselves when the cause is gone.
-    // Never `clamp` here: with an interval over 5 minutes its min would exceed its max.
-    let reprobe_base = interval.max(interval.saturating_mul(4).min(Duration::from_secs(300)));
-    let mut reprobe = reprobe_base;
-    let mut backoff = interval;
+    let mut pacing = Pacing::new(ctx.config.poll_interval);
     let mut folder_backoff = FolderBackoff::new();
     loop {
-        let primary_failure = Box::pin(ctx.choose_tokens()).await;
-        // The first page permit is waited for here, before the round's state is allocated:
-        // 10,000 mailboxes starting at once then wait as small tasks, not as 10,000 rounds.
-        ctx.gate.wait_unpaused().await;
-        let held = tokio::select! {
-            permit = ctx.ingest.page() => permit,
-            _ = cancel.cancelled() => break,
-        };
-        let outcome = Box::pin(poll_folders(&ctx, &cancel, &mut folder_backoff, Some(held))).await;
-        let wait = match outcome {
-            Ok(delivered) => {
-                reprobe = reprobe_base;
-                backoff = interval;
-                ctx.board.succeeded(&mailbox, delivered);
-                match (&primary_failure, &ctx.fallback) {
-                    (Some(e), Some((name, _))) => {
-                        let reason = format!("{}; mail keeps flowing through fallback app '{name}'", reason_for(e));
-                        Box::pin(ctx.board.set(&mailbox, e.verdict.state(), Some(reason), e.aadsts)).await;
-                    }
-                    _ => Box::pin(ctx.board.set(&mailbox, MailboxState::Active, None, None)).await,
-                }
-                ctx.poll_wait()
-            }
-            Err(PollError::Cancelled) => break,
-            Err(e) => {
-                let (state, reason, aadsts) = verdict(&e);
-                if matches!(e, PollError::Store(_)) {
-                    tracing::error!(mailbox = %mailbox, error = %e, "The store failed; polling is paused until it answers again.");
-                }
-                Box::pin(ctx.board.set(&mailbox, state, Some(reason), aadsts)).await;
-                if state == MailboxState::Backoff {
-                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF.max(interval));
-                    let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
-                    backoff + jitter
-                } else {
-                    let wait = reprobe;
-                    reprobe = reprobe.saturating_mul(2).min(MAX_REPROBE);
-                    wait
-                }
-            }
-        };
+        // Boxed: what a round needs lives only while it runs, so a sleeping mailbox (most of
+        // them, most of the time) holds little more than its timer.
+        let round = Box::pin(round(&ctx, &cancel, &mut pacing, &mut folder_backoff)).await;
+        let Some(wait) = round else { break };
         tokio::select! {
-            _ = tokio::time::sleep_until(wake_at(wait, interval)) => {}
+            _ = tokio::time::sleep_until(wake_at(wait, pacing.interval)) => {}
             _ = ctx.wake.notified() => {}
             _ = cancel.cancelled() => break,
         }
     }
-    tracing::debug!(mailbox = %mailbox, "Mailbox task stopped.");
+    tracing::debug!(mailbox = %ctx.config.address, "Mailbox task stopped.");
+}
+
+/// One round: tokens, the first page permit, every folder, the mailbox's state. Returns the
+/// wait before the next round, or `None` when cancelled.
+async fn round(
+    ctx: &MailboxCtx,
+    cancel: &CancellationToken,
+    pacing: &mut Pacing,
+    folder_backoff: &mut FolderBackoff,
+) -> Option<Duration> {
+    let mailbox = &ctx.config.address;
+    let primary_failure = Box::pin(ctx.choose_tokens()).await;
+    // The first page permit is waited for here, before the round's state is allocated:
+    // 10,000 mailboxes starting at once then wait as small tasks, not as 10,000 rounds.
+    ctx.gate.wait_unpaused().await;
+    let held = tokio::select! {
+        permit = ctx.ingest.page() => permit,
+        _ = cancel.cancelled() => return None,
+    };
+    let outcome = Box::pin(poll_folders(ctx, cancel, folder_backoff, Some(held))).await;
+    match outcome {
+        Ok(delivered) => {
+            pacing.succeeded();
+            ctx.board.succeeded(mailbox, delivered);
+            match (&primary_failure, &ctx.fallback) {
+                (Some(e), Some((name, _))) => {
+                    let reason = format!("{}; mail keeps flowing through fallback app '{name}'", reason_for(e));
+                    Box::pin(ctx.board.set(mailbox, e.verdict.state(), Some(reason), e.aadsts)).await;
+                }
+                _ => Box::pin(ctx.board.set(mailbox, MailboxState::Active, None, None)).await,
+            }
+            Some(ctx.poll_wait())
+        }
+        Err(PollError::Cancelled) => None,
+        Err(e) => {
+            let (state, reason, aadsts) = verdict(&e);
+            if matches!(e, PollError::Store(_)) {
+                tracing::error!(mailbox = %mailbox, error = %e, "The store failed; polling is paused until it answers again.");
+            }
+            Box::pin(ctx.board.set(mailbox, state, Some(reason), aadsts)).await;
+            Some(pacing.failed(state))
+        }
+    }
 }
 
 /// What happened and what to do, in one sentence (for `/v1/mailboxes` and the WARN line).

@@ -18,7 +18,7 @@ use crate::store::{MailboxStatus, Store};
 #[derive(Debug, Clone, Serialize)]
 pub struct MailboxView {
     /// Address.
-    pub address: String,
+    pub address: MailboxAddress,
     /// App name.
     pub app: String,
     /// `app` or `delegated`.
@@ -105,7 +105,7 @@ impl StatusBoard {
             MailboxState::Disabled
         };
         let view = MailboxView {
-            address: config.address.to_string(),
+            address: config.address.clone(),
             app: config.app.to_string(),
             access: if config.access == Access::App {
                 "app"

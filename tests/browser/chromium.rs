@@ -98,9 +98,22 @@ impl Drop for Driver {
     }
 }
 
-/// The page's text.
+/// The page's text, read inside one script: the page reloads itself every few seconds, and
+/// an element found before a reload is stale after it.
 async fn text(client: &Client) -> String {
-    client.find(Locator::Css("body")).await.unwrap().text().await.unwrap()
+    let mut last = None;
+    for _ in 0..50 {
+        match client
+            .execute("return document.body ? document.body.innerText : null", vec![])
+            .await
+        {
+            Ok(Value::String(shown)) => return shown,
+            other => last = Some(format!("{other:?}")),
+        }
+        // Between two documents: the next one is on its way.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the page's text could not be read: {last:?}")
 }
 
 /// Reloads `/ui/` until `css` matches an element (the page also reloads itself).
@@ -265,8 +278,9 @@ async fn the_status_page_in_chromium_consents_replays_and_fits_400_px() {
         .click()
         .await
         .unwrap();
-    let notice = text(&client).await;
-    assert!(notice.contains("Replay requested"), "{notice}");
+    // The click's answer is a redirect to the page with the notice; wait for it to load.
+    let noticed = eventually(LIMIT, || async { text(&client).await.contains("Replay requested") }).await;
+    assert!(noticed, "no replay notice:\n{}", text(&client).await);
     // No navigation from here: the page reloads itself.
     client.execute("window.notReloaded = true", vec![]).await.unwrap();
     let emptied = eventually(LIMIT, || async {

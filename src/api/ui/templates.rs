@@ -140,7 +140,7 @@ fn mailboxes(body: &mut String, o: &Overview) {
             body,
             r#"<section class="card" data-mailbox="{addr}" aria-label="Mailbox {addr}"><h3>{addr}</h3><dl>
 <dt>State</dt><dd><span class="state {class}" data-state="{state}">{state}</span> since {since}</dd>"#,
-            addr = esc(&view.address),
+            addr = esc(view.address.as_str()),
             class = state_class(view.state),
             state = esc(view.state.as_str()),
             since = esc(&time_text(view.since)),
@@ -204,7 +204,7 @@ fn mailboxes(body: &mut String, o: &Overview) {
                 body,
                 r#"<p><a class="button" data-consent href="{}">Consent for {}</a></p>"#,
                 esc(link),
-                esc(&view.address)
+                esc(view.address.as_str())
             );
         }
         body.push_str("</section>");
