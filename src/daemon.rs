@@ -244,7 +244,7 @@ impl Daemon {
             async move {
                 crate::task::supervise(
                     task,
-                    task.into(),
+                    task,
                     &metrics,
                     cancel.clone(),
                     || make(cancel.clone()),

@@ -361,9 +361,16 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
     let mut pacing = Pacing::new(ctx.config.poll_interval);
     let mut folder_backoff = FolderBackoff::new();
     loop {
+        // The first page permit is waited for before the round is allocated: 10,000 mailboxes
+        // starting at once then wait as small tasks, not as 10,000 rounds.
+        ctx.gate.wait_unpaused().await;
+        let held = tokio::select! {
+            permit = ctx.ingest.page() => permit,
+            _ = cancel.cancelled() => break,
+        };
         // Boxed: what a round needs lives only while it runs, so a sleeping mailbox (most of
         // them, most of the time) holds little more than its timer.
-        let round = Box::pin(round(&ctx, &cancel, &mut pacing, &mut folder_backoff)).await;
+        let round = Box::pin(round(&ctx, &cancel, &mut pacing, &mut folder_backoff, held)).await;
         let Some(wait) = round else { break };
         tokio::select! {
             _ = tokio::time::sleep_until(wake_at(wait, pacing.interval)) => {}
@@ -374,23 +381,17 @@ pub async fn run(ctx: Arc<MailboxCtx>, cancel: CancellationToken) {
     tracing::debug!(mailbox = %ctx.config.address, "Mailbox task stopped.");
 }
 
-/// One round: tokens, the first page permit, every folder, the mailbox's state. Returns the
-/// wait before the next round, or `None` when cancelled.
-async fn round(
-    ctx: &MailboxCtx,
+/// One round with its first page permit: tokens, every folder, the mailbox's state. Returns
+/// the wait before the next round, or `None` when cancelled.
+async fn round<'c>(
+    ctx: &'c MailboxCtx,
     cancel: &CancellationToken,
     pacing: &mut Pacing,
     folder_backoff: &mut FolderBackoff,
+    held: tokio::sync::SemaphorePermit<'c>,
 ) -> Option<Duration> {
     let mailbox = &ctx.config.address;
     let primary_failure = Box::pin(ctx.choose_tokens()).await;
-    // The first page permit is waited for here, before the round's state is allocated:
-    // 10,000 mailboxes starting at once then wait as small tasks, not as 10,000 rounds.
-    ctx.gate.wait_unpaused().await;
-    let held = tokio::select! {
-        permit = ctx.ingest.page() => permit,
-        _ = cancel.cancelled() => return None,
-    };
     let outcome = Box::pin(poll_folders(ctx, cancel, folder_backoff, Some(held))).await;
     match outcome {
         Ok(delivered) => {

@@ -441,20 +441,23 @@ impl Supervisor {
 /// A mailbox task that survives its own panics: the mailbox shows `backoff` with the reason and
 /// polls again after a pause.
 async fn supervised_mailbox(ctx: Arc<MailboxCtx>, metrics: Arc<Metrics>, cancel: CancellationToken) {
-    let address = ctx.config.address.clone();
     crate::task::supervise(
         "mailbox",
-        address.to_string(),
+        ctx.config.address.as_str(),
         &metrics,
         cancel.clone(),
         || mailbox::run(ctx.clone(), cancel.clone()),
         |panic| {
-            let (board, address) = (ctx.board.clone(), address.clone());
+            let ctx = ctx.clone();
             async move {
                 let reason = format!("inboxd hit an internal error ({panic}); the mailbox restarts by itself");
                 // Boxed: inline, this rarely used future (it holds a sink delivery) would size
                 // every sleeping mailbox task by several kilobytes.
-                Box::pin(board.set(&address, MailboxState::Backoff, Some(reason), None)).await;
+                Box::pin(
+                    ctx.board
+                        .set(&ctx.config.address, MailboxState::Backoff, Some(reason), None),
+                )
+                .await;
             }
         },
     )

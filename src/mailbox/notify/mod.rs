@@ -117,7 +117,7 @@ impl Notifications {
             let metrics = hub.metrics.clone();
             crate::task::supervise(
                 "subscriptions",
-                mailbox.config.address.to_string(),
+                mailbox.config.address.as_str(),
                 &metrics,
                 cancel.clone(),
                 || keeper::keep(hub.clone(), mailbox.clone(), cancel.clone()),
