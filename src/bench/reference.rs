@@ -4,9 +4,11 @@
 //! Ids differ between two seeded emulators, so the daemon's log cannot be replayed verbatim;
 //! instead, for each mailbox (all at once, as the daemon does), the client pages through the
 //! Inbox delta with the daemon's query (taken from its request log) and `Prefer` values, and
-//! after each page issues the daemon's `$batch` shape: one GET `…/attachments` per message
-//! with `hasAttachments`, 20 per batch. Each response body is appended to one file, fsynced
-//! once per page, where the daemon's sink fsyncs. One token for the whole run.
+//! after each page issues the daemon's `$batch` shape: one GET `…/attachments` (metadata) per
+//! message with `hasAttachments`, 20 per batch, then the content of each listed attachment
+//! under the inline cap, in batches bounded as the daemon bounds them (larger ones one at a
+//! time). Each response body is appended to one file, fsynced once per page, where the
+//! daemon's sink fsyncs. One token for the whole run.
 
 use std::io::Write;
 use std::path::Path;
@@ -19,10 +21,12 @@ use super::children::{CLIENT_ID, Emulator, SECRET, TENANT, WorkDir};
 use super::events::unix_now;
 use super::report;
 use super::scenario::Plan;
-use crate::graph::segment;
+use crate::graph::{ATTACHMENT_SELECT, segment};
 
 /// Graph's `$batch` limit, as the daemon uses it.
 const BATCH_MAX: usize = 20;
+/// Attachments up to this size are fetched in `$batch` (`max_inline_attachment_bytes`'s default).
+const INLINE_CAP: u64 = crate::config::DEFAULT_MAX_INLINE_ATTACHMENT_BYTES;
 /// Most delta pages followed per mailbox (a bound, far above what the backlog needs).
 const MAX_PAGES: usize = 10_000;
 
@@ -58,12 +62,67 @@ impl Client {
         Ok(body)
     }
 
+    async fn batch(&self, parts: &[Value]) -> anyhow::Result<bytes::Bytes> {
+        let req = self
+            .http
+            .post(format!("{}/v1.0/$batch", self.base))
+            .json(&json!({ "requests": parts }));
+        self.send(req).await
+    }
+
     fn write(&self, bytes: &[u8], sync: bool) -> std::io::Result<()> {
         let mut f = self.out.lock().unwrap_or_else(|p| p.into_inner());
         f.write_all(bytes)?;
         f.write_all(b"\n")?;
         if sync { f.sync_data() } else { Ok(()) }
     }
+}
+
+/// The content requests for the attachments a `$batch` of lists names, with their sizes.
+fn listed_attachments(answer: &[u8], address: &str) -> anyhow::Result<Vec<(Value, u64)>> {
+    let answer: Value = serde_json::from_slice(answer)?;
+    let mut out = Vec::new();
+    for part in answer["responses"].as_array().into_iter().flatten() {
+        let Some(message) = part["id"].as_str().and_then(|id| id.strip_prefix("a:")) else {
+            continue;
+        };
+        for a in part["body"]["value"].as_array().into_iter().flatten() {
+            let Some(id) = a["id"].as_str() else { continue };
+            let url = format!(
+                "/users/{}/messages/{}/attachments/{}",
+                segment(address),
+                segment(message),
+                segment(id)
+            );
+            out.push((
+                json!({"id": format!("c:{message}:{id}"), "method": "GET", "url": url,
+                       "headers": {"Prefer": "IdType=\"ImmutableId\""}}),
+                a["size"].as_u64().unwrap_or(u64::MAX),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// At most [`BATCH_MAX`] parts and the daemon's bytes per `$batch` in each group.
+fn by_bytes(requests: Vec<(Value, u64)>) -> Vec<Vec<Value>> {
+    let limit = crate::mailbox::IngestBudget::new(crate::config::DEFAULT_IN_FLIGHT_BYTES)
+        .page_bytes()
+        .min(crate::mailbox::BATCH_BYTES);
+    let mut groups: Vec<Vec<Value>> = Vec::new();
+    let mut bytes = 0u64;
+    for (part, size) in requests {
+        if groups
+            .last()
+            .is_none_or(|g| g.len() >= BATCH_MAX || bytes.saturating_add(size) > limit)
+        {
+            groups.push(Vec::new());
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+        groups.last_mut().expect("just pushed").push(part);
+    }
+    groups
 }
 
 /// One mailbox: delta pages in order; after each, the attachment batches of its messages.
@@ -93,16 +152,35 @@ async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow:
             if m.get("hasAttachments").and_then(Value::as_bool) == Some(true) {
                 parts.push(json!({
                     "id": format!("a:{id}"), "method": "GET",
-                    "url": format!("/users/{}/messages/{}/attachments", segment(&address), segment(id)),
+                    "url": format!(
+                        "/users/{}/messages/{}/attachments?$select={ATTACHMENT_SELECT}",
+                        segment(&address),
+                        segment(id)
+                    ),
                     "headers": {"Prefer": "IdType=\"ImmutableId\""},
                 }));
             }
         }
+        // The daemon's shape since attachments are fetched metadata first: the lists, then
+        // the content of each attachment under the inline cap in `$batch` (bounded in parts
+        // and bytes), and each larger one on its own.
+        let mut contents = Vec::new();
         for chunk in parts.chunks(BATCH_MAX) {
+            let answer = client.batch(chunk).await?;
+            client.write(&answer, false)?;
+            contents.extend(listed_attachments(&answer, &address)?);
+        }
+        let (small, large): (Vec<_>, Vec<_>) = contents.into_iter().partition(|(_, size)| *size <= INLINE_CAP);
+        for group in by_bytes(small) {
+            let answer = client.batch(&group).await?;
+            client.write(&answer, false)?;
+        }
+        for (part, _) in large {
+            let url = part["url"].as_str().unwrap_or_default();
             let req = client
                 .http
-                .post(format!("{}/v1.0/$batch", client.base))
-                .json(&json!({"requests": chunk}));
+                .get(format!("{}/v1.0{url}", client.base))
+                .header("Prefer", "IdType=\"ImmutableId\"");
             let answer = client.send(req).await?;
             client.write(&answer, false)?;
         }

@@ -10,6 +10,9 @@ use super::values;
 use super::{Access, AfterIngest, MailboxConfig, StartAt};
 use crate::domain::{AppName, MailboxAddress};
 
+/// `max_inline_attachment_bytes` when not set.
+pub const DEFAULT_MAX_INLINE_ATTACHMENT_BYTES: u64 = 3_000_000;
+
 /// The settings `[defaults]` provides; `None` where its value was invalid (already reported).
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
@@ -53,7 +56,7 @@ pub(super) fn settings(table: &mut Table<'_>, inherited: Option<&Settings>, erro
             table,
             "max_inline_attachment_bytes",
             inherited.map(|s| &s.max_inline_attachment_bytes),
-            Node::Int(3_000_000),
+            Node::Int(DEFAULT_MAX_INLINE_ATTACHMENT_BYTES as i64),
             errors,
             |f, e| f.int_in(e, 0, i64::MAX).and_then(|v| u64::try_from(v).ok()),
         ),

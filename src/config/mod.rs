@@ -29,6 +29,8 @@ pub use brokers::{
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{from_sources, load_file};
+pub use mailboxes::DEFAULT_MAX_INLINE_ATTACHMENT_BYTES;
+pub use sections::DEFAULT_IN_FLIGHT_BYTES;
 pub use watch::watch_config;
 
 use crate::domain::{AppName, MailboxAddress};

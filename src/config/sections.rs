@@ -261,7 +261,7 @@ fn store(mut t: Table<'_>, secrets: &Secrets<'_>, errors: &mut Errors) -> (Optio
 }
 
 /// `microsoft.in_flight_bytes` when not set: 64 MiB.
-const DEFAULT_IN_FLIGHT_BYTES: u64 = 64 << 20;
+pub const DEFAULT_IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// Below this a single ordinary message would not fit.
 const MIN_IN_FLIGHT_BYTES: u64 = 4 << 20;
 

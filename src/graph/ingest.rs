@@ -21,7 +21,7 @@ pub const MAX_WAIT_IN_ROUND: Duration = Duration::from_secs(10);
 /// Messages listed per page when a folder is read message by message.
 const LIST_PAGE: u32 = 100;
 /// The attachment properties read before deciding whether to fetch the content.
-const ATTACHMENT_SELECT: &str = "id,name,contentType,size,isInline";
+pub const ATTACHMENT_SELECT: &str = "id,name,contentType,size,isInline";
 /// Every ingest request asks for ids that survive a move between folders.
 const IMMUTABLE_IDS: &str = "IdType=\"ImmutableId\"";
 

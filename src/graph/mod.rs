@@ -21,7 +21,10 @@ use url::Url;
 
 pub use error::{GraphError, GraphErrorKind, classify, retry_after};
 pub use gate::MailboxGate;
-pub use ingest::{BATCH_MAX, DeltaPage, Disposal, Fetch, Fetched, Listed, MAX_WAIT_IN_ROUND, MessageList, PartAnswer};
+pub use ingest::{
+    ATTACHMENT_SELECT, BATCH_MAX, DeltaPage, Disposal, Fetch, Fetched, Listed, MAX_WAIT_IN_ROUND, MessageList,
+    PartAnswer,
+};
 pub use mailbox::{Folder, MailboxGraph, ShapeError};
 pub use message::{
     Address, Attachment, BadItem, Change, DeltaItem, Header, ItemBody, MESSAGE_SELECT, Message, Recipient,

@@ -16,7 +16,7 @@ use crate::graph::{
 };
 
 /// Attachment bytes asked for in one `$batch` (its answer must arrive within the request timeout).
-const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+pub const BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// How many times failed requests inside a `$batch` are retried before their message is given up.
 const BATCH_RETRIES: usize = 5;
 

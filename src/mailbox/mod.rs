@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::{IngestBudget, PageSize};
+pub use fetch::BATCH_BYTES;
 pub use poll::{KEY_RETENTION, PollError, RESYNC_MARGIN, RoundStats};
 pub use status::{FolderTrouble, MailboxView, NotificationsView, StatusBoard};
 
