@@ -104,25 +104,20 @@ fn listed_attachments(answer: &[u8], address: &str) -> anyhow::Result<Vec<(Value
     Ok(out)
 }
 
-/// At most [`BATCH_MAX`] parts and the daemon's bytes per `$batch` in each group.
-fn by_bytes(requests: Vec<(Value, u64)>) -> Vec<Vec<Value>> {
+/// The daemon's grouping of attachment content requests: at most [`BATCH_MAX`] parts and a
+/// page's share of the default memory budget per `$batch`.
+fn content_batches(requests: Vec<(Value, u64)>) -> Vec<Vec<Value>> {
     let limit = crate::mailbox::IngestBudget::new(crate::config::DEFAULT_IN_FLIGHT_BYTES)
         .page_bytes()
         .min(crate::mailbox::BATCH_BYTES);
-    let mut groups: Vec<Vec<Value>> = Vec::new();
-    let mut bytes = 0u64;
-    for (part, size) in requests {
-        if groups
-            .last()
-            .is_none_or(|g| g.len() >= BATCH_MAX || bytes.saturating_add(size) > limit)
-        {
-            groups.push(Vec::new());
-            bytes = 0;
-        }
-        bytes = bytes.saturating_add(size);
-        groups.last_mut().expect("just pushed").push(part);
-    }
-    groups
+    let keyed = requests
+        .into_iter()
+        .map(|(part, size)| (String::new(), part, size))
+        .collect();
+    crate::mailbox::by_bytes(keyed, limit)
+        .into_iter()
+        .map(|group| group.into_iter().map(|(_, part)| part).collect())
+        .collect()
 }
 
 /// One mailbox: delta pages in order; after each, the attachment batches of its messages.
@@ -171,7 +166,7 @@ async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow:
             contents.extend(listed_attachments(&answer, &address)?);
         }
         let (small, large): (Vec<_>, Vec<_>) = contents.into_iter().partition(|(_, size)| *size <= INLINE_CAP);
-        for group in by_bytes(small) {
+        for group in content_batches(small) {
             let answer = client.batch(&group).await?;
             client.write(&answer, false)?;
         }

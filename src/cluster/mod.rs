@@ -35,7 +35,7 @@ pub struct Cluster {
     config: ClusterConfig,
     metrics: Arc<Metrics>,
     /// The configured mailboxes (swapped on reload).
-    configured: ArcSwap<Vec<MailboxConfig>>,
+    configured: ArcSwap<Vec<Arc<MailboxConfig>>>,
     /// Set when `configured` changed: their lease rows are created at the next heartbeat.
     rows_missing: std::sync::atomic::AtomicBool,
 }
@@ -85,13 +85,13 @@ impl Cluster {
     }
 
     /// The configured mailboxes.
-    pub fn configured(&self) -> Arc<Vec<MailboxConfig>> {
+    pub fn configured(&self) -> Arc<Vec<Arc<MailboxConfig>>> {
         self.configured.load_full()
     }
 
     /// Sets the configured mailboxes (at start and after each reload); leases of removed
     /// ones are released at the next heartbeat.
-    pub fn set_configured(&self, mailboxes: &[MailboxConfig]) {
+    pub fn set_configured(&self, mailboxes: &[Arc<MailboxConfig>]) {
         self.configured.store(Arc::new(mailboxes.to_vec()));
         self.rows_missing.store(true, std::sync::atomic::Ordering::SeqCst);
     }

@@ -27,7 +27,7 @@ pub async fn annotate(
     let totals = store.delivered_totals().await?;
     let mut local: HashMap<MailboxAddress, MailboxView> = local.into_iter().map(|v| (v.address.clone(), v)).collect();
     let configured = cluster.configured();
-    let mut sorted: Vec<&MailboxConfig> = configured.iter().collect();
+    let mut sorted: Vec<&MailboxConfig> = configured.iter().map(|m| &**m).collect();
     sorted.sort_by(|a, b| a.address.as_str().cmp(b.address.as_str()));
     let mut out = Vec::new();
     for m in sorted {

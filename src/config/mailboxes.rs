@@ -1,6 +1,7 @@
 //! `[defaults]` and `[[mailboxes]]`: per-mailbox settings, where a mailbox's own key wins over
 //! `[defaults]`, which wins over the built-in default.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::ConfigError;
@@ -104,7 +105,7 @@ pub(super) fn mailboxes(
     app_names: &[String],
     encryption_key_given: bool,
     errors: &mut Errors,
-) -> Option<Vec<MailboxConfig>> {
+) -> Option<Vec<Arc<MailboxConfig>>> {
     let mut out = Vec::with_capacity(tables.len());
     let mut ok = true;
     // Where each address was first configured (a map: 100,000 mailboxes must not cost n²).
@@ -167,7 +168,7 @@ pub(super) fn mailboxes(
             })
         })();
         match mailbox {
-            Some(mailbox) => out.push(mailbox),
+            Some(mailbox) => out.push(Arc::new(mailbox)),
             None => ok = false,
         }
     }

@@ -50,8 +50,9 @@ pub struct Config {
     pub intake: Option<IntakeConfig>,
     /// App registrations.
     pub apps: Vec<AppConfig>,
-    /// Mailboxes, with `[defaults]` already applied.
-    pub mailboxes: Vec<MailboxConfig>,
+    /// Mailboxes, with `[defaults]` already applied; shared with the mailboxes' tasks (one
+    /// copy of each, however many parts of the daemon hold it).
+    pub mailboxes: Vec<std::sync::Arc<MailboxConfig>>,
     /// Graph change notifications (off unless enabled).
     pub notifications: NotificationsConfig,
     /// Replies and new mail.

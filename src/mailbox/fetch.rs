@@ -204,7 +204,7 @@ fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 /// Groups requests so one `$batch` asks for at most [`BATCH_MAX`] parts and `limit` bytes.
-fn by_bytes<T>(requests: Vec<(String, T, u64)>, limit: u64) -> Vec<Vec<(String, T)>> {
+pub fn by_bytes<T>(requests: Vec<(String, T, u64)>, limit: u64) -> Vec<Vec<(String, T)>> {
     let mut groups: Vec<Vec<(String, T)>> = Vec::new();
     let mut bytes = 0u64;
     for (id, url, size) in requests {

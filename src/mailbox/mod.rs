@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::{IngestBudget, PageSize};
-pub use fetch::BATCH_BYTES;
+pub use fetch::{BATCH_BYTES, by_bytes};
 pub use poll::{KEY_RETENTION, PollError, RESYNC_MARGIN, RoundStats};
 pub use status::{FolderTrouble, MailboxView, NotificationsView, StatusBoard};
 
@@ -39,8 +39,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Everything a mailbox task uses.
 pub struct MailboxCtx {
-    /// Its configuration.
-    pub config: MailboxConfig,
+    /// Its configuration (shared with the configuration in force).
+    pub config: Arc<MailboxConfig>,
     /// Graph client.
     pub graph: Arc<Graph>,
     /// Its tokens: the app's, or its own delegated grant.

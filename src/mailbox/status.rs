@@ -47,9 +47,10 @@ pub struct MailboxView {
     /// The first sync of a folder in progress (absent otherwise); boxed, as most mailboxes have none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_sync: Option<Box<super::progress::FirstSyncView>>,
-    /// Change notifications of this mailbox (absent while `[notifications]` is off).
+    /// Change notifications of this mailbox (absent while `[notifications]` is off); boxed,
+    /// as most deployments poll.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub notifications: Option<NotificationsView>,
+    pub notifications: Option<Box<NotificationsView>>,
 }
 
 /// How a mailbox learns of new mail while `[notifications]` is on.
@@ -319,8 +320,8 @@ impl StatusBoard {
     pub fn set_notifications(&self, mailbox: &MailboxAddress, view: NotificationsView) -> bool {
         let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
         let Some(v) = views.get_mut(mailbox) else { return false };
-        let changed = v.notifications.as_ref() != Some(&view);
-        v.notifications = Some(view);
+        let changed = v.notifications.as_deref() != Some(&view);
+        v.notifications = Some(Box::new(view));
         changed
     }
 

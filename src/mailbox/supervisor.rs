@@ -153,7 +153,7 @@ impl Supervisor {
     }
 
     /// Builds the context of an enabled mailbox (None for disabled ones or unknown apps).
-    fn context(&self, mailbox: &MailboxConfig) -> Option<Arc<MailboxCtx>> {
+    fn context(&self, mailbox: &Arc<MailboxConfig>) -> Option<Arc<MailboxCtx>> {
         let app_tokens = self.apps.get(&mailbox.app).filter(|_| mailbox.enabled)?;
         let tokens = match (mailbox.access, &self.deps.sealer) {
             (Access::Delegated, Some(sealer)) => TokenSource::Delegated(Arc::new(DelegatedTokens::new(
@@ -198,13 +198,13 @@ impl Supervisor {
     }
 
     /// Registers and starts one mailbox.
-    async fn start(&mut self, mailbox: &MailboxConfig) {
+    async fn start(&mut self, mailbox: &Arc<MailboxConfig>) {
         self.start_many(std::slice::from_ref(mailbox)).await;
     }
 
     /// Registers and starts mailboxes; the registry is swapped once for all of them (swapping
     /// it per mailbox made starting n mailboxes cost n² copies).
-    async fn start_many(&mut self, mailboxes: &[MailboxConfig]) {
+    async fn start_many(&mut self, mailboxes: &[Arc<MailboxConfig>]) {
         let mut map = (**self.registry.load()).clone();
         for mailbox in mailboxes {
             let ctx = self.context(mailbox);
@@ -388,7 +388,7 @@ impl Supervisor {
                 }
             }
         }
-        let old_mailboxes: HashMap<MailboxAddress, MailboxConfig> = self
+        let old_mailboxes: HashMap<MailboxAddress, Arc<MailboxConfig>> = self
             .config
             .mailboxes
             .iter()
