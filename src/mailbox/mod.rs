@@ -439,6 +439,43 @@ pub fn reason_for(e: &crate::auth::TokenError) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn waits_grow_while_failing_and_start_over_after_a_success() {
+        let minute = Duration::from_secs(60);
+        let mut pacing = Pacing::new(minute);
+        // Flagged: re-probed after 4 intervals, doubling up to an hour.
+        assert_eq!(pacing.failed(MailboxState::NeedsReconsent), 4 * minute);
+        assert_eq!(pacing.failed(MailboxState::NeedsReconsent), 8 * minute);
+        for _ in 0..10 {
+            pacing.failed(MailboxState::NeedsReconsent);
+        }
+        assert_eq!(pacing.failed(MailboxState::NeedsReconsent), MAX_REPROBE);
+        // Transient trouble: doubling from the interval up to 5 minutes, plus at most 20 %.
+        let first = pacing.failed(MailboxState::Backoff);
+        assert!(first >= 2 * minute && first <= (2 * minute).mul_f64(1.2), "{first:?}");
+        for _ in 0..10 {
+            pacing.failed(MailboxState::Backoff);
+        }
+        let capped = pacing.failed(MailboxState::Backoff);
+        assert!(
+            capped >= MAX_BACKOFF && capped <= MAX_BACKOFF.mul_f64(1.2),
+            "{capped:?}"
+        );
+        pacing.succeeded();
+        assert_eq!(pacing.failed(MailboxState::NeedsReconsent), 4 * minute);
+        let again = pacing.failed(MailboxState::Backoff);
+        assert!(again <= (2 * minute).mul_f64(1.2), "{again:?}");
+    }
+
+    #[test]
+    fn an_interval_over_five_minutes_is_its_own_reprobe_and_backoff_floor() {
+        let interval = Duration::from_secs(600);
+        let mut pacing = Pacing::new(interval);
+        assert_eq!(pacing.failed(MailboxState::AccessDenied), interval);
+        let backoff = pacing.failed(MailboxState::Backoff);
+        assert!(backoff >= interval && backoff <= interval.mul_f64(1.2), "{backoff:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wake_ups_are_rounded_up_to_a_shared_grid() {
         let interval = Duration::from_secs(60);
