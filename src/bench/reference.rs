@@ -21,10 +21,8 @@ use super::children::{CLIENT_ID, Emulator, SECRET, TENANT, WorkDir};
 use super::events::unix_now;
 use super::report;
 use super::scenario::Plan;
-use crate::graph::{ATTACHMENT_SELECT, segment};
+use crate::graph::{ATTACHMENT_SELECT, BATCH_MAX, IMMUTABLE_IDS, segment};
 
-/// Graph's `$batch` limit, as the daemon uses it.
-const BATCH_MAX: usize = 20;
 /// Attachments up to this size are fetched in `$batch` (`max_inline_attachment_bytes`'s default).
 const INLINE_CAP: u64 = crate::config::DEFAULT_MAX_INLINE_ATTACHMENT_BYTES;
 /// Most delta pages followed per mailbox (a bound, far above what the backlog needs).
@@ -78,8 +76,13 @@ impl Client {
     }
 }
 
-/// The content requests for the attachments a `$batch` of lists names, with their sizes.
-fn listed_attachments(answer: &[u8], address: &str) -> anyhow::Result<Vec<(Value, u64)>> {
+/// A GET inside `$batch`, with the `Prefer` the daemon sends.
+fn get_part(id: &str, url: &str) -> Value {
+    json!({"id": id, "method": "GET", "url": url, "headers": {"Prefer": IMMUTABLE_IDS}})
+}
+
+/// The attachments a `$batch` of lists names: part id, content URL and size.
+fn listed_attachments(answer: &[u8], address: &str) -> anyhow::Result<Vec<(String, String, u64)>> {
     let answer: Value = serde_json::from_slice(answer)?;
     let mut out = Vec::new();
     for part in answer["responses"].as_array().into_iter().flatten() {
@@ -94,30 +97,10 @@ fn listed_attachments(answer: &[u8], address: &str) -> anyhow::Result<Vec<(Value
                 segment(message),
                 segment(id)
             );
-            out.push((
-                json!({"id": format!("c:{message}:{id}"), "method": "GET", "url": url,
-                       "headers": {"Prefer": "IdType=\"ImmutableId\""}}),
-                a["size"].as_u64().unwrap_or(u64::MAX),
-            ));
+            out.push((format!("c:{message}:{id}"), url, a["size"].as_u64().unwrap_or(u64::MAX)));
         }
     }
     Ok(out)
-}
-
-/// The daemon's grouping of attachment content requests: at most [`BATCH_MAX`] parts and a
-/// page's share of the default memory budget per `$batch`.
-fn content_batches(requests: Vec<(Value, u64)>) -> Vec<Vec<Value>> {
-    let limit = crate::mailbox::IngestBudget::new(crate::config::DEFAULT_IN_FLIGHT_BYTES)
-        .page_bytes()
-        .min(crate::mailbox::BATCH_BYTES);
-    let keyed = requests
-        .into_iter()
-        .map(|(part, size)| (String::new(), part, size))
-        .collect();
-    crate::mailbox::by_bytes(keyed, limit)
-        .into_iter()
-        .map(|group| group.into_iter().map(|(_, part)| part).collect())
-        .collect()
 }
 
 /// One mailbox: delta pages in order; after each, the attachment batches of its messages.
@@ -133,7 +116,7 @@ async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow:
             .http
             .get(&url)
             .header("Prefer", "odata.maxpagesize=100")
-            .header("Prefer", "IdType=\"ImmutableId\"");
+            .header("Prefer", IMMUTABLE_IDS);
         let page = client.send(req).await?;
         client.write(&page, false)?;
         let page: Value = serde_json::from_slice(&page)?;
@@ -145,15 +128,12 @@ async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow:
             };
             messages += 1;
             if m.get("hasAttachments").and_then(Value::as_bool) == Some(true) {
-                parts.push(json!({
-                    "id": format!("a:{id}"), "method": "GET",
-                    "url": format!(
-                        "/users/{}/messages/{}/attachments?$select={ATTACHMENT_SELECT}",
-                        segment(&address),
-                        segment(id)
-                    ),
-                    "headers": {"Prefer": "IdType=\"ImmutableId\""},
-                }));
+                let url = format!(
+                    "/users/{}/messages/{}/attachments?$select={ATTACHMENT_SELECT}",
+                    segment(&address),
+                    segment(id)
+                );
+                parts.push(get_part(&format!("a:{id}"), &url));
             }
         }
         // The daemon's shape since attachments are fetched metadata first: the lists, then
@@ -165,17 +145,21 @@ async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow:
             client.write(&answer, false)?;
             contents.extend(listed_attachments(&answer, &address)?);
         }
-        let (small, large): (Vec<_>, Vec<_>) = contents.into_iter().partition(|(_, size)| *size <= INLINE_CAP);
-        for group in content_batches(small) {
-            let answer = client.batch(&group).await?;
+        let (small, large): (Vec<_>, Vec<_>) = contents.into_iter().partition(|(_, _, size)| *size <= INLINE_CAP);
+        // Grouped as the daemon groups them: a page's share of the default memory budget.
+        let limit = crate::mailbox::IngestBudget::new(crate::config::DEFAULT_IN_FLIGHT_BYTES)
+            .page_bytes()
+            .min(crate::mailbox::BATCH_BYTES);
+        for group in crate::mailbox::by_bytes(small, limit) {
+            let parts: Vec<Value> = group.iter().map(|(id, url)| get_part(id, url)).collect();
+            let answer = client.batch(&parts).await?;
             client.write(&answer, false)?;
         }
-        for (part, _) in large {
-            let url = part["url"].as_str().unwrap_or_default();
+        for (_, url, _) in large {
             let req = client
                 .http
                 .get(format!("{}/v1.0{url}", client.base))
-                .header("Prefer", "IdType=\"ImmutableId\"");
+                .header("Prefer", IMMUTABLE_IDS);
             let answer = client.send(req).await?;
             client.write(&answer, false)?;
         }

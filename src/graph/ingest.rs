@@ -23,7 +23,7 @@ const LIST_PAGE: u32 = 100;
 /// The attachment properties read before deciding whether to fetch the content.
 pub const ATTACHMENT_SELECT: &str = "id,name,contentType,size,isInline";
 /// Every ingest request asks for ids that survive a move between folders.
-const IMMUTABLE_IDS: &str = "IdType=\"ImmutableId\"";
+pub const IMMUTABLE_IDS: &str = "IdType=\"ImmutableId\"";
 
 /// One page of a delta round.
 #[derive(Debug, Deserialize)]

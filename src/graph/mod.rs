@@ -22,8 +22,8 @@ use url::Url;
 pub use error::{GraphError, GraphErrorKind, classify, retry_after};
 pub use gate::MailboxGate;
 pub use ingest::{
-    ATTACHMENT_SELECT, BATCH_MAX, DeltaPage, Disposal, Fetch, Fetched, Listed, MAX_WAIT_IN_ROUND, MessageList,
-    PartAnswer,
+    ATTACHMENT_SELECT, BATCH_MAX, DeltaPage, Disposal, Fetch, Fetched, IMMUTABLE_IDS, Listed, MAX_WAIT_IN_ROUND,
+    MessageList, PartAnswer,
 };
 pub use mailbox::{Folder, MailboxGraph, ShapeError};
 pub use message::{

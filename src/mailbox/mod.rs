@@ -319,27 +319,22 @@ fn wake_at(wait: Duration, interval: Duration) -> tokio::time::Instant {
 /// transient failures, a slow re-probe while flagged.
 struct Pacing {
     interval: Duration,
-    reprobe_base: Duration,
     reprobe: Duration,
     backoff: Duration,
 }
 
 impl Pacing {
     fn new(interval: Duration) -> Pacing {
-        // Flagged mailboxes are re-probed slowly and resume by themselves when the cause is
-        // gone. Never `clamp` here: with an interval over 5 minutes its min would exceed its max.
-        let reprobe_base = interval.max(interval.saturating_mul(4).min(Duration::from_secs(300)));
         Pacing {
             interval,
-            reprobe_base,
-            reprobe: reprobe_base,
+            reprobe: first_reprobe(interval),
             backoff: interval,
         }
     }
 
     /// A round got through: the next waits start from the beginning again.
     fn succeeded(&mut self) {
-        self.reprobe = self.reprobe_base;
+        self.reprobe = first_reprobe(self.interval);
         self.backoff = self.interval;
     }
 
@@ -355,6 +350,13 @@ impl Pacing {
             wait
         }
     }
+}
+
+/// The first wait before a flagged mailbox is probed again: flagged mailboxes are re-probed
+/// slowly and resume by themselves when the cause is gone. Never `clamp` here: with an
+/// interval over 5 minutes its min would exceed its max.
+fn first_reprobe(interval: Duration) -> Duration {
+    interval.max(interval.saturating_mul(4).min(Duration::from_secs(300)))
 }
 
 /// Polls until cancelled.

@@ -321,7 +321,9 @@ impl StatusBoard {
         let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
         let Some(v) = views.get_mut(mailbox) else { return false };
         let changed = v.notifications.as_deref() != Some(&view);
-        v.notifications = Some(Box::new(view));
+        if changed {
+            v.notifications = Some(Box::new(view));
+        }
         changed
     }
 

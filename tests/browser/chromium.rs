@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::a11y::accessible;
 use crate::page::config;
 use crate::receiver::{Receiver, with_webhook};
-use crate::support::{API_TOKEN, Env, eventually};
+use crate::support::{API_TOKEN, Env, eventually, poll_until};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -101,19 +101,17 @@ impl Drop for Driver {
 /// The page's text, read inside one script: the page reloads itself every few seconds, and
 /// an element found before a reload is stale after it.
 async fn text(client: &Client) -> String {
-    let mut last = None;
-    for _ in 0..50 {
+    // Between two documents there is no body: the next one is on its way.
+    poll_until(Duration::from_secs(5), "the page's text", || async {
         match client
             .execute("return document.body ? document.body.innerText : null", vec![])
             .await
         {
-            Ok(Value::String(shown)) => return shown,
-            other => last = Some(format!("{other:?}")),
+            Ok(Value::String(shown)) => Ok(shown),
+            other => Err(format!("{other:?}")),
         }
-        // Between two documents: the next one is on its way.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the page's text could not be read: {last:?}")
+    })
+    .await
 }
 
 /// Reloads `/ui/` until `css` matches an element (the page also reloads itself).
