@@ -1,10 +1,13 @@
-//! Watches the file sink: every 100 ms it reads the lines appended since the last look and
-//! stamps each with the time it was first seen, which is when the sink had written it
-//! (within 100 ms; the daemon acknowledges after the fsync that follows the write).
+//! Reads the file sink's lines. While a live load runs, a thread reads what was appended every
+//! 100 ms and stamps each line with the time it was first seen (within 100 ms of the write; the
+//! daemon acknowledges after the fsync that follows it). A backlog is read once, after the run:
+//! a reader of the file while the sink appends to it made the sink's writes cost three times
+//! the kernel CPU (the reference client, which it is compared with, has no reader), so its
+//! lines are stamped from the daemon's delivered counter instead.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,7 +29,7 @@ pub struct Seen {
     pub internet_message_id: String,
     /// `dedup_key`: another process's copy of the same message must carry the same one.
     pub dedup_key: String,
-    /// When the line was first seen in the file, Unix seconds.
+    /// When the line was delivered, Unix seconds.
     pub seen_at: f64,
 }
 
@@ -44,8 +47,63 @@ struct Head {
 struct State {
     seen: Vec<Seen>,
     keys: HashSet<String>,
+    /// Message lines read, duplicates included.
+    messages: usize,
     duplicates: usize,
     malformed: usize,
+}
+
+/// What was read from an event file: distinct events, duplicates, malformed lines.
+pub type Events = (Vec<Seen>, usize, usize);
+
+/// The part of an event file not read yet.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    /// The start of a line whose end was not written yet.
+    partial: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Tail {
+    fn new(path: PathBuf) -> Tail {
+        Tail {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            buf: vec![0u8; 8 << 20],
+        }
+    }
+
+    /// Hands every complete line appended since the last call to `line` (a file that does not
+    /// exist yet has none).
+    fn read(&mut self, mut line: impl FnMut(&[u8])) {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        loop {
+            let n = match file.read(&mut self.buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            self.offset += n as u64;
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', &self.buf[..n]) {
+                if self.partial.is_empty() {
+                    line(&self.buf[start..end]);
+                } else {
+                    self.partial.extend_from_slice(&self.buf[start..end]);
+                    line(&self.partial);
+                    self.partial.clear();
+                }
+                start = end + 1;
+            }
+            self.partial.extend_from_slice(&self.buf[start..n]);
+        }
+    }
 }
 
 /// A background reader of the event file.
@@ -72,34 +130,14 @@ impl EventWatch {
         let thread = std::thread::spawn({
             let (state, unique, stop) = (state.clone(), unique.clone(), stop.clone());
             move || {
-                let mut offset = 0u64;
-                let mut partial: Vec<u8> = Vec::new();
-                let mut buf = vec![0u8; 8 << 20];
+                let mut tail = Tail::new(path);
                 loop {
                     let last = stop.load(Ordering::Relaxed);
-                    if let Ok(mut file) = std::fs::File::open(&path)
-                        && file.seek(SeekFrom::Start(offset)).is_ok()
+                    let now = unix_now();
                     {
-                        loop {
-                            let n = match file.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            offset += n as u64;
-                            let now = unix_now();
-                            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                            let mut start = 0;
-                            for (i, b) in buf[..n].iter().enumerate() {
-                                if *b == b'\n' {
-                                    partial.extend_from_slice(&buf[start..i]);
-                                    take_line(&partial, now, &mut st);
-                                    partial.clear();
-                                    start = i + 1;
-                                }
-                            }
-                            partial.extend_from_slice(&buf[start..n]);
-                            unique.store(st.keys.len(), Ordering::Relaxed);
-                        }
+                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        tail.read(|line| take_line(line, &mut st, |_| now));
+                        unique.store(st.keys.len(), Ordering::Relaxed);
                     }
                     if last {
                         return;
@@ -130,7 +168,7 @@ impl EventWatch {
     }
 
     /// Reads what is left, stops, and returns what was seen plus duplicates and malformed lines.
-    pub fn finish(mut self) -> (Vec<Seen>, usize, usize) {
+    pub fn finish(mut self) -> Events {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -149,11 +187,30 @@ impl Drop for EventWatch {
     }
 }
 
+/// The daemon's `inboxd_messages_delivered_total` over time: (Unix seconds, value) samples in
+/// the order taken.
+pub type Delivered = [(f64, f64)];
+
+/// Reads the whole file once. The k-th message line counts as delivered at the first sample
+/// of `delivered` that reached k: every acknowledged event's line is already written, so this
+/// is never before the line was (at most one sample interval after its acknowledgement). A line
+/// past the last sample is stamped `otherwise`.
+pub fn read_once(path: &Path, delivered: &Delivered, otherwise: f64) -> Events {
+    let mut st = State::default();
+    let stamp = |k: usize| {
+        let i = delivered.partition_point(|(_, n)| *n < k as f64);
+        delivered.get(i).map_or(otherwise, |(t, _)| *t)
+    };
+    Tail::new(path.to_path_buf()).read(|line| take_line(line, &mut st, stamp));
+    (st.seen, st.duplicates, st.malformed)
+}
+
 /// Parses the head of one line: the fields before `,"body":` (a quote inside a JSON string is
-/// always escaped, so the first unescaped `,"body":` is the top-level key).
-fn take_line(line: &[u8], now: f64, st: &mut State) {
+/// always escaped, so the first unescaped `,"body":` is the top-level key). A message line is
+/// stamped `seen_at(k)`, k counting message lines from 1, duplicates included.
+fn take_line(line: &[u8], st: &mut State, seen_at: impl Fn(usize) -> f64) {
     const BODY: &[u8] = b",\"body\":";
-    let head_end = line.windows(BODY.len()).position(|w| w == BODY);
+    let head_end = memchr::memmem::find(line, BODY);
     let head: Option<Head> = match head_end {
         Some(end) => {
             let mut text = line[..end].to_vec();
@@ -183,6 +240,7 @@ fn take_line(line: &[u8], now: f64, st: &mut State) {
         st.malformed += 1;
         return;
     };
+    st.messages += 1;
     if !st.keys.insert(dedup_key.clone()) {
         st.duplicates += 1;
         return;
@@ -191,7 +249,7 @@ fn take_line(line: &[u8], now: f64, st: &mut State) {
         received_at: received.unix_timestamp_nanos() as f64 / 1e9,
         internet_message_id,
         dedup_key,
-        seen_at: now,
+        seen_at: seen_at(st.messages),
     });
 }
 
@@ -203,15 +261,15 @@ mod tests {
     fn head_stops_at_the_top_level_body() {
         let mut st = State::default();
         let line = br#"{"dedup_key":"k1","internet_message_id":"<gen-3-a@b>","subject":"x,\"body\":{","received_at":"2024-01-01T00:00:01Z","body":{"text":"t"},"attachments":[]}"#;
-        take_line(line, 5.0, &mut st);
-        take_line(line, 6.0, &mut st);
-        take_line(b"{not json", 6.0, &mut st);
+        take_line(line, &mut st, |_| 5.0);
+        take_line(line, &mut st, |_| 6.0);
+        take_line(b"{not json", &mut st, |_| 6.0);
         take_line(
             br#"{"schema":"inboxd.mailbox_state.v1","mailbox":"a@b","state":"active"}"#,
-            6.0,
             &mut st,
+            |_| 6.0,
         );
-        take_line(br#"{"schema":"inboxd.message.v1","dedup_key":"k2"}"#, 6.0, &mut st);
+        take_line(br#"{"schema":"inboxd.message.v1","dedup_key":"k2"}"#, &mut st, |_| 6.0);
         assert_eq!(st.seen.len(), 1);
         assert_eq!(st.duplicates, 1);
         assert_eq!(
@@ -220,5 +278,35 @@ mod tests {
         );
         assert_eq!(st.seen[0].internet_message_id, "<gen-3-a@b>");
         assert_eq!(st.seen[0].received_at, 1_704_067_201.0);
+    }
+
+    fn line(key: &str) -> String {
+        format!(
+            r#"{{"schema":"inboxd.message.v1","dedup_key":"{key}","internet_message_id":"<{key}>","received_at":"2024-01-01T00:00:00Z","body":{{"text":"a\nb"}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_backlog_read_once_is_stamped_from_the_delivered_counter() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.ndjson");
+        let state = r#"{"schema":"inboxd.mailbox_state.v1","mailbox":"a@b","state":"active"}"#;
+        // Four message lines (one a duplicate) around a state event, and a torn last line.
+        let text = [
+            line("k1"),
+            state.to_string(),
+            line("k2"),
+            line("k2"),
+            line("k3"),
+            "{\"sch".to_string(),
+        ]
+        .join("\n");
+        std::fs::write(&path, text).expect("written");
+        // The counter read 0, then 2, then 3 (the fourth message line was never counted).
+        let delivered = [(10.0, 0.0), (10.1, 2.0), (10.2, 3.0)];
+        let (seen, duplicates, malformed) = read_once(&path, &delivered, 99.0);
+        let stamps: Vec<(&str, f64)> = seen.iter().map(|s| (s.dedup_key.as_str(), s.seen_at)).collect();
+        assert_eq!(stamps, vec![("k1", 10.1), ("k2", 10.1), ("k3", 99.0)]);
+        assert_eq!((duplicates, malformed), (1, 0), "a torn last line is not read");
     }
 }
