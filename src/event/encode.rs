@@ -5,6 +5,8 @@
 
 use std::io::Write;
 
+#[cfg(test)]
+use super::Base64Text;
 use super::{EmailAddress, EventAttachment, MessageEvent};
 
 /// The event as compact JSON, fields in declaration order.
@@ -58,7 +60,7 @@ fn estimate(e: &MessageEvent) -> usize {
     let attachments: usize = e
         .attachments
         .iter()
-        .map(|a| a.content_base64.as_ref().map_or(0, String::len) + a.name.len() + 256)
+        .map(|a| a.content_base64.as_ref().map_or(0, |c| c.as_str().len()) + a.name.len() + 256)
         .sum();
     body + attachments
         + e.subject.len()
@@ -80,7 +82,11 @@ fn attachment(out: &mut Vec<u8>, a: &EventAttachment) {
     optional(out, a.content_id.as_deref());
     field(out, "sha256", &a.sha256);
     if let Some(content) = &a.content_base64 {
-        field(out, "content_base64", content);
+        // The base64 alphabet needs no escaping.
+        key(out, "content_base64");
+        out.push(b'"');
+        out.extend_from_slice(content.as_str().as_bytes());
+        out.extend_from_slice(b"\",");
     }
     close(out, b'}');
 }
@@ -226,6 +232,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn base64_text_outside_the_alphabet_is_refused_where_it_is_wrong() {
+        let err = Base64Text::try_from("YW\"Jj".to_string()).expect_err("a quote is not base64");
+        assert!(err.contains("at 2"), "{err}");
+        let json = r#"{"name":"a","content_type":"t","size":1,"is_inline":false,"content_id":null,"sha256":"","content_base64":"a\nb"}"#;
+        let read = serde_json::from_str::<EventAttachment>(json);
+        assert!(read.is_err(), "an event read back keeps the promise too: {read:?}");
+    }
+
     fn recipient() -> impl Strategy<Value = EmailAddress> {
         (any::<String>(), any::<String>()).prop_map(|(name, address)| EmailAddress { name, address })
     }
@@ -236,7 +251,7 @@ mod tests {
             any::<u64>(),
             any::<bool>(),
             proptest::option::of(any::<String>()),
-            proptest::option::of("[A-Za-z0-9+/=]{0,200}"),
+            proptest::option::of("[A-Za-z0-9+/=]{0,200}".prop_map(|t| Base64Text::try_from(t).expect("the alphabet"))),
         )
             .prop_map(|(name, size, is_inline, content_id, content_base64)| EventAttachment {
                 name,

@@ -1,13 +1,10 @@
 //! A Graph message, read → `inboxd.message.v1` event. Anything missing that the event
 //! requires is an error (the message is quarantined, the mailbox goes on).
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-
 use super::fetch::HeldAttachment;
 use super::html_text::html_to_text;
 use crate::domain::MailboxAddress;
-use crate::event::{EmailAddress, EventAttachment, EventBody, MESSAGE_SCHEMA, MessageEvent};
+use crate::event::{Base64Text, EmailAddress, EventAttachment, EventBody, MESSAGE_SCHEMA, MessageEvent};
 use crate::graph::{Header, Message, Recipient};
 
 /// `$select` for delta rounds (the benchmark's emulator seeds answer it too).
@@ -50,18 +47,17 @@ pub fn attachments(list: Vec<HeldAttachment>, cap: u64) -> Vec<EventAttachment> 
     list.into_iter()
         .map(|held| {
             let a = held.attachment;
-            let bytes = a.content_bytes.as_deref().and_then(|b| STANDARD.decode(b).ok());
-            let size = a.size.or(bytes.as_ref().map(|b| b.len() as u64)).unwrap_or(0);
+            // The string is kept, not rebuilt from the bytes (see `Base64Text::decode`).
+            let decoded = a.content_bytes.and_then(|b| Base64Text::decode(b).ok());
+            let size = a.size.or(decoded.as_ref().map(|(_, b)| b.len() as u64)).unwrap_or(0);
             // Over the inline cap the content was hashed while fetched and not kept.
-            let sha256 = bytes
+            let sha256 = decoded
                 .as_ref()
-                .map(|b| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref()))
+                .map(|(_, b)| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref()))
                 .or(held.sha256)
                 .unwrap_or_default();
-            // The standard engine decodes canonical base64 only, so what it read is exactly what
-            // encoding the bytes again would give: the string is kept, not rebuilt.
-            let content_base64 = match bytes {
-                Some(b) if b.len() as u64 <= cap => a.content_bytes,
+            let content_base64 = match decoded {
+                Some((text, b)) if b.len() as u64 <= cap => Some(text),
                 _ => None,
             };
             EventAttachment {
@@ -137,6 +133,9 @@ pub fn event(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
     use crate::graph::Attachment;
     use serde_json::{Value, json};
@@ -184,7 +183,10 @@ mod tests {
         assert_eq!(e.references, vec!["<r@x>", "<a@x>"]);
         assert_eq!(e.body.text.as_deref(), Some("Hello & bye"));
         assert_eq!(e.body.html.as_deref(), Some("<p>Hello &amp; bye</p>"));
-        assert_eq!(e.attachments[0].content_base64.as_deref(), Some("YWJj"));
+        assert_eq!(
+            e.attachments[0].content_base64.as_ref().map(Base64Text::as_str),
+            Some("YWJj")
+        );
         assert_eq!(e.attachments[1].content_base64, None);
         assert_eq!(
             e.attachments[1].sha256,
@@ -285,7 +287,7 @@ mod tests {
                 Ok(e) => {
                     proptest::prop_assert_eq!(&e.dedup_key, &dedup_key(&mb, &id));
                     for a in &e.attachments {
-                        proptest::prop_assert!(a.content_base64.as_ref().is_none_or(|b| (b.len() as u64) <= cap * 4 / 3 + 4));
+                        proptest::prop_assert!(a.content_base64.as_ref().is_none_or(|b| (b.as_str().len() as u64) <= cap * 4 / 3 + 4));
                     }
                 }
                 Err(reason) => proptest::prop_assert!(
@@ -303,7 +305,7 @@ mod tests {
                 sha256: None,
             };
             let e = attachments(vec![held], u64::MAX);
-            proptest::prop_assert_eq!(e[0].content_base64.as_deref(), Some(encoded.as_str()));
+            proptest::prop_assert_eq!(e[0].content_base64.as_ref().map(Base64Text::as_str), Some(encoded.as_str()));
             proptest::prop_assert_eq!(e[0].size, bytes.len() as u64);
         }
     }

@@ -30,7 +30,7 @@ async fn large_mail_is_read_in_pages_that_fit_the_budget_and_arrives_whole() {
     let env = Env::new().await;
     let mailbox = "large@contoso.test".to_string();
     env.mailboxes(std::slice::from_ref(&mailbox)).await;
-    // 4 MiB in flight: a page may carry about 170 KB of mail; each of these bodies is 300 KB.
+    // 4 MiB in flight: a page may carry about 87 KB of mail; each of these bodies is 300 KB.
     let paragraph = "<p>".to_string() + &"word ".repeat(60_000) + "</p>";
     for i in 0..14 {
         env.control(

@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::*;
-use crate::event::{EmailAddress, EventAttachment, EventBody, MESSAGE_SCHEMA, MessageEvent};
+use crate::event::{Base64Text, EmailAddress, EventAttachment, EventBody, MESSAGE_SCHEMA, MessageEvent};
 
 /// A realistic event whose serialised length does not depend on `n` (for n < 10,000).
 pub(crate) fn sample_event(n: u32) -> MessageEvent {
@@ -39,7 +39,7 @@ pub(crate) fn sample_event(n: u32) -> MessageEvent {
                 is_inline: false,
                 content_id: None,
                 sha256: "ab".repeat(32),
-                content_base64: Some("YWJj".into()),
+                content_base64: Some(Base64Text::try_from("YWJj".to_string()).unwrap()),
             },
             EventAttachment {
                 name: "huge.zip".into(),
