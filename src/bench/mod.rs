@@ -130,7 +130,7 @@ pub async fn run(
 
 /// The `reference` report: the daemon's backlog figures, the reference client's, the ratio.
 async fn compare(exe: &Path, daemon: DaemonRun, plan: &Plan) -> anyhow::Result<Map<String, Value>> {
-    let reference = reference::run(exe, plan, daemon.delta_query.as_deref()).await?;
+    let reference = reference::run(exe, plan, daemon.delta_query.as_deref(), &daemon.page_sizes).await?;
     let mut r = daemon.report;
     let ref_rate = if reference.duration_s > 0.0 {
         reference.messages as f64 / reference.duration_s

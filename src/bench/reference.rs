@@ -3,13 +3,15 @@
 //!
 //! Ids differ between two seeded emulators, so the daemon's log cannot be replayed verbatim;
 //! instead, for each mailbox (all at once, as the daemon does), the client pages through the
-//! Inbox delta with the daemon's query (taken from its request log) and `Prefer` values, and
+//! Inbox delta with the daemon's query and page sizes (taken from its request log: the same
+//! pages, so the same delta requests) and `Prefer` values, and
 //! after each page issues the daemon's `$batch` shape: one GET `…/attachments` (metadata) per
 //! message with `hasAttachments`, 20 per batch, then the content of each listed attachment
 //! under the inline cap, in batches bounded as the daemon bounds them (larger ones one at a
 //! time). Each response body is appended to one file, fsynced once per page, where the
 //! daemon's sink fsyncs. One token for the whole run.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -103,19 +105,24 @@ fn listed_attachments(answer: &[u8], address: &str) -> anyhow::Result<Vec<(Strin
     Ok(out)
 }
 
-/// One mailbox: delta pages in order; after each, the attachment batches of its messages.
-async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow::Result<u64> {
+/// Graph's largest delta page, asked for where the daemon's log has no size.
+const PAGE_ITEMS: u32 = 100;
+
+/// One mailbox: delta pages in order, of the sizes in `sizes` (the last one repeated once they
+/// run out); after each, the attachment batches of its messages.
+async fn mailbox(client: Arc<Client>, address: String, query: String, sizes: Vec<u32>) -> anyhow::Result<u64> {
     let mut url = format!(
         "{}/v1.0/users/{}/mailFolders/inbox/messages/delta?{query}",
         client.base,
         segment(&address)
     );
     let mut messages = 0;
-    for _ in 0..MAX_PAGES {
+    for page in 0..MAX_PAGES {
+        let size = sizes.get(page).or(sizes.last()).copied().unwrap_or(PAGE_ITEMS);
         let req = client
             .http
             .get(&url)
-            .header("Prefer", "odata.maxpagesize=100")
+            .header("Prefer", format!("odata.maxpagesize={size}"))
             .header("Prefer", IMMUTABLE_IDS);
         let page = client.send(req).await?;
         client.write(&page, false)?;
@@ -176,8 +183,14 @@ async fn mailbox(client: Arc<Client>, address: String, query: String) -> anyhow:
     bail!("{address}: more than {MAX_PAGES} delta pages")
 }
 
-/// Seeds a fresh emulator as `plan` does and runs the reference client against it.
-pub async fn run(exe: &Path, plan: &Plan, delta_query: Option<&str>) -> anyhow::Result<ReferenceRun> {
+/// Seeds a fresh emulator as `plan` does and runs the reference client against it, with the
+/// daemon's delta query and page sizes by mailbox.
+pub async fn run(
+    exe: &Path,
+    plan: &Plan,
+    delta_query: Option<&str>,
+    page_sizes: &HashMap<String, Vec<u32>>,
+) -> anyhow::Result<ReferenceRun> {
     let dir = WorkDir::new()?;
     let emulator = Emulator::start(exe, &dir.path, "reference-emulator").await?;
     for spec in &plan.seed {
@@ -224,7 +237,10 @@ pub async fn run(exe: &Path, plan: &Plan, delta_query: Option<&str>) -> anyhow::
     let tasks: Vec<_> = plan
         .mailboxes
         .iter()
-        .map(|a| tokio::spawn(mailbox(client.clone(), a.clone(), query.clone())))
+        .map(|a| {
+            let sizes = page_sizes.get(a).cloned().unwrap_or_default();
+            tokio::spawn(mailbox(client.clone(), a.clone(), query.clone(), sizes))
+        })
         .collect();
     let mut messages = 0;
     for t in tasks {

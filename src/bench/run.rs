@@ -1,6 +1,7 @@
 //! One daemon run of a scenario: a fresh emulator process, seeded; the daemon as another
 //! process; the event file watched; `/proc` read; the emulator's request log counted.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,6 +24,27 @@ pub struct DaemonRun {
     pub messages_per_s: f64,
     /// The query of the daemon's first delta request, replayed by the reference.
     pub delta_query: Option<String>,
+    /// The page size each delta request of the daemon asked for, by mailbox, in order: the
+    /// reference asks for the same pages.
+    pub page_sizes: HashMap<String, Vec<u32>>,
+}
+
+/// The `odata.maxpagesize` of every delta request in `log`, by mailbox, in order.
+fn delta_page_sizes(log: &[Value]) -> HashMap<String, Vec<u32>> {
+    let mut sizes: HashMap<String, Vec<u32>> = HashMap::new();
+    for e in log {
+        if !e["path"].as_str().is_some_and(|p| p.ends_with("/messages/delta")) {
+            continue;
+        }
+        let size = e["headers"]["prefer"]
+            .as_str()
+            .and_then(|p| p.split(',').find_map(|p| p.trim().strip_prefix("odata.maxpagesize=")))
+            .and_then(|n| n.parse().ok());
+        if let (Some(mailbox), Some(size)) = (e["mailbox"].as_str(), size) {
+            sizes.entry(mailbox.to_string()).or_default().push(size);
+        }
+    }
+    sizes
 }
 
 /// Polls `done` every 100 ms until it holds or `deadline` (Unix seconds) passes.
@@ -454,5 +476,6 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
         report: r,
         messages_per_s,
         delta_query,
+        page_sizes: delta_page_sizes(&log),
     })
 }
