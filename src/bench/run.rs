@@ -1,5 +1,5 @@
 //! One daemon run of a scenario: a fresh emulator process, seeded; the daemon as another
-//! process; the event file watched; `/proc` read; the emulator's request log counted.
+//! process; the event file read; `/proc` read; the emulator's request log counted.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -61,10 +61,12 @@ async fn wait_until(deadline: f64, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// Samples the daemon's delivered counter every 100 ms until it reaches `messages` and the
-/// event file holds that many distinct events (a duplicate is counted too), or `deadline`
-/// passes. Returns the samples, what the file held, and whether it was complete.
-async fn wait_backlog(daemon: &Daemon, messages: usize, deadline: f64) -> (Vec<(f64, f64)>, events::Events, bool) {
+/// event file holds that many distinct events (a duplicate is counted too, so the file is read
+/// again each time the counter moves on), or `deadline` passes. Returns what the file held and
+/// whether it was complete.
+async fn wait_backlog(daemon: &Daemon, messages: usize, deadline: f64) -> (events::Events, bool) {
     let mut delivered = Vec::new();
+    let mut read_at = None;
     loop {
         let count = match daemon.metrics().await {
             Ok(text) => metric(&text, "inboxd_messages_delivered_total"),
@@ -75,11 +77,13 @@ async fn wait_backlog(daemon: &Daemon, messages: usize, deadline: f64) -> (Vec<(
             delivered.push((now, n));
         }
         let over = now >= deadline;
-        if count.is_some_and(|n| n >= messages as f64) || over {
+        let moved = count.is_some_and(|n| n >= messages as f64 && read_at.is_none_or(|at| n > at));
+        if moved || over {
+            read_at = count;
             let read = events::read_once(&daemon.events, &delivered, unix_now());
-            if read.0.len() >= messages || over {
-                let complete = read.0.len() >= messages;
-                return (delivered, read, complete);
+            let complete = read.0.len() >= messages;
+            if complete || over {
+                return (read, complete);
             }
         }
         tokio::time::sleep(CHECK_EVERY).await;
@@ -202,7 +206,7 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     let mut idle_window_start = None;
     let complete = match plan.kind {
         Kind::Backlog | Kind::Reference => {
-            let (_, read, complete) = wait_backlog(&daemon, plan.messages, deadline).await;
+            let (read, complete) = wait_backlog(&daemon, plan.messages, deadline).await;
             read_backlog = Some(read);
             complete
         }
