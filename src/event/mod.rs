@@ -190,7 +190,7 @@ pub struct EventAttachment {
 /// it as it is (attachment content is a third of a backlog's bytes). Made by decoding, which
 /// checks it, or from a string whose every byte is of the alphabet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[serde(try_from = "String")]
 pub struct Base64Text(String);
 
 impl Base64Text {
@@ -220,11 +220,5 @@ impl TryFrom<String> for Base64Text {
             None => Ok(Base64Text(text)),
             Some(at) => Err(format!("content_base64 has a byte outside the base64 alphabet at {at}")),
         }
-    }
-}
-
-impl From<Base64Text> for String {
-    fn from(text: Base64Text) -> String {
-        text.0
     }
 }
