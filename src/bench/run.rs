@@ -80,7 +80,11 @@ async fn wait_backlog(daemon: &Daemon, messages: usize, deadline: f64) -> (event
         let moved = count.is_some_and(|n| n >= messages as f64 && read_at.is_none_or(|at| n > at));
         if moved || over {
             read_at = count;
-            let read = events::read_once(&daemon.events, &delivered, unix_now());
+            // Over a gigabyte for a full backlog: read off the runtime's threads.
+            let (path, samples) = (daemon.events.clone(), delivered.clone());
+            let read = tokio::task::spawn_blocking(move || events::read_once(&path, &samples, unix_now()))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             let complete = read.0.len() >= messages;
             if complete || over {
                 return (read, complete);

@@ -16,6 +16,11 @@ pub fn dedup_key(mailbox: &MailboxAddress, graph_id: &str) -> String {
     hex(&digest.as_ref()[..16])
 }
 
+/// Lowercase hex SHA-256 of attachment content (the event's `sha256`).
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -53,7 +58,7 @@ pub fn attachments(list: Vec<HeldAttachment>, cap: u64) -> Vec<EventAttachment> 
             // Over the inline cap the content was hashed while fetched and not kept.
             let sha256 = decoded
                 .as_ref()
-                .map(|(_, b)| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref()))
+                .map(|(_, b)| sha256_hex(b))
                 .or(held.sha256)
                 .unwrap_or_default();
             let content_base64 = match decoded {

@@ -164,7 +164,7 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Message>) -> Result<Vec<(Stri
                     .content_bytes
                     .as_deref()
                     .and_then(|b| STANDARD.decode(b).ok())
-                    .map(|bytes| hex_sha256(&bytes));
+                    .map(|bytes| super::convert::sha256_hex(&bytes));
                 if full.content_id.is_some() {
                     a.attachment.content_id = full.content_id;
                 }
@@ -192,15 +192,6 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Message>) -> Result<Vec<(Stri
             (id, outcome)
         })
         .collect())
-}
-
-/// Lowercase hex SHA-256.
-fn hex_sha256(bytes: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Groups requests so one `$batch` asks for at most [`BATCH_MAX`] parts and `limit` bytes.
