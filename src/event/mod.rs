@@ -194,19 +194,40 @@ pub struct EventAttachment {
 pub struct Base64Text(String);
 
 impl Base64Text {
-    /// Decodes `text` (canonical standard base64, as Graph sends `contentBytes`): the bytes,
-    /// and the text kept as it is (decoding canonical base64 and encoding the bytes again gives
-    /// the same text).
-    pub fn decode(text: String) -> Result<(Base64Text, Vec<u8>), base64::DecodeError> {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(&text)?;
-        Ok((Base64Text(text), bytes))
+    /// Decodes `text` (canonical standard base64, as Graph sends `contentBytes`), handing the
+    /// bytes to `each` a piece at a time (see [`decode_pieces`]): the text kept as it is
+    /// (decoding canonical base64 and encoding the bytes again gives the same text), and the
+    /// number of bytes.
+    pub fn decode(text: String, each: impl FnMut(&[u8])) -> Result<(Base64Text, u64), base64::DecodeSliceError> {
+        let len = decode_pieces(&text, each)?;
+        Ok((Base64Text(text), len))
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Decodes standard base64 a piece at a time, handing each piece of the bytes to `each`; the
+/// number of bytes. An attachment is hashed this way without its bytes ever being held whole
+/// (an attachment over the inline cap can be many megabytes).
+pub fn decode_pieces(text: &str, mut each: impl FnMut(&[u8])) -> Result<u64, base64::DecodeSliceError> {
+    use base64::Engine;
+    // A multiple of four characters: only the last piece may end in padding.
+    const PIECE: usize = 16 * 1024;
+    let mut bytes = [0u8; PIECE / 4 * 3];
+    let mut total = 0;
+    let mut pieces = text.as_bytes().chunks(PIECE).peekable();
+    while let Some(piece) = pieces.next() {
+        if pieces.peek().is_some() && piece.ends_with(b"=") {
+            return Err(base64::DecodeError::InvalidPadding.into());
+        }
+        let n = base64::engine::general_purpose::STANDARD.decode_slice(piece, &mut bytes)?;
+        each(&bytes[..n]);
+        total += n as u64;
+    }
+    Ok(total)
 }
 
 impl TryFrom<String> for Base64Text {
@@ -220,5 +241,40 @@ impl TryFrom<String> for Base64Text {
             None => Ok(Base64Text(text)),
             Some(at) => Err(format!("content_base64 has a byte outside the base64 alphabet at {at}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    use super::{Base64Text, decode_pieces};
+
+    #[test]
+    fn pieces_decode_to_the_whole_and_padding_only_ends_the_text() {
+        // Around the piece boundary (16 KiB of text = 12 KiB of bytes) and far past it.
+        for len in [
+            0,
+            1,
+            2,
+            3,
+            12 * 1024 - 1,
+            12 * 1024,
+            12 * 1024 + 1,
+            12 * 1024 + 2,
+            100_000,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut pieces = Vec::new();
+            let (text, n) = Base64Text::decode(STANDARD.encode(&bytes), |p| pieces.extend_from_slice(p)).unwrap();
+            assert_eq!((pieces, n), (bytes.clone(), len as u64), "{len} bytes");
+            assert_eq!(text.as_str(), STANDARD.encode(&bytes));
+        }
+        // Padding at the end of a piece that is not the last is not base64.
+        let padded_mid = format!("{}{}", "A".repeat(16 * 1024 - 4), "QQ==QUJD");
+        assert!(STANDARD.decode(&padded_mid).is_err());
+        assert!(decode_pieces(&padded_mid, |_| {}).is_err());
+        assert!(decode_pieces("not base64!", |_| {}).is_err());
     }
 }

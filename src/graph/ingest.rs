@@ -26,16 +26,47 @@ pub const ATTACHMENT_SELECT: &str = "id,name,contentType,size,isInline";
 pub const IMMUTABLE_IDS: &str = "IdType=\"ImmutableId\"";
 
 /// One page of a delta round.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct DeltaPage {
-    /// Its entries, each read on its own ([`DeltaItem::read`]).
+    /// Its entries ([`DeltaItem::read`]).
     pub value: Vec<DeltaItem>,
     /// The next page of this round.
-    #[serde(rename = "@odata.nextLink", default)]
     pub next_link: Option<String>,
     /// The link of the next round (on the last page).
-    #[serde(rename = "@odata.deltaLink", default)]
     pub delta_link: Option<String>,
+}
+
+/// A delta page as JSON, its entries read as `T`.
+#[derive(Deserialize)]
+struct PageOf<T> {
+    value: Vec<T>,
+    #[serde(rename = "@odata.nextLink", default)]
+    next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink", default)]
+    delta_link: Option<String>,
+}
+
+impl<T> PageOf<T> {
+    fn into_page(self, item: impl FnMut(T) -> DeltaItem) -> DeltaPage {
+        DeltaPage {
+            value: self.value.into_iter().map(item).collect(),
+            next_link: self.next_link,
+            delta_link: self.delta_link,
+        }
+    }
+}
+
+impl super::Answer for DeltaPage {
+    /// A page whose entries are all messages inboxd can read (the usual page) is read in one
+    /// pass. Any other (an entry without an id, a field of the wrong type, an invalid escape)
+    /// is read again with each entry held as its text, so that entry alone is quarantined.
+    fn read(body: &[u8]) -> Result<(Self, bool), serde_json::Error> {
+        if let Ok(page) = serde_json::from_slice::<PageOf<Box<Message>>>(body) {
+            return Ok((page.into_page(DeltaItem::read_with_page), false));
+        }
+        let (page, repaired) = super::lenient_json::<PageOf<Box<RawValue>>>(body)?;
+        Ok((page.into_page(DeltaItem::text), repaired))
+    }
 }
 
 /// One page of a folder's message list.
@@ -416,6 +447,7 @@ impl BatchPart<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::{BadItem, Change};
 
     #[test]
     fn a_first_delta_link_is_relative_to_the_base_and_filters_on_whole_seconds() {
@@ -471,5 +503,33 @@ mod tests {
             panic!("headers absent are none")
         };
         assert!(h.is_empty());
+    }
+
+    fn page(body: &str) -> Vec<(bool, Result<Change, BadItem>)> {
+        let (page, _) = <DeltaPage as super::super::Answer>::read(body.as_bytes()).expect("a readable page");
+        page.value
+            .into_iter()
+            .map(|i| (i.was_read_with_page(), i.read()))
+            .collect()
+    }
+
+    #[test]
+    fn a_page_of_messages_is_read_in_one_pass_and_any_other_entry_by_entry() {
+        let good = r#"{"value":[{"id":"a","subject":"one"},{"id":"b","@removed":{"reason":"deleted"}}],"@odata.deltaLink":"d"}"#;
+        let items = page(good);
+        assert!(items.iter().all(|(once, _)| *once), "read with the page");
+        assert!(matches!(&items[0].1, Ok(Change::Message(m)) if m.id == "a"));
+        assert!(matches!(items[1].1, Ok(Change::Removed)));
+
+        // An entry without an id, one with a number for a subject, one with a lone surrogate
+        // and a removal without an id: each is read on its own, and only the bad ones fail.
+        let mixed = r#"{"value":[{"id":"a"},{"subject":"no id"},{"id":"n","subject":5},{"id":"s","subject":"x \ud800"},{"@removed":{}}]}"#;
+        let items = page(mixed);
+        assert!(items.iter().all(|(once, _)| !*once), "read entry by entry");
+        assert!(matches!(&items[0].1, Ok(Change::Message(m)) if m.id == "a"));
+        assert!(matches!(&items[1].1, Err(bad) if bad.id.is_none()));
+        assert!(matches!(&items[2].1, Err(bad) if bad.id.as_deref() == Some("n")));
+        assert!(matches!(&items[3].1, Ok(Change::Message(m)) if m.subject.as_deref() == Some("x \u{fffd}")));
+        assert!(matches!(items[4].1, Ok(Change::Removed)));
     }
 }

@@ -77,7 +77,7 @@ impl<'a> MailboxGraph<'a> {
 
     /// Runs a call and reads its answer as `T` (unknown fields ignored; a missing required
     /// field is a [`ShapeError`] that names it).
-    pub(super) async fn typed<T: DeserializeOwned>(&self, call: &Call) -> Result<T, CallError> {
+    pub(super) async fn typed<T: super::Answer>(&self, call: &Call) -> Result<T, CallError> {
         match &self.credentials {
             Credentials::Source(tokens) => self.graph.call(self.gate, tokens, call).await,
             Credentials::Fixed(token) => self.graph.probe(self.gate, token, call).await,

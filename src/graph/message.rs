@@ -157,10 +157,37 @@ pub struct Attachment {
     pub content_bytes: Option<String>,
 }
 
-/// One entry of a delta page, read on its own so a malformed entry spoils only itself.
-#[derive(Debug, Deserialize)]
-#[serde(transparent)]
-pub struct DeltaItem(Box<RawValue>);
+/// One entry of a delta page. A page whose entries all read as messages is read in one pass
+/// ([`super::DeltaPage`]); otherwise each entry is held as its JSON text and read on its own,
+/// so a malformed entry spoils only itself.
+#[derive(Debug)]
+pub struct DeltaItem(Entry);
+
+#[derive(Debug)]
+enum Entry {
+    /// Read with the whole page.
+    Read(Box<Message>),
+    /// Held as text, read by [`DeltaItem::read`].
+    Text(Box<RawValue>),
+}
+
+impl DeltaItem {
+    /// An entry already read as a message.
+    pub(super) fn read_with_page(message: Box<Message>) -> DeltaItem {
+        DeltaItem(Entry::Read(message))
+    }
+
+    /// An entry held as text.
+    pub(super) fn text(text: Box<RawValue>) -> DeltaItem {
+        DeltaItem(Entry::Text(text))
+    }
+
+    /// True when the entry was read with its page.
+    #[cfg(test)]
+    pub(super) fn was_read_with_page(&self) -> bool {
+        matches!(self.0, Entry::Read(_))
+    }
+}
 
 /// What a delta entry says.
 #[derive(Debug)]
@@ -184,7 +211,12 @@ impl DeltaItem {
     /// Reads the entry straight from its JSON text (no intermediate tree: an entry carries
     /// the whole body).
     pub fn read(self) -> Result<Change, BadItem> {
-        let text = self.0.get();
+        let text = match self.0 {
+            Entry::Read(m) if m.removed.is_some() => return Ok(Change::Removed),
+            Entry::Read(m) => return Ok(Change::Message(m)),
+            Entry::Text(text) => text,
+        };
+        let text = text.get();
         match super::mailbox::shaped_text::<Message>("delta", text) {
             Ok(m) if m.removed.is_some() => Ok(Change::Removed),
             Ok(m) => Ok(Change::Message(Box::new(m))),
@@ -217,7 +249,7 @@ mod tests {
     use serde_json::json;
 
     fn item(value: Value) -> DeltaItem {
-        DeltaItem(RawValue::from_string(value.to_string()).unwrap())
+        DeltaItem::text(RawValue::from_string(value.to_string()).unwrap())
     }
 
     #[test]
@@ -251,7 +283,7 @@ mod tests {
     #[test]
     fn an_item_with_a_lone_surrogate_is_read_with_a_replacement_character() {
         let text = r#"{"id":"s1","subject":"bad \ud800 here"}"#;
-        let item = DeltaItem(RawValue::from_string(text.to_string()).expect("a page holds it as text"));
+        let item = DeltaItem::text(RawValue::from_string(text.to_string()).expect("a page holds it as text"));
         let Ok(Change::Message(m)) = item.read() else {
             panic!("the item is a message")
         };

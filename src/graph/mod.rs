@@ -159,12 +159,7 @@ impl Graph {
 
     /// Runs a call: waits for the mailbox gate, retries transient failures with backoff
     /// (honouring `Retry-After`), refreshes the token once on a 401.
-    pub async fn call<T: DeserializeOwned>(
-        &self,
-        gate: &MailboxGate,
-        tokens: &TokenSource,
-        call: &Call,
-    ) -> Result<T, CallError> {
+    pub async fn call<T: Answer>(&self, gate: &MailboxGate, tokens: &TokenSource, call: &Call) -> Result<T, CallError> {
         let attempt = || async {
             if !gate.may_call() {
                 // Answered as a transport failure: transient, and nothing reached Graph.
@@ -231,23 +226,13 @@ impl Graph {
 
     /// One exchange with an explicit token and no retry (the consent flow checks a fresh
     /// grant with it before storing anything).
-    pub async fn probe<T: DeserializeOwned>(
-        &self,
-        gate: &MailboxGate,
-        token: &AccessToken,
-        call: &Call,
-    ) -> Result<T, CallError> {
+    pub async fn probe<T: Answer>(&self, gate: &MailboxGate, token: &AccessToken, call: &Call) -> Result<T, CallError> {
         self.once(gate, token, call).await
     }
 
     /// One HTTP exchange, no retry; a successful answer is read straight into `T` (no
     /// intermediate JSON tree: delta pages and `$batch` answers carry whole bodies).
-    async fn once<T: DeserializeOwned>(
-        &self,
-        gate: &MailboxGate,
-        token: &AccessToken,
-        call: &Call,
-    ) -> Result<T, CallError> {
+    async fn once<T: Answer>(&self, gate: &MailboxGate, token: &AccessToken, call: &Call) -> Result<T, CallError> {
         let client_request_id = uuid::Uuid::new_v4().to_string();
         let url = match self.resolve(&call.url) {
             Ok(url) => url,
@@ -351,7 +336,7 @@ impl Graph {
         if (200..300).contains(&status) {
             // An empty answer reads as `null` (what a `T` of `Value` or `()` expects).
             let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-            return match lenient_json(body) {
+            return match T::read(body) {
                 Ok((value, repaired)) => {
                     if repaired {
                         tracing::warn!(
@@ -430,6 +415,19 @@ impl Graph {
 /// (`\ud800`, which malformed mail can carry) and invalid UTF-8 replaced by U+FFFD, so one odd
 /// message does not make a whole page unreadable. The flag says whether anything was replaced.
 /// A data error (readable JSON that is not a `T`) is returned as it is, never repaired.
+/// How a successful answer's body is read. Most answers are read by serde as they stand
+/// ([`lenient_json`]); a delta page has its own reading.
+pub trait Answer: Sized {
+    /// Reads `body`; the flag is true when invalid escapes or bytes were replaced.
+    fn read(body: &[u8]) -> Result<(Self, bool), serde_json::Error>;
+}
+
+impl<T: DeserializeOwned> Answer for T {
+    fn read(body: &[u8]) -> Result<(Self, bool), serde_json::Error> {
+        lenient_json(body)
+    }
+}
+
 fn lenient_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, bool), serde_json::Error> {
     match serde_json::from_slice(bytes) {
         Ok(v) => Ok((v, false)),

@@ -16,9 +16,12 @@ pub fn dedup_key(mailbox: &MailboxAddress, graph_id: &str) -> String {
     hex(&digest.as_ref()[..16])
 }
 
-/// Lowercase hex SHA-256 of attachment content (the event's `sha256`).
-pub(super) fn sha256_hex(bytes: &[u8]) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+/// Lowercase hex SHA-256 of attachment content given as base64 (the event's `sha256`), or
+/// `None` when the text is not base64.
+pub(super) fn base64_sha256_hex(text: &str) -> Option<String> {
+    let mut sha = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    crate::event::decode_pieces(text, |piece| sha.update(piece)).ok()?;
+    Some(hex(sha.finish().as_ref()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -52,17 +55,20 @@ pub fn attachments(list: Vec<HeldAttachment>, cap: u64) -> Vec<EventAttachment> 
     list.into_iter()
         .map(|held| {
             let a = held.attachment;
-            // The string is kept, not rebuilt from the bytes (see `Base64Text::decode`).
-            let decoded = a.content_bytes.and_then(|b| Base64Text::decode(b).ok());
-            let size = a.size.or(decoded.as_ref().map(|(_, b)| b.len() as u64)).unwrap_or(0);
+            // The string is kept, not rebuilt from the bytes (see `Base64Text::decode`), and
+            // the bytes are hashed as they are decoded, never held whole.
+            let mut sha = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            let decoded = a
+                .content_bytes
+                .and_then(|b| Base64Text::decode(b, |piece| sha.update(piece)).ok());
+            let size = a.size.or(decoded.as_ref().map(|(_, len)| *len)).unwrap_or(0);
             // Over the inline cap the content was hashed while fetched and not kept.
-            let sha256 = decoded
-                .as_ref()
-                .map(|(_, b)| sha256_hex(b))
-                .or(held.sha256)
-                .unwrap_or_default();
+            let sha256 = match &decoded {
+                Some(_) => hex(sha.finish().as_ref()),
+                None => held.sha256.unwrap_or_default(),
+            };
             let content_base64 = match decoded {
-                Some((text, b)) if b.len() as u64 <= cap => Some(text),
+                Some((text, len)) if len <= cap => Some(text),
                 _ => None,
             };
             EventAttachment {

@@ -6,9 +6,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-
 use super::MailboxCtx;
 use super::poll::PollError;
 use crate::graph::{
@@ -163,8 +160,7 @@ pub async fn complete(ctx: &MailboxCtx, items: Vec<Message>) -> Result<Vec<(Stri
                 a.sha256 = full
                     .content_bytes
                     .as_deref()
-                    .and_then(|b| STANDARD.decode(b).ok())
-                    .map(|bytes| super::convert::sha256_hex(&bytes));
+                    .and_then(super::convert::base64_sha256_hex);
                 if full.content_id.is_some() {
                     a.attachment.content_id = full.content_id;
                 }

@@ -288,7 +288,9 @@ impl Renderer {
             .iter()
             .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'_')))
             .unwrap_or(bytes.len() - name_start);
-        let name = s[name_start..name_start + name_len].to_ascii_lowercase();
+        // Lowercased on the stack: a mail's tags are many, and a String each cost an allocation.
+        let mut lower = [0u8; KNOWN_NAME_MAX];
+        let name = lowercase_name(&bytes[name_start..name_start + name_len], &mut lower);
         // The tag ends at the first `>` outside a quoted attribute value.
         let mut quote = None;
         let mut end = None;
@@ -310,13 +312,13 @@ impl Renderer {
         let attrs = &s[name_start + name_len..end];
         let after = &s[end + 1..];
         if closing {
-            self.close(&name);
+            self.close(name);
             return after;
         }
-        if RAW_SKIPPED.contains(&name.as_str()) && !attrs.trim_end().ends_with('/') {
-            return skip_raw(after, &name);
+        if RAW_SKIPPED.contains(&name) && !attrs.trim_end().ends_with('/') {
+            return skip_raw(after, name);
         }
-        self.open(&name, attrs);
+        self.open(name, attrs);
         after
     }
 
@@ -419,14 +421,28 @@ impl Renderer {
     }
 }
 
+/// The longest element name the renderer treats specially (`blockquote`, `figcaption`).
+const KNOWN_NAME_MAX: usize = 10;
+
+/// `name` in lowercase, written into `buf`; a name longer than any the renderer knows comes
+/// back empty, which matches no element.
+fn lowercase_name<'b>(name: &[u8], buf: &'b mut [u8; KNOWN_NAME_MAX]) -> &'b str {
+    let Some(lower) = buf.get_mut(..name.len()) else {
+        return "";
+    };
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    // The caller's names are ASCII letters, digits, `-`, `:` and `_`.
+    std::str::from_utf8(lower).unwrap_or_default()
+}
+
 /// True when [`tidy`] would change nothing (the common case: then the text is not copied).
 fn is_tidy(text: &str) -> bool {
     let ends = |c: Option<char>| c.is_none_or(|c| !c.is_whitespace());
     if !ends(text.chars().next()) || !ends(text.chars().next_back()) {
         return false;
     }
-    let mut from = 0;
-    while let Some(at) = text[from..].find('\n').map(|i| i + from) {
+    for at in memchr::memchr_iter(b'\n', text.as_bytes()) {
         let before = &text[..at];
         match before.chars().next_back() {
             // A blank line, but never two in a row.
@@ -435,7 +451,6 @@ fn is_tidy(text: &str) -> bool {
             Some(c) if c.is_whitespace() => return false,
             _ => {}
         }
-        from = at + 1;
     }
     true
 }
@@ -652,7 +667,7 @@ fn windows_1252(code: u32) -> char {
 
 #[cfg(test)]
 mod tests {
-    use super::{Renderer, html_to_text, is_tidy, tidy};
+    use super::{BLOCK, KNOWN_NAME_MAX, PARAGRAPH, RAW_SKIPPED, Renderer, html_to_text, is_tidy, tidy};
 
     #[test]
     fn outlook_style_html_reads_as_an_agent_would_expect() {
@@ -724,6 +739,22 @@ mod tests {
         assert_eq!(html_to_text("1 < 2 and 3 > 2, <3 <>"), "1 < 2 and 3 > 2, <3 <>");
         assert_eq!(html_to_text("a <b title=\"x > y\">c</b>"), "a c");
         assert_eq!(html_to_text("a <div unterminated"), "a");
+    }
+
+    #[test]
+    fn element_names_are_matched_in_any_case_and_long_ones_are_no_element() {
+        for name in BLOCK.iter().chain(PARAGRAPH).chain(RAW_SKIPPED) {
+            assert!(name.len() <= KNOWN_NAME_MAX, "{name} does not fit the name buffer");
+        }
+        assert_eq!(
+            html_to_text("<BlockQuote>quoted</BLOCKQUOTE>after<FigCaption>cap</figcaption>"),
+            "quoted\n\nafter\ncap"
+        );
+        assert_eq!(html_to_text("<NoScript>hidden</NOSCRIPT>shown"), "shown");
+        assert_eq!(
+            html_to_text("a<blockquotes>b</blockquotes>c<my-custom-element>d</my-custom-element>"),
+            "abcd"
+        );
     }
 
     proptest::proptest! {

@@ -15,6 +15,10 @@ use tokio::sync::Mutex;
 use super::{EncodedEvent, EventSink, SinkError, deliver_all};
 use crate::event::SinkEvent;
 
+/// How much of the live file's end stays in the page cache once fsynced: routing tailing the
+/// file reads it from memory.
+const CACHED_TAIL: u64 = 32 * 1024 * 1024;
+
 /// Appends events to an NDJSON file.
 ///
 /// Durability: a batch is acknowledged only after its lines are written and `fdatasync`ed,
@@ -46,6 +50,8 @@ struct State {
     len: u64,
     /// A failed write may have left bytes past `len`: truncate before the next write.
     dirty: bool,
+    /// The start of the live file still in the page cache, as far as the sink knows.
+    cached_from: u64,
     /// Test hook: this many more lines are written, then a write tears and fails.
     #[cfg(test)]
     fail_after_lines: Option<usize>,
@@ -135,6 +141,7 @@ impl State {
             file: Some(file),
             len,
             dirty: false,
+            cached_from: 0,
             #[cfg(test)]
             fail_after_lines: None,
         })
@@ -201,6 +208,7 @@ impl State {
         self.write_lines(&lines[from..])?;
         self.live()?.sync_data()?;
         self.len += pending;
+        self.uncache();
         Ok(())
     }
 
@@ -240,12 +248,33 @@ impl State {
         Ok(())
     }
 
+    /// Asks the kernel to drop the live file's fsynced pages that lie more than
+    /// [`CACHED_TAIL`] behind its end. A reader that keeps up still finds what it reads in
+    /// memory; the rest would only have grown the page cache by every byte written, and
+    /// dropping it lets the next writes reuse those pages.
+    fn uncache(&mut self) {
+        let until = self.len.saturating_sub(CACHED_TAIL);
+        let Some(len) = std::num::NonZeroU64::new(until.saturating_sub(self.cached_from)) else {
+            return;
+        };
+        let from = self.cached_from;
+        if let Some(file) = &self.file {
+            // Advice only: if the kernel declines, the pages stay cached and nothing else changes.
+            #[cfg(target_os = "linux")]
+            let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
+            #[cfg(not(target_os = "linux"))]
+            let _ = (file, from, len);
+            self.cached_from = until;
+        }
+    }
+
     /// Renames the (fsynced) live file aside and starts a new one.
     fn rotate(&mut self) -> io::Result<()> {
         let target = rotated_name(&self.path, OffsetDateTime::now_utc())?;
         fs::rename(&self.path, &target)?;
         self.file = None;
         self.len = 0;
+        self.cached_from = 0;
         let file = open_append(&self.path)?;
         sync_dir(&self.path)?;
         self.file = Some(file);

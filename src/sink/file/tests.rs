@@ -250,3 +250,41 @@ async fn a_torn_line_from_a_crash_is_cut_off_on_open() {
 
     assert_eq!(read_events(&path), vec![sample_event(0), sample_event(1)]);
 }
+
+/// Bytes of `path` in the page cache, as util-linux's `fincore` reports them.
+fn cached_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(
+        out.status.success(),
+        "fincore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a byte count")
+}
+
+#[tokio::test]
+async fn only_the_files_last_32_mib_stay_in_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inbound.ndjson");
+    let sink = FileSink::open(path.clone(), None).await.unwrap();
+    let mut event = sample_event(0);
+    event.body.text = Some("x".repeat(1024 * 1024));
+    for _ in 0..48 {
+        assert!(all_ok(&sink.deliver(std::slice::from_ref(&event)).await));
+    }
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 48 * 1024 * 1024);
+    let cached = cached_bytes(&path);
+    // The tail past the last drop (under one line) may stay too.
+    assert!(
+        cached <= CACHED_TAIL + 2 * 1024 * 1024,
+        "{cached} of {len} bytes cached"
+    );
+}
