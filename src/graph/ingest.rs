@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -60,7 +62,7 @@ impl super::Answer for DeltaPage {
     /// A page whose entries are all messages inboxd can read (the usual page) is read in one
     /// pass. Any other (an entry without an id, a field of the wrong type, an invalid escape)
     /// is read again with each entry held as its text, so that entry alone is quarantined.
-    fn read(body: &[u8]) -> Result<(Self, bool), serde_json::Error> {
+    fn read(body: &Bytes) -> Result<(Self, bool), serde_json::Error> {
         if let Ok(page) = serde_json::from_slice::<PageOf<Box<Message>>>(body) {
             return Ok((page.into_page(DeltaItem::read_with_page), false));
         }
@@ -275,18 +277,15 @@ impl<'a> MailboxGraph<'a> {
             .collect();
         let mut call = Call::post("batch", "$batch", json!({ "requests": requests })).max_retry_wait(MAX_WAIT_IN_ROUND);
         call.weight = parts.len().min(4) as u32;
-        // Read part by part: an answer in another shape, or a part that cannot be read, holds
-        // no answer for that part, which the caller retries and then gives up alone.
+        // An answer in another shape, or a part that cannot be read, holds no answer for that
+        // part, which the caller retries and then gives up alone.
         let responses = match self.typed::<BatchAnswer>(&call).await {
-            Ok(answer) => answer.responses,
+            Ok(answer) => answer.parts,
             Err(CallError::Shape(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
         let mut out = Vec::with_capacity(parts.len());
-        for part in &responses {
-            let Ok(part) = serde_json::from_str::<BatchPart<'_>>(part.get()) else {
-                continue;
-            };
+        for part in responses {
             let Some((id, fetch)) = parts.iter().find(|(id, _)| *id == part.id) else {
                 continue;
             };
@@ -294,7 +293,7 @@ impl<'a> MailboxGraph<'a> {
             let status = part.status;
             let result = if (200..300).contains(&status) {
                 fetch
-                    .read(part.body.map_or("null", RawValue::get))
+                    .read(part.body_text())
                     .map_err(|e| format!("GET {}: {e}", fetch.path()))
             } else {
                 Err(part.error_text(&fetch.path()))
@@ -354,14 +353,49 @@ fn received_filter(query: &mut url::form_urlencoded::Serializer<'_, String>, fro
     }
 }
 
-/// A `$batch` answer; its parts are read one by one ([`BatchPart`]), each from its own text.
-#[derive(Debug, Deserialize)]
+/// A `$batch` answer: its parts, each body held as the answer's bytes until it is read by
+/// what its request asked for.
+#[derive(Debug)]
 struct BatchAnswer {
-    #[serde(default)]
-    responses: Vec<Box<RawValue>>,
+    parts: Vec<HeldPart>,
 }
 
-/// One part of a `$batch` answer; its body is read by what the request asked for.
+impl super::Answer for BatchAnswer {
+    /// The parts are found in one pass, their bodies kept as slices of the answer, not copied
+    /// (an attachment's content is most of a backlog's `$batch` bytes). An answer with a part
+    /// that cannot be read (one without an id, say) is read again part by part, each from its
+    /// own text, and that part alone is left out.
+    fn read(body: &Bytes) -> Result<(Self, bool), serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Parts<'a> {
+            #[serde(default, borrow)]
+            responses: Vec<BatchPart<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Texts {
+            #[serde(default)]
+            responses: Vec<Box<RawValue>>,
+        }
+        if let Ok(whole) = serde_json::from_slice::<Parts<'_>>(body) {
+            let parts = whole
+                .responses
+                .into_iter()
+                .map(|part| part.held(|raw| body.slice_ref(raw.get().as_bytes())))
+                .collect();
+            return Ok((BatchAnswer { parts }, false));
+        }
+        let (texts, repaired) = super::lenient_json::<Texts>(body)?;
+        let parts = texts
+            .responses
+            .iter()
+            .filter_map(|text| serde_json::from_str::<BatchPart<'_>>(text.get()).ok())
+            .map(|part| part.held(|raw| Bytes::copy_from_slice(raw.get().as_bytes())))
+            .collect();
+        Ok((BatchAnswer { parts }, repaired))
+    }
+}
+
+/// One part of a `$batch` answer as JSON.
 #[derive(Debug, Deserialize)]
 struct BatchPart<'a> {
     id: String,
@@ -371,6 +405,27 @@ struct BatchPart<'a> {
     headers: Option<Map<String, Value>>,
     #[serde(default, borrow)]
     body: Option<&'a RawValue>,
+}
+
+impl<'a> BatchPart<'a> {
+    /// The part with its body held by `hold` (a slice of the answer, or a copy).
+    fn held(self, hold: impl FnOnce(&'a RawValue) -> Bytes) -> HeldPart {
+        HeldPart {
+            id: self.id,
+            status: self.status,
+            headers: self.headers,
+            body: self.body.map(hold),
+        }
+    }
+}
+
+/// One part of a `$batch` answer, its body JSON text held as bytes.
+#[derive(Debug)]
+struct HeldPart {
+    id: String,
+    status: u16,
+    headers: Option<Map<String, Value>>,
+    body: Option<Bytes>,
 }
 
 /// A `$batch` answer read for its statuses only.
@@ -403,7 +458,16 @@ struct ErrorDetail {
     message: Option<String>,
 }
 
-impl BatchPart<'_> {
+impl HeldPart {
+    /// The body's JSON text (`null` when it has none). It was read from a `&RawValue`, so it is
+    /// UTF-8.
+    fn body_text(&self) -> &str {
+        self.body
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("null")
+    }
+
     /// Its own `Retry-After` (seconds or an HTTP date), bounded.
     fn retry_after(&self) -> Option<Duration> {
         let (_, value) = self
@@ -428,9 +492,8 @@ impl BatchPart<'_> {
 
     /// A failed part, in words: the request, the status, Graph's code and message.
     fn error_text(self, path: &str) -> String {
-        let error = self
-            .body
-            .and_then(|b| serde_json::from_str::<ErrorBody>(b.get()).ok())
+        let error = serde_json::from_str::<ErrorBody>(self.body_text())
+            .ok()
             .and_then(|b| b.error)
             .unwrap_or_default();
         format!(
@@ -481,16 +544,58 @@ mod tests {
             "body": {"error": {"code": "TooManyRequests", "message": "slow down"}},
         })
         .to_string();
-        let part: BatchPart = serde_json::from_str(&text).unwrap();
+        let part = serde_json::from_str::<BatchPart>(&text)
+            .unwrap()
+            .held(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
         assert_eq!(part.retry_after(), Some(Duration::from_secs(7)));
         assert_eq!(
             part.error_text("messages/x"),
             "GET messages/x answered 429 TooManyRequests slow down"
         );
         let text = json!({"id": "m1", "status": 404}).to_string();
-        let bare: BatchPart = serde_json::from_str(&text).unwrap();
+        let bare = serde_json::from_str::<BatchPart>(&text)
+            .unwrap()
+            .held(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
         assert_eq!(bare.retry_after(), None);
         assert_eq!(bare.error_text("messages/y"), "GET messages/y answered 404");
+    }
+
+    #[test]
+    fn a_batch_answer_keeps_its_parts_bodies_in_place_and_leaves_out_only_a_bad_part() {
+        let within = |answer: &Bytes, part: &HeldPart| {
+            let (start, at) = (
+                answer.as_ptr() as usize,
+                part.body.as_ref().map_or(0, |b| b.as_ptr() as usize),
+            );
+            at >= start && at < start + answer.len()
+        };
+        let good = Bytes::from(
+            json!({"responses": [
+                {"id": "a", "status": 200, "body": {"id": "x", "contentBytes": "YWJj"}},
+                {"id": "b", "status": 404, "body": {"error": {"code": "ErrorItemNotFound", "message": "gone"}}},
+            ]})
+            .to_string(),
+        );
+        let (answer, _) = <BatchAnswer as super::super::Answer>::read(&good).unwrap();
+        assert_eq!(answer.parts.len(), 2);
+        assert!(answer.parts.iter().all(|p| within(&good, p)), "slices of the answer");
+        assert_eq!(answer.parts[0].body_text(), r#"{"contentBytes":"YWJj","id":"x"}"#);
+        let gone = answer.parts.into_iter().nth(1).unwrap();
+        assert_eq!(
+            gone.error_text("messages/b"),
+            "GET messages/b answered 404 ErrorItemNotFound gone"
+        );
+
+        let mixed = Bytes::from(
+            json!({"responses": [{"status": 200, "body": {}}, {"id": "a", "status": 200, "body": {"id": "x"}}]})
+                .to_string(),
+        );
+        let (answer, _) = <BatchAnswer as super::super::Answer>::read(&mixed).unwrap();
+        assert_eq!(answer.parts.len(), 1, "the part without an id is left out");
+        assert_eq!(
+            (answer.parts[0].id.as_str(), answer.parts[0].body_text()),
+            ("a", r#"{"id":"x"}"#)
+        );
     }
 
     #[test]
@@ -506,7 +611,8 @@ mod tests {
     }
 
     fn page(body: &str) -> Vec<(bool, Result<Change, BadItem>)> {
-        let (page, _) = <DeltaPage as super::super::Answer>::read(body.as_bytes()).expect("a readable page");
+        let (page, _) = <DeltaPage as super::super::Answer>::read(&Bytes::copy_from_slice(body.as_bytes()))
+            .expect("a readable page");
         page.value
             .into_iter()
             .map(|i| (i.was_read_with_page(), i.read()))

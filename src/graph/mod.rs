@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -335,8 +336,12 @@ impl Graph {
         };
         if (200..300).contains(&status) {
             // An empty answer reads as `null` (what a `T` of `Value` or `()` expects).
-            let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-            return match T::read(body) {
+            let body = if bytes.is_empty() {
+                Bytes::from_static(b"null")
+            } else {
+                bytes
+            };
+            return match T::read(&body) {
                 Ok((value, repaired)) => {
                     if repaired {
                         tracing::warn!(
@@ -416,14 +421,14 @@ impl Graph {
 /// message does not make a whole page unreadable. The flag says whether anything was replaced.
 /// A data error (readable JSON that is not a `T`) is returned as it is, never repaired.
 /// How a successful answer's body is read. Most answers are read by serde as they stand
-/// ([`lenient_json`]); a delta page has its own reading.
+/// ([`lenient_json`]); a delta page and a `$batch` answer have their own reading.
 pub trait Answer: Sized {
     /// Reads `body`; the flag is true when invalid escapes or bytes were replaced.
-    fn read(body: &[u8]) -> Result<(Self, bool), serde_json::Error>;
+    fn read(body: &Bytes) -> Result<(Self, bool), serde_json::Error>;
 }
 
 impl<T: DeserializeOwned> Answer for T {
-    fn read(body: &[u8]) -> Result<(Self, bool), serde_json::Error> {
+    fn read(body: &Bytes) -> Result<(Self, bool), serde_json::Error> {
         lenient_json(body)
     }
 }
