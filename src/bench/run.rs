@@ -15,6 +15,9 @@ use super::scenario::{Kind, Plan};
 
 /// How often completion conditions are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often a backlog's delivered counter is sampled: a message counts as delivered at the
+/// first sample that saw it, so the sampling adds up to this much to the daemon's time.
+const BACKLOG_SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
 /// What a daemon run leaves behind besides its report.
 pub struct DaemonRun {
@@ -60,7 +63,7 @@ async fn wait_until(deadline: f64, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Samples the daemon's delivered counter every 100 ms until it reaches `messages` and the
+/// Samples the daemon's delivered counter every 20 ms until it reaches `messages` and the
 /// event file holds that many distinct events (a duplicate is counted too, so the file is read
 /// again each time the counter moves on), or `deadline` passes. Returns what the file held and
 /// whether it was complete.
@@ -90,7 +93,7 @@ async fn wait_backlog(daemon: &Daemon, messages: usize, deadline: f64) -> (event
                 return (read, complete);
             }
         }
-        tokio::time::sleep(CHECK_EVERY).await;
+        tokio::time::sleep(BACKLOG_SAMPLE_EVERY).await;
     }
 }
 
@@ -300,6 +303,15 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     put("http_round_trips", json!(counts.round_trips));
     put("http_round_trips_per_message", ratio(counts.round_trips as f64, d));
     put("token_requests", json!(counts.tokens));
+    // What the daemon's start (process, store, sink, API) cost before its first request.
+    let first_token = log
+        .iter()
+        .filter(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/oauth2/v2.0/token")))
+        .filter_map(|e| e["time"].as_str().and_then(report::unix))
+        .fold(f64::INFINITY, f64::min);
+    if first_token.is_finite() {
+        put("daemon_first_token_request_after_s", num(first_token - started));
+    }
     put("throttled_responses", json!(counts.throttled));
     let p50 = report::quantile(&lags, 0.5).map_or(Value::Null, num);
     let p99 = report::quantile(&lags, 0.99).map_or(Value::Null, num);
@@ -312,7 +324,7 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
             "time delivered minus arrival in the emulator (received_at, whole seconds; steady: the load \
              generator's schedule, finer). Delivered: a live load's event file is watched every 100 ms \
              (time a line is first seen); a backlog's is read once, at the end, and its k-th message \
-             line counts from the first 100 ms sample of inboxd_messages_delivered_total that reached k"
+             line counts from the first 20 ms sample of inboxd_messages_delivered_total that reached k"
         ),
     );
     put(

@@ -11,7 +11,8 @@
 
 /// Plain text from HTML: at most one blank line in a row, no `\r`, trimmed.
 pub fn html_to_text(html: &str) -> String {
-    let mut r = Renderer::with_capacity(html.len() / 2);
+    // Mail is mostly text: the text is nearly as long as the HTML, and growing it would copy it.
+    let mut r = Renderer::with_capacity(html.len());
     let mut rest = html;
     loop {
         let lt = r.text(rest);
@@ -417,7 +418,14 @@ impl Renderer {
                 self.breaks(1);
             }
         }
-        if is_tidy(&self.out) { self.out } else { tidy(&self.out) }
+        if !is_tidy(&self.out) {
+            return tidy(&self.out);
+        }
+        // Markup-heavy mail leaves most of the room unused; it is held until the event is sent.
+        if self.out.capacity() > 2 * self.out.len() {
+            self.out.shrink_to_fit();
+        }
+        self.out
     }
 }
 
