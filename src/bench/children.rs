@@ -23,6 +23,10 @@ const PROFILER_ENV: &str = "INBOXD_BENCH_PROFILER";
 /// bench measures the daemon as it runs there. glibc's defaults keep freed buffers of a few
 /// tens of MB resident in per-thread arenas; these return them to the OS.
 pub const IMAGE_MALLOC_ENV: &[(&str, &str)] = &[("MALLOC_ARENA_MAX", "2"), ("MALLOC_MMAP_THRESHOLD_", "4194304")];
+/// CPUs the emulator is confined to (`taskset -c` syntax, e.g. `0`), for runs where Graph must
+/// not share the client's CPUs: run the bench itself under `taskset -c 1`, and the daemon and the
+/// reference client (which run in the bench's process or inherit its CPUs) get the other one.
+pub const EMULATOR_CPUS_ENV: &str = "INBOXD_BENCH_EMULATOR_CPUS";
 /// `INBOXD_BENCH_MALLOC=glibc` runs the daemon with glibc's defaults instead (to compare).
 const MALLOC_CHOICE_ENV: &str = "INBOXD_BENCH_MALLOC";
 
@@ -75,13 +79,21 @@ async fn spawn_listening(
     let profiler = std::env::var(PROFILER_ENV)
         .ok()
         .filter(|_| args.first() == Some(&"run"));
-    let mut cmd = match profiler.as_deref().map(str::split_whitespace) {
-        Some(mut words) => {
+    let cpus = std::env::var(EMULATOR_CPUS_ENV)
+        .ok()
+        .filter(|_| args.first() == Some(&"emulate"));
+    let mut cmd = match (profiler.as_deref().map(str::split_whitespace), cpus) {
+        (Some(mut words), _) => {
             let mut cmd = Command::new(words.next().unwrap_or_default());
             cmd.args(words).arg(exe);
             cmd
         }
-        None => Command::new(exe),
+        (None, Some(cpus)) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &cpus]).arg(exe);
+            cmd
+        }
+        (None, None) => Command::new(exe),
     };
     cmd.args(args)
         .stdin(Stdio::null())
@@ -133,13 +145,18 @@ async fn spawn_listening(
 /// A running emulator and a client for its control API.
 pub struct Emulator {
     /// Keeps the process alive; kills it on drop.
-    _process: ChildGuard,
+    process: ChildGuard,
     /// Its base URL (authority host and Graph URL at once).
     pub url: String,
     http: reqwest::Client,
 }
 
 impl Emulator {
+    /// The CPUs its process may run on (see [`EMULATOR_CPUS_ENV`]).
+    pub fn cpus(&self) -> Option<String> {
+        super::measure::cpus_allowed(self.process.pid())
+    }
+
     /// Starts `inboxd emulate --listen 127.0.0.1:0`, logging at WARN (the rig, not the subject).
     pub async fn start(exe: &Path, dir: &Path, name: &str) -> anyhow::Result<Emulator> {
         let log = dir.join(format!("{name}.log"));
@@ -151,11 +168,7 @@ impl Emulator {
         )
         .await?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
-        Ok(Emulator {
-            _process: process,
-            url,
-            http,
-        })
+        Ok(Emulator { process, url, http })
     }
 
     /// POSTs to the control API and returns the JSON answer.

@@ -117,7 +117,19 @@ pub fn machine() -> serde_json::Value {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .unwrap_or(0);
-    serde_json::json!({"nproc": nproc, "cpu_model": model, "memory_mb": mem_kb / 1024})
+    serde_json::json!({
+        "nproc": nproc, "cpu_model": model, "memory_mb": mem_kb / 1024,
+        "bench_cpus": cpus_allowed(std::process::id()).unwrap_or_else(|| "unknown".into()),
+    })
+}
+
+/// The CPUs process `pid` may run on, as the kernel lists them (`0-1`, `1`).
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct ReferenceRun {
     pub bytes: u64,
     /// CPU seconds the client used (this process, measured as the daemon's are).
     pub cpu_seconds: Option<f64>,
+    /// The CPUs its emulator could run on.
+    pub emulator_cpus: Option<String>,
 }
 
 struct Client {
@@ -259,5 +261,6 @@ pub async fn run(
         counts,
         bytes,
         cpu_seconds,
+        emulator_cpus: emulator.cpus(),
     })
 }

@@ -203,6 +203,7 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     )
     .await?;
     let pid = daemon.process.pid();
+    let cpus = (super::measure::cpus_allowed(pid), emulator.cpus());
     let rss = RssSampler::start(pid);
     // A backlog's file is read once it is all delivered (see `events`); a live load's as it goes.
     let backlog = matches!(plan.kind, Kind::Backlog | Kind::Reference);
@@ -303,6 +304,8 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     put("http_round_trips", json!(counts.round_trips));
     put("http_round_trips_per_message", ratio(counts.round_trips as f64, d));
     put("token_requests", json!(counts.tokens));
+    put("daemon_cpus", json!(cpus.0));
+    put("emulator_cpus", json!(cpus.1));
     // What the daemon's start (process, store, sink, API) cost before its first request.
     let first_token = log
         .iter()
