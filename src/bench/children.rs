@@ -227,6 +227,8 @@ pub struct Daemon {
     pub url: String,
     /// The file sink.
     pub events: PathBuf,
+    /// One client for every scrape of its metrics (a backlog's are 50 a second).
+    http: reqwest::Client,
 }
 
 impl Daemon {
@@ -290,12 +292,19 @@ impl Daemon {
             process,
             url,
             events: dir.join("events.ndjson"),
+            http: reqwest::Client::new(),
         })
     }
 
     /// The daemon's `/metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("{}/metrics", self.url)).await?.text().await?)
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 }
 

@@ -416,10 +416,6 @@ impl Graph {
     }
 }
 
-/// Parses an answer; when strict parsing fails, once more with lone UTF-16 surrogate escapes
-/// (`\ud800`, which malformed mail can carry) and invalid UTF-8 replaced by U+FFFD, so one odd
-/// message does not make a whole page unreadable. The flag says whether anything was replaced.
-/// A data error (readable JSON that is not a `T`) is returned as it is, never repaired.
 /// How a successful answer's body is read. Most answers are read by serde as they stand
 /// ([`lenient_json`]); a delta page and a `$batch` answer have their own reading.
 pub trait Answer: Sized {
@@ -433,6 +429,10 @@ impl<T: DeserializeOwned> Answer for T {
     }
 }
 
+/// Parses an answer; when strict parsing fails, once more with lone UTF-16 surrogate escapes
+/// (`\ud800`, which malformed mail can carry) and invalid UTF-8 replaced by U+FFFD, so one odd
+/// message does not make a whole page unreadable. The flag says whether anything was replaced.
+/// A data error (readable JSON that is not a `T`) is returned as it is, never repaired.
 fn lenient_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, bool), serde_json::Error> {
     match serde_json::from_slice(bytes) {
         Ok(v) => Ok((v, false)),

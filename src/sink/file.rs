@@ -18,6 +18,8 @@ use crate::event::SinkEvent;
 /// How much of the live file's end stays in the page cache once fsynced: routing tailing the
 /// file reads it from memory.
 const CACHED_TAIL: u64 = 32 * 1024 * 1024;
+/// What the ranges dropped from the page cache are aligned to.
+const DROP_ALIGN: u64 = 2 * 1024 * 1024;
 
 /// Appends events to an NDJSON file.
 ///
@@ -253,7 +255,9 @@ impl State {
     /// memory; the rest would only have grown the page cache by every byte written, and
     /// dropping it lets the next writes reuse those pages.
     fn uncache(&mut self) {
-        let until = self.len.saturating_sub(CACHED_TAIL);
+        // The kernel drops only whole folios inside the range, and a file's folios can be as
+        // large as 2 MiB: ranges that end on a 2 MiB boundary leave none half-advised for ever.
+        let until = self.len.saturating_sub(CACHED_TAIL) & !(DROP_ALIGN - 1);
         let Some(len) = std::num::NonZeroU64::new(until.saturating_sub(self.cached_from)) else {
             return;
         };
