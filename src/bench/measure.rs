@@ -33,18 +33,18 @@ pub fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
+/// The value of `key` in `/proc/PID/status`, trimmed.
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
 /// A `kB` line of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
 pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
-    let kb: u64 = line[key.len() + 1..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kb: u64 = status_field(pid, key)?.trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
 }
 
@@ -125,11 +125,7 @@ pub fn machine() -> serde_json::Value {
 
 /// The CPUs process `pid` may run on, as the kernel lists them (`0-1`, `1`).
 pub fn cpus_allowed(pid: u32) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .map(|v| v.trim().to_string())
+    status_field(pid, "Cpus_allowed_list")
 }
 
 #[cfg(test)]

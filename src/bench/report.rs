@@ -20,6 +20,8 @@ pub struct RequestCounts {
     pub delta: u64,
     /// Token endpoint requests.
     pub tokens: u64,
+    /// When the first of them arrived, in Unix seconds.
+    pub first_token_at: Option<f64>,
     /// Answers with status 429.
     pub throttled: u64,
     /// Graph requests per mailbox: (count, first, last) arrival in Unix seconds.
@@ -43,6 +45,8 @@ pub fn count_requests(entries: &[Value]) -> RequestCounts {
         }
         if path.ends_with("/oauth2/v2.0/token") {
             c.tokens += 1;
+            let at = e.get("time").and_then(Value::as_str).and_then(unix);
+            c.first_token_at = c.first_token_at.into_iter().chain(at).reduce(f64::min);
             continue;
         }
         if !path.starts_with("/v1.0/") {

@@ -203,7 +203,7 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     )
     .await?;
     let pid = daemon.process.pid();
-    let cpus = (super::measure::cpus_allowed(pid), emulator.cpus());
+    let (daemon_cpus, emulator_cpus) = (super::measure::cpus_allowed(pid), emulator.cpus());
     let rss = RssSampler::start(pid);
     // A backlog's file is read once it is all delivered (see `events`); a live load's as it goes.
     let backlog = matches!(plan.kind, Kind::Backlog | Kind::Reference);
@@ -304,16 +304,11 @@ pub async fn daemon_run(exe: &Path, plan: &Plan) -> anyhow::Result<DaemonRun> {
     put("http_round_trips", json!(counts.round_trips));
     put("http_round_trips_per_message", ratio(counts.round_trips as f64, d));
     put("token_requests", json!(counts.tokens));
-    put("daemon_cpus", json!(cpus.0));
-    put("emulator_cpus", json!(cpus.1));
+    put("daemon_cpus", json!(daemon_cpus));
+    put("emulator_cpus", json!(emulator_cpus));
     // What the daemon's start (process, store, sink, API) cost before its first request.
-    let first_token = log
-        .iter()
-        .filter(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/oauth2/v2.0/token")))
-        .filter_map(|e| e["time"].as_str().and_then(report::unix))
-        .fold(f64::INFINITY, f64::min);
-    if first_token.is_finite() {
-        put("daemon_first_token_request_after_s", num(first_token - started));
+    if let Some(at) = counts.first_token_at {
+        put("daemon_first_token_request_after_s", num(at - started));
     }
     put("throttled_responses", json!(counts.throttled));
     let p50 = report::quantile(&lags, 0.5).map_or(Value::Null, num);

@@ -19,9 +19,15 @@ pub fn dedup_key(mailbox: &MailboxAddress, graph_id: &str) -> String {
 /// Lowercase hex SHA-256 of attachment content given as base64 (the event's `sha256`), or
 /// `None` when the text is not base64.
 pub(super) fn base64_sha256_hex(text: &str) -> Option<String> {
+    sha256_hex_of(|each| crate::event::decode_pieces(text, each)).map(|(_, sha)| sha)
+}
+
+/// What `decode` returned, and the lowercase hex SHA-256 of the bytes it handed over piece by
+/// piece; `None` when it failed.
+fn sha256_hex_of<T, E>(decode: impl FnOnce(&mut dyn FnMut(&[u8])) -> Result<T, E>) -> Option<(T, String)> {
     let mut sha = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    crate::event::decode_pieces(text, |piece| sha.update(piece)).ok()?;
-    Some(hex(sha.finish().as_ref()))
+    let decoded = decode(&mut |piece| sha.update(piece)).ok()?;
+    Some((decoded, hex(sha.finish().as_ref())))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -57,19 +63,14 @@ pub fn attachments(list: Vec<HeldAttachment>, cap: u64) -> Vec<EventAttachment> 
             let a = held.attachment;
             // The string is kept, not rebuilt from the bytes (see `Base64Text::decode`), and
             // the bytes are hashed as they are decoded, never held whole.
-            let mut sha = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
             let decoded = a
                 .content_bytes
-                .and_then(|b| Base64Text::decode(b, |piece| sha.update(piece)).ok());
-            let size = a.size.or(decoded.as_ref().map(|(_, len)| *len)).unwrap_or(0);
+                .and_then(|b| sha256_hex_of(|each| Base64Text::decode(b, each)));
+            let size = a.size.or(decoded.as_ref().map(|((_, len), _)| *len)).unwrap_or(0);
             // Over the inline cap the content was hashed while fetched and not kept.
-            let sha256 = match &decoded {
-                Some(_) => hex(sha.finish().as_ref()),
-                None => held.sha256.unwrap_or_default(),
-            };
-            let content_base64 = match decoded {
-                Some((text, len)) if len <= cap => Some(text),
-                _ => None,
+            let (content_base64, sha256) = match decoded {
+                Some(((text, len), sha)) => ((len <= cap).then_some(text), sha),
+                None => (None, held.sha256.unwrap_or_default()),
             };
             EventAttachment {
                 name: a.name.unwrap_or_else(|| "attachment".to_string()),
